@@ -1,0 +1,7 @@
+"""``python -m bcnb``: the same as the ``bcnb`` command."""
+
+import sys
+
+from bcnb.cli import main
+
+sys.exit(main())

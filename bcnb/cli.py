@@ -1,0 +1,79 @@
+"""The ``bcnb`` command line (also ``python -m bcnb``).
+
+Bad input ends with one line on stderr naming the parameter or path and what was
+expected, and exit status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from bcnb.config import Config, parse_override
+
+EXIT_BAD_INPUT = 2
+EXIT_RUN_FAILED = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bcnb", description="Breast cancer histopathology notebooks.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("reproduce", help="run notebooks 01-04 headless into a run folder")
+    run.add_argument("--out", required=True, type=Path, help="the run folder to create or replace")
+    run.add_argument("--config", type=Path, help="YAML file of parameter: value pairs")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override one parameter (repeatable); wins over --config")  # fmt: skip
+    run.add_argument("--notebooks", type=Path, help="folder holding the notebooks (default: the project's)")
+    commands.add_parser("config", help="print every parameter with its default, as YAML")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Defaults, then the --config file, then each --set."""
+    overrides = dict(parse_override(text) for text in args.overrides)
+    if args.config:
+        return Config.from_file(args.config, **overrides)
+    return Config(**overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "config":
+        print(yaml.safe_dump(Config().to_dict(), sort_keys=False), end="")
+        return 0
+    return _reproduce(args)
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from bcnb.reproduce import NOTEBOOKS_DIR, NotebookFailed, reproduce
+
+    started = time.perf_counter()
+    try:
+        cfg = config_from_args(args)
+        out = reproduce(cfg, args.out, args.notebooks or NOTEBOOKS_DIR, progress=_say, progress_bar=True)
+    except NotebookFailed as error:
+        return _fail(str(error), EXIT_RUN_FAILED)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        return _fail(str(error), EXIT_BAD_INPUT)
+    except KeyboardInterrupt:
+        return _fail("interrupted; the previous run folder, if any, is unchanged", 130)
+    _say(f"done in {time.perf_counter() - started:.0f} s: {out} (see report.md)")
+    return 0
+
+
+def _say(message: str) -> None:
+    print(f"bcnb: {message}", file=sys.stderr, flush=True)
+
+
+def _fail(message: str, status: int) -> int:
+    # One line, whatever the message held.
+    print(f"bcnb: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

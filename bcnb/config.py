@@ -1,0 +1,196 @@
+"""One configuration object for a whole run.
+
+Each notebook's ``parameters`` cell holds flat literals named exactly like the fields of
+:class:`Config`; the next cell turns them into ``cfg``, which checks every value. The same
+object drives ``bcnb reproduce``, where ``--config FILE.yaml`` and ``--set key=value`` fill it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bcnb.files import write_text_atomic
+
+LAYOUTS = ("auto", "breakhis", "csv")
+MAGNIFICATIONS = ("all", "40X", "100X", "200X", "400X")
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every parameter of a run; invalid values raise ValueError naming the field."""
+
+    # Data: "synthetic" (the built-in dataset) or a path to BreakHis or a CSV manifest.
+    dataset: str = "synthetic"
+    layout: str = "auto"
+    magnification: str = "all"
+    max_images: int = 0  # 0 keeps every image; a smaller number samples per class
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    # The built-in dataset's size and how much benign and malignant overlap (0 to 1).
+    synthetic_patients: int = 40
+    synthetic_images_per_patient: int = 3
+    synthetic_difficulty: float = 0.5
+    # Model: the paper's ResNet50V2 transfer model.
+    img_size: int = 224
+    weights: str = "imagenet"  # "imagenet", "none" or a path to a weights file
+    allow_random_weights: bool = True
+    dropout: float = 0.2
+    # Training.
+    feature_cache: bool = True
+    batch_size: int = 16  # the paper's test set of about 61 images took 4 batches
+    epochs: int = 100  # an upper bound: early stopping usually ends training sooner
+    learning_rate: float = 1e-3
+    patience: int = 10  # epochs without a better validation loss before stopping
+    seed: int = 42
+    run_dir: str = "../runs/notebooks"
+
+    def __post_init__(self) -> None:
+        for field in fields(self):
+            _check_type(field.name, getattr(self, field.name), field.type)
+            if field.type == "float":
+                # Store 1 as 1.0 so the saved config reads the same as the defaults.
+                object.__setattr__(self, field.name, float(getattr(self, field.name)))
+        for problem in self._problems():
+            raise ValueError(problem)
+
+    def _problems(self) -> Iterable[str]:
+        """Yield a message for each value outside its allowed range."""
+        if not self.dataset.strip():
+            yield "dataset: expected 'synthetic' or a path, got an empty string"
+        yield from _choice("layout", self.layout, LAYOUTS)
+        yield from _choice("magnification", self.magnification, MAGNIFICATIONS)
+        yield from _at_least("max_images", self.max_images, 0)
+        yield from _between("val_fraction", self.val_fraction, 0.05, 0.5)
+        yield from _between("test_fraction", self.test_fraction, 0.05, 0.5)
+        if self.val_fraction + self.test_fraction > 0.6:
+            yield "val_fraction + test_fraction: expected at most 0.6, leaving data to train on"
+        yield from _at_least("synthetic_patients", self.synthetic_patients, 6)
+        yield from _at_least("synthetic_images_per_patient", self.synthetic_images_per_patient, 1)
+        yield from _between("synthetic_difficulty", self.synthetic_difficulty, 0.0, 1.0)
+        yield from _at_least("img_size", self.img_size, 32)
+        if not self.weights.strip():
+            yield "weights: expected 'imagenet', 'none' or a path to a weights file, got ''"
+        yield from _between("dropout", self.dropout, 0.0, 0.95)
+        yield from _at_least("batch_size", self.batch_size, 1)
+        yield from _at_least("epochs", self.epochs, 1)
+        if not 0.0 < self.learning_rate <= 1.0:
+            yield f"learning_rate: expected a number in (0, 1], got {self.learning_rate}"
+        yield from _at_least("patience", self.patience, 1)
+        yield from _at_least("seed", self.seed, 0)
+        if not self.run_dir.strip():
+            yield "run_dir: expected a folder path, got an empty string"
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def from_parameters(cls, namespace: Mapping[str, Any]) -> Config:
+        """Build from a notebook's variables (``globals()``), taking only Config's fields."""
+        missing = [name for name in field_names() if name not in namespace]
+        if missing:
+            raise ValueError(f"parameters cell lacks {', '.join(missing)}")
+        return cls(**{name: namespace[name] for name in field_names()})
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> Config:
+        """Load a YAML file of ``field: value`` pairs; ``overrides`` win over the file."""
+        path = Path(path)
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except OSError as error:
+            raise ValueError(f"{path}: cannot read config file ({error.strerror})") from None
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path}: not valid YAML ({error.__class__.__name__})") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a mapping of parameter: value")
+        _reject_unknown(values, where=str(path))
+        return cls(**{**values, **overrides})
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with some fields changed (validated again)."""
+        _reject_unknown(changes, where="replace()")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, run_dir: str | Path | None = None) -> Path:
+        """Write ``config.yaml`` into the run folder and return its path.
+
+        ``run_dir`` itself is left out: the file lives in the folder it describes, and a
+        run folder may be moved or renamed after the run.
+        """
+        run_dir = Path(run_dir or self.run_dir)
+        values = {k: v for k, v in self.to_dict().items() if k != "run_dir"}
+        return write_text_atomic(run_dir / CONFIG_FILE, yaml.safe_dump(values, sort_keys=False))
+
+
+def field_names() -> list[str]:
+    return [field.name for field in fields(Config)]
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Turn ``"key=value"`` from the command line into a typed ``(key, value)`` pair."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ValueError(f"--set {text!r}: expected key=value")
+    types = {field.name: field.type for field in fields(Config)}
+    if key not in types:
+        raise ValueError(f"unknown parameter {key!r}; known: {', '.join(types)}")
+    return key, _parse_value(key, raw.strip(), types[key])
+
+
+def _parse_value(key: str, raw: str, kind: str) -> Any:
+    if kind == "bool":
+        words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+        if raw.lower() not in words:
+            raise ValueError(f"{key}: expected true or false, got {raw!r}")
+        return words[raw.lower()]
+    converter = {"int": int, "float": float}.get(kind)
+    if converter is None:
+        return raw
+    try:
+        return converter(raw)
+    except ValueError:
+        raise ValueError(
+            f"{key}: expected {'an integer' if kind == 'int' else 'a number'}, got {raw!r}"
+        ) from None
+
+
+def _reject_unknown(values: Mapping[str, Any], where: str) -> None:
+    unknown = sorted(set(values) - set(field_names()))
+    if unknown:
+        raise ValueError(f"{where}: unknown parameter {', '.join(map(repr, unknown))}")
+
+
+def _check_type(name: str, value: Any, kind: str) -> None:
+    # bool is a subclass of int in Python: reject True where a number is expected.
+    ok = {
+        "str": isinstance(value, str),
+        "bool": isinstance(value, bool),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+    }[kind]
+    if not ok:
+        raise ValueError(f"{name}: expected {kind}, got {value!r}")
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> Iterable[str]:
+    if value not in allowed:
+        yield f"{name}: expected one of {', '.join(allowed)}, got {value!r}"
+
+
+def _at_least(name: str, value: int, low: int) -> Iterable[str]:
+    if value < low:
+        yield f"{name}: expected an integer >= {low}, got {value}"
+
+
+def _between(name: str, value: float, low: float, high: float) -> Iterable[str]:
+    if not low <= value <= high:
+        yield f"{name}: expected a number between {low} and {high}, got {value}"

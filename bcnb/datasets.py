@@ -1,0 +1,276 @@
+"""Stage 1, data: find the images, label them, split them by patient, stream them.
+
+The result of loading is an *image table*: one row per image with its ``path`` (absolute),
+``label`` ("benign" or "malignant"), ``patient_id`` and ``magnification``. Everything later
+(the split, the montage, the tf.data pipeline) works from that table.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from bcnb.config import Config
+from bcnb.files import write_text_atomic
+from bcnb.synthetic import SyntheticSpec, ensure_synthetic_dataset
+
+CLASSES = ("benign", "malignant")  # index 1, malignant, is the positive class
+TABLE_COLUMNS = ["path", "label", "patient_id", "magnification"]
+SPLITS = ("train", "val", "test")
+SPLIT_FILE = "split.csv"
+
+# BreakHis file names, e.g. SOB_B_A-14-22549AB-40-001.png: procedure (SOB), class (B or M),
+# tumour subtype, year-slide (the patient), magnification, image number.
+BREAKHIS_NAME = re.compile(
+    r"^SOB_(?P<kind>[BM])_(?P<subtype>[A-Z]+)-(?P<patient>\d+-[0-9A-Z]+)-"
+    r"(?P<magnification>40|100|200|400)-(?P<number>\d+)\.png$",
+    re.IGNORECASE,
+)
+LABEL_WORDS = {"benign": "benign", "b": "benign", "0": "benign",
+               "malignant": "malignant", "m": "malignant", "1": "malignant"}  # fmt: skip
+
+
+# --------------------------------------------------------------------------- loading
+def load_image_table(cfg: Config) -> pd.DataFrame:
+    """Load the image table for ``cfg``: the dataset, its layout, magnification, sampling."""
+    root = dataset_path(cfg)
+    layout = detect_layout(root) if cfg.layout == "auto" else cfg.layout
+    table = read_breakhis(root) if layout == "breakhis" else read_manifest(root)
+    table = select_magnification(table, cfg.magnification, source=root)
+    table = sample_images(table, cfg.max_images, cfg.seed)
+    check_both_classes(table, source=root)
+    return table.reset_index(drop=True)
+
+
+def dataset_path(cfg: Config) -> Path:
+    """The dataset's folder or manifest; the built-in dataset is generated on first use."""
+    if cfg.dataset == "synthetic":
+        spec = SyntheticSpec(
+            patients=cfg.synthetic_patients,
+            images_per_patient=cfg.synthetic_images_per_patient,
+            difficulty=cfg.synthetic_difficulty,
+        )
+        return ensure_synthetic_dataset(spec)
+    path = Path(cfg.dataset).expanduser().resolve()
+    if not path.exists():
+        raise FileNotFoundError(f"dataset: {path} does not exist (expected a folder or a .csv file)")
+    return path
+
+
+def detect_layout(path: Path) -> str:
+    """'csv' for a manifest file, 'breakhis' for a folder holding BreakHis-named images."""
+    if path.is_file():
+        if path.suffix.lower() == ".csv":
+            return "csv"
+        raise ValueError(f"dataset: {path} is a file but not a .csv manifest")
+    if any(BREAKHIS_NAME.match(p.name) for p in path.rglob("*.png")):
+        return "breakhis"
+    if not any(p.is_file() for p in path.rglob("*")):
+        raise ValueError(f"dataset: {path} is empty (expected BreakHis images or a .csv manifest)")
+    raise ValueError(
+        f"dataset: cannot tell the layout of {path}: expected BreakHis image names like "
+        "SOB_B_A-14-22549AB-40-001.png, or give a .csv manifest (layout=csv)"
+    )
+
+
+def parse_breakhis_name(name: str) -> dict[str, str]:
+    """Read label, subtype, patient and magnification from a BreakHis file name."""
+    match = BREAKHIS_NAME.match(name)
+    if match is None:
+        raise ValueError(f"{name}: not a BreakHis image name (like SOB_B_A-14-22549AB-40-001.png)")
+    return {
+        "label": "benign" if match["kind"].upper() == "B" else "malignant",
+        "subtype": match["subtype"].upper(),
+        "patient_id": match["patient"],
+        "magnification": f"{match['magnification']}X",
+    }
+
+
+def read_breakhis(root: Path) -> pd.DataFrame:
+    """Every BreakHis image below ``root``, whichever level of BreaKHis_v1 it is."""
+    if not root.is_dir():
+        raise ValueError(f"dataset: {root} is not a folder (layout=breakhis expects one)")
+    rows = [
+        {"path": str(path), **parse_breakhis_name(path.name)}
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and BREAKHIS_NAME.match(path.name)
+    ]
+    if not rows:
+        raise ValueError(f"dataset: no BreakHis images (like SOB_B_A-14-22549AB-40-001.png) below {root}")
+    return pd.DataFrame(rows)[TABLE_COLUMNS + ["subtype"]]
+
+
+def read_manifest(csv_path: Path) -> pd.DataFrame:
+    """A CSV with columns path,label,patient_id[,magnification]; paths relative to the CSV."""
+    if not csv_path.is_file():
+        raise ValueError(f"dataset: {csv_path} is not a file (layout=csv expects a .csv manifest)")
+    try:
+        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise ValueError(f"{csv_path}: not a readable CSV ({error.__class__.__name__})") from None
+    missing = [c for c in ("path", "label", "patient_id") if c not in table.columns]
+    if missing:
+        raise ValueError(f"{csv_path}: missing column {', '.join(missing)} (need path,label,patient_id)")
+    if table.empty:
+        raise ValueError(f"{csv_path}: has a header but no images")
+    if "magnification" not in table.columns:
+        table["magnification"] = "unknown"
+    table["label"] = [_label_word(value, csv_path) for value in table["label"]]
+    table["path"] = [str((csv_path.parent / p).resolve()) for p in table["path"]]
+    absent = [p for p in table["path"] if not Path(p).is_file()]
+    if absent:
+        raise FileNotFoundError(f"{csv_path}: {len(absent)} listed images do not exist, e.g. {absent[0]}")
+    return table[TABLE_COLUMNS]
+
+
+def _label_word(value: str, source: Path) -> str:
+    word = LABEL_WORDS.get(str(value).strip().lower())
+    if word is None:
+        raise ValueError(f"{source}: label {value!r} is not benign/malignant (or B/M, 0/1)")
+    return word
+
+
+def select_magnification(table: pd.DataFrame, magnification: str, source: Path) -> pd.DataFrame:
+    """Keep one magnification, or all of them for ``"all"``."""
+    if magnification == "all":
+        return table
+    kept = table[table["magnification"] == magnification]
+    if kept.empty:
+        found = ", ".join(sorted(table["magnification"].unique()))
+        raise ValueError(f"magnification: no {magnification} images in {source} (found {found})")
+    return kept
+
+
+def sample_images(table: pd.DataFrame, max_images: int, seed: int) -> pd.DataFrame:
+    """At most ``max_images`` images, drawn in proportion from each class (0 keeps all)."""
+    if max_images == 0 or max_images >= len(table):
+        return table
+    fraction = max_images / len(table)
+    return table.groupby("label", group_keys=False).sample(frac=fraction, random_state=seed)
+
+
+def check_both_classes(table: pd.DataFrame, source: Path) -> None:
+    found = set(table["label"])
+    if found != set(CLASSES):
+        only = ", ".join(sorted(found))
+        raise ValueError(f"dataset: {source} has only {only} images; need both benign and malignant")
+
+
+# --------------------------------------------------------------------------- split
+def split_by_patient(
+    table: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int
+) -> pd.DataFrame:
+    """Add a ``split`` column: train/val/test by patient, stratified by class.
+
+    Images of one patient are near-duplicates, so every patient's images go to one split;
+    an image-level split would let the model recognise patients instead of tumours.
+    Within each class, patients are shuffled and each goes to the split furthest below its
+    share of that class' images.
+    """
+    shares = {"test": test_fraction, "val": val_fraction, "train": 1 - val_fraction - test_fraction}
+    rng = np.random.default_rng(seed)
+    assignment: dict[str, str] = {}
+    for label, group in table.groupby("label"):
+        images_per_patient = group.groupby("patient_id").size().sort_index()
+        patients = list(images_per_patient.index[rng.permutation(len(images_per_patient))])
+        assignment.update(_assign_patients(patients, images_per_patient, shares, label))
+    return table.assign(split=table["patient_id"].map(assignment))
+
+
+def _assign_patients(patients, images_per_patient, shares, label) -> dict[str, str]:
+    wanted = [split for split, share in shares.items() if share > 0]
+    if len(patients) < len(wanted):
+        raise ValueError(
+            f"split: {label} has {len(patients)} patient(s); a patient-level split into "
+            f"{'/'.join(wanted)} needs at least {len(wanted)}"
+        )
+    total = images_per_patient.sum()
+    filled = dict.fromkeys(shares, 0)
+    assignment = {}
+    # Every wanted split gets one patient first, so none is left without this class.
+    for split, patient in zip(wanted, patients):
+        assignment[patient] = split
+        filled[split] += images_per_patient[patient]
+    for patient in patients[len(wanted) :]:
+        split = max(wanted, key=lambda s: shares[s] * total - filled[s])
+        assignment[patient] = split
+        filled[split] += images_per_patient[patient]
+    return assignment
+
+
+def save_split(table: pd.DataFrame, run_dir: str | Path) -> Path:
+    """Write the split manifest: one row per image with its split."""
+    columns = TABLE_COLUMNS + ["split"]
+    return write_text_atomic(Path(run_dir) / SPLIT_FILE, table[columns].to_csv(index=False))
+
+
+def load_split(run_dir: str | Path) -> pd.DataFrame:
+    path = Path(run_dir) / SPLIT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run notebook 01_data (or bcnb reproduce) first")
+    return pd.read_csv(path, dtype={"patient_id": str})
+
+
+def summarize_split(table: pd.DataFrame) -> pd.DataFrame:
+    """Images and patients per split and class, in split order."""
+    summary = (
+        table.groupby(["split", "label"])
+        .agg(images=("path", "size"), patients=("patient_id", "nunique"))
+        .reset_index()
+    )
+    order = {name: i for i, name in enumerate(SPLITS)}
+    return summary.sort_values(["split", "label"], key=lambda c: c.map(order) if c.name == "split" else c)
+
+
+def count_images(table: pd.DataFrame) -> pd.DataFrame:
+    """Images per class and magnification, with the number of patients per class."""
+    counts = table.pivot_table(
+        index="label", columns="magnification", values="path", aggfunc="size", fill_value=0
+    )
+    counts["images"] = counts.sum(axis=1)
+    counts["patients"] = table.groupby("label")["patient_id"].nunique()
+    return counts
+
+
+# --------------------------------------------------------------------------- images
+def read_image(path: str | Path) -> np.ndarray:
+    """One image as an RGB uint8 array (for display; training streams through tf.data)."""
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def labels_of(table: pd.DataFrame) -> np.ndarray:
+    """0 for benign, 1 for malignant."""
+    return (table["label"] == CLASSES[1]).to_numpy(dtype=np.float32)
+
+
+def make_dataset(table: pd.DataFrame, img_size: int, batch_size: int, shuffle: bool = False, seed: int = 0):
+    """A tf.data pipeline of (image, label) batches; images are float 0-255, img_size square.
+
+    Files are decoded in parallel and prefetched, so nothing holds the whole dataset in
+    memory. The model scales pixels itself, so the pipeline only resizes.
+    """
+    import tensorflow as tf
+
+    labels = labels_of(table).reshape(-1, 1)
+    ds = tf.data.Dataset.from_tensor_slices((table["path"].to_numpy(dtype=str), labels))
+    if shuffle:
+        ds = ds.shuffle(len(table), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.map(
+        lambda path, label: (decode_and_resize(path, img_size), label),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def decode_and_resize(path, img_size: int):
+    """Read one file and squash the whole field of view to img_size x img_size."""
+    import tensorflow as tf
+
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    # antialias: shrinking 700x460 to 224 without it would alias the fine nuclear texture.
+    return tf.image.resize(image, (img_size, img_size), antialias=True)

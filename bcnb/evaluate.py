@@ -1,0 +1,126 @@
+"""Stage 4, evaluation: test-split metrics that do not flatter the model.
+
+BreakHis is imbalanced (about 69% of images are malignant), so a model that always says
+"malignant" already scores 69% accuracy. Balanced accuracy, sensitivity and specificity are
+reported beside accuracy, with the always-malignant baseline and an interval for accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
+
+from bcnb.datasets import labels_of, make_dataset
+from bcnb.files import write_json_atomic, write_text_atomic
+
+# Prasuna et al.: model.evaluate(test_gen) -> loss 0.1723, accuracy 0.9344.
+PAPER = {"test_accuracy": 0.9344, "test_loss": 0.1723}
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.csv"
+
+
+def predict_probabilities(model, table: pd.DataFrame, img_size: int, batch_size: int) -> np.ndarray:
+    """The model's malignancy probability for each image of ``table``, in table order."""
+    images = make_dataset(table, img_size, batch_size).map(lambda image, label: image)
+    return model.predict(images, verbose=0).reshape(-1)
+
+
+def compute_metrics(y_true: np.ndarray, y_prob: np.ndarray, threshold: float = 0.5) -> dict:
+    """Classification metrics at ``threshold`` plus ROC AUC; malignant (1) is positive."""
+    y_true = np.asarray(y_true).astype(int)
+    y_pred = (np.asarray(y_prob) >= threshold).astype(int)
+    tn, fp, fn, tp = skm.confusion_matrix(y_true, y_pred, labels=[0, 1]).ravel().tolist()
+    sensitivity, specificity = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
+    precision = _ratio(tp, tp + fp)
+    both_classes = len(set(y_true.tolist())) == 2
+    return {
+        "accuracy": (tp + tn) / len(y_true),
+        "balanced_accuracy": (sensitivity + specificity) / 2,
+        "sensitivity": sensitivity,  # recall of malignant
+        "specificity": specificity,  # recall of benign
+        "precision": precision,
+        "f1": _ratio(2 * precision * sensitivity, precision + sensitivity),
+        "roc_auc": float(skm.roc_auc_score(y_true, y_prob)) if both_classes else math.nan,
+        "confusion_matrix": [[tn, fp], [fn, tp]],
+        "threshold": threshold,
+    }
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator else math.nan
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval for a proportion.
+
+    It treats images as independent; images of one patient are not, so the true
+    uncertainty is wider still.
+    """
+    if n == 0:
+        return (math.nan, math.nan)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (centre - half, centre + half)
+
+
+def summarize_test_results(
+    test: pd.DataFrame, y_prob: np.ndarray, keras_results: dict, weights: dict, dataset: str
+) -> dict:
+    """Everything metrics.json holds about one evaluated run."""
+    y_true = labels_of(test)
+    found = compute_metrics(y_true, y_prob)
+    correct = round(found["accuracy"] * len(test))
+    return {
+        "test_accuracy": float(keras_results["accuracy"]),
+        "test_loss": float(keras_results["loss"]),
+        "test_accuracy_95ci": list(wilson_interval(correct, len(test))),
+        **{k: v for k, v in found.items() if k != "accuracy"},
+        "always_malignant_accuracy": float(y_true.mean()),
+        "n_test_images": len(test),
+        "n_test_patients": int(test["patient_id"].nunique()),
+        "dataset": dataset,
+        "weights": weights["used"],
+        "weights_pretrained": weights["pretrained"],
+        "weights_source": weights["source"],
+        "paper_test_accuracy": PAPER["test_accuracy"],
+        "paper_test_loss": PAPER["test_loss"],
+    }
+
+
+def save_metrics(metrics: dict, run_dir: str | Path) -> Path:
+    """Write metrics.json; NaN (e.g. AUC with one class) becomes null."""
+    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+    return write_json_atomic(Path(run_dir) / METRICS_FILE, clean)
+
+
+def load_metrics(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run notebook 04_evaluate first")
+    return json.loads(path.read_text())
+
+
+def save_predictions(
+    test: pd.DataFrame, y_prob: np.ndarray, run_dir: str | Path, threshold: float = 0.5
+) -> Path:
+    """One row per test image: its label, the predicted probability and class."""
+    table = test[["path", "label", "patient_id", "magnification"]].assign(
+        malignant_probability=np.round(y_prob, 6),
+        predicted=np.where(y_prob >= threshold, "malignant", "benign"),
+    )
+    return write_text_atomic(Path(run_dir) / PREDICTIONS_FILE, table.to_csv(index=False))
+
+
+def paper_comparison(metrics: dict) -> pd.DataFrame:
+    """Our test loss and accuracy beside the paper's."""
+    rows = [
+        ("test accuracy", PAPER["test_accuracy"], metrics["test_accuracy"]),
+        ("test loss", PAPER["test_loss"], metrics["test_loss"]),
+    ]
+    return pd.DataFrame(rows, columns=["", "paper", "this run"]).set_index("")

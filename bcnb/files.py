@@ -1,0 +1,58 @@
+"""Writing into the run folder without ever leaving a half-written file."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to a temporary file beside ``path``, then rename it into place.
+
+    A reader sees either the old file or the new one, never a mix, even if the process
+    dies halfway through.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | Path, value: Any) -> Path:
+    return write_text_atomic(path, json.dumps(value, indent=2) + "\n")
+
+
+def temporary_path_beside(path: str | Path) -> Path:
+    """A fresh name in ``path``'s folder, keeping its suffix (for libraries that write files)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(handle)
+    return Path(temporary)
+
+
+def replace_from_writer(path: str | Path, write) -> Path:
+    """Call ``write(temporary_path)``, then rename the result onto ``path``."""
+    path = Path(path)
+    temporary = temporary_path_beside(path)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path

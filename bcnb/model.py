@@ -1,0 +1,192 @@
+"""Stage 2, model: the paper's ResNet50V2 transfer model.
+
+    image (0-255) -> Rescaling to [-1, 1] -> ResNet50V2 base, frozen, training=False
+                  -> GlobalAveragePooling2D -> Dropout(0.2) -> Dense(1, sigmoid)
+
+The pixel scaling is a layer of the model (it is exactly what
+``keras.applications.resnet_v2.preprocess_input`` does), so a saved model takes raw images
+and loads with Keras' safe mode: no Lambda layers.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import keras
+
+from bcnb.config import Config
+from bcnb.files import replace_from_writer, write_json_atomic
+
+IMAGENET_FILE = "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"
+IMAGENET_URL = f"https://storage.googleapis.com/tensorflow/keras-applications/resnet/{IMAGENET_FILE}"
+# md5 of the file above, as recorded in keras/src/applications/resnet.py (WEIGHTS_HASHES).
+IMAGENET_MD5 = "fac2f116257151a9d068a22e544a4917"
+FEATURE_LAYER = "pool"
+WEIGHTS_FILE = "weights.json"
+INITIAL_MODEL_FILE = "model_initial.keras"
+MODEL_FILE = "model.keras"
+
+
+class WeightsUnavailableError(RuntimeError):
+    """ImageNet weights were asked for, cannot be had, and random weights are not allowed."""
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Which weights the base really got, in words fit for a report."""
+
+    requested: str
+    used: str  # "imagenet", "file" or "random"
+    source: str  # the file loaded, or why the weights are random
+    pretrained: bool
+
+    def summary(self) -> str:
+        if self.used == "imagenet":
+            return f"ImageNet weights ({self.source})"
+        if self.used == "file":
+            return f"weights file {self.source}"
+        return f"RANDOM weights, not pretrained: {self.source}"
+
+    def warning(self) -> str:
+        """A loud banner for random weights; empty when the base is pretrained."""
+        if self.pretrained:
+            return ""
+        rule = "!" * 78
+        return (
+            f"{rule}\n"
+            "WARNING: the ResNet50V2 base has RANDOM weights, not ImageNet weights.\n"
+            f"Reason: {self.source}\n"
+            "This run is NOT transfer learning; its numbers cannot be compared with the\n"
+            "paper's 0.9344. See data_instructions.md to install the ImageNet weights file.\n"
+            "Random features are tiny, so the head learns slowly at learning_rate=0.001;\n"
+            "configs/demo.yaml uses 0.03.\n"
+            f"{rule}"
+        )
+
+
+def keras_home() -> Path:
+    """Keras' cache root: $KERAS_HOME, else ~/.keras (read now, not when Keras was imported)."""
+    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras").expanduser()
+
+
+def imagenet_weights_path() -> Path:
+    """Where the ImageNet weights file must be for offline use."""
+    return keras_home() / "models" / IMAGENET_FILE
+
+
+def resolve_weights(weights: str, allow_random_weights: bool) -> tuple[str | None, WeightsInfo]:
+    """Turn the ``weights`` parameter into what Keras loads, plus an honest record of it.
+
+    "imagenet" goes through Keras' own download and cache (so a file placed in the cache
+    works offline); "none" is a random initialisation; anything else is a weights file path.
+    """
+    if weights.lower() == "none":
+        return None, WeightsInfo(weights, "random", "weights=none was requested", False)
+    if weights.lower() != "imagenet":
+        path = Path(weights).expanduser().resolve()
+        if not path.is_file():
+            raise FileNotFoundError(f"weights: file {path} does not exist")
+        return str(path), WeightsInfo(weights, "file", str(path), True)
+    try:
+        path = keras.utils.get_file(
+            IMAGENET_FILE, IMAGENET_URL, cache_dir=str(keras_home()), cache_subdir="models",
+            file_hash=IMAGENET_MD5,
+        )  # fmt: skip
+    except Exception as error:  # Keras raises a bare Exception when the download fails
+        reason = f"ImageNet weights unavailable ({_first_line(error)})"
+        if not allow_random_weights:
+            raise WeightsUnavailableError(
+                f"weights: cannot get {IMAGENET_FILE}; for offline use, put it at "
+                f"{imagenet_weights_path()} (see data_instructions.md), or set "
+                "allow_random_weights=true to run without pretraining"
+            ) from None
+        return None, WeightsInfo(weights, "random", reason, False)
+    return path, WeightsInfo(weights, "imagenet", path, True)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[-1][:200] if text else error.__class__.__name__
+
+
+def build_base_model(img_size: int, weights: str | None) -> keras.Model:
+    """ResNet50V2 without its ImageNet classifier, frozen."""
+    base_model = keras.applications.ResNet50V2(
+        include_top=False, weights=weights, input_shape=(img_size, img_size, 3)
+    )
+    # Frozen: its weights are not updated by training.
+    base_model.trainable = False
+    return base_model
+
+
+def build_model(img_size: int = 224, weights: str | None = None, dropout: float = 0.2) -> keras.Model:
+    """The paper's transfer model; ``weights`` is what Keras loads (see resolve_weights)."""
+    base_model = build_base_model(img_size, weights)
+    inputs = keras.Input(shape=(img_size, img_size, 3), name="image")
+    # ResNet50V2 expects pixels in [-1, 1]: x / 127.5 - 1.
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1, name="preprocess")(inputs)
+    # training=False keeps BatchNormalization in inference mode: it normalises with the
+    # statistics learnt on ImageNet instead of the batch's, even when the base is unfrozen.
+    x = base_model(x, training=False)
+    x = keras.layers.GlobalAveragePooling2D(name=FEATURE_LAYER)(x)
+    x = keras.layers.Dropout(dropout, name="dropout")(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid", name="classifier")(x)
+    return keras.Model(inputs, outputs, name="bcnb_resnet50v2")
+
+
+def build_transfer_model(cfg: Config) -> tuple[keras.Model, WeightsInfo]:
+    """Stage entry point: resolve the weights and build the model for ``cfg``."""
+    keras_weights, info = resolve_weights(cfg.weights, cfg.allow_random_weights)
+    keras.utils.set_random_seed(cfg.seed)  # random weights, where used, depend on the seed
+    return build_model(cfg.img_size, keras_weights, cfg.dropout), info
+
+
+def feature_extractor(model: keras.Model) -> keras.Model:
+    """The model up to the pooled features: preprocessing, frozen base, pooling."""
+    return keras.Model(model.inputs, model.get_layer(FEATURE_LAYER).output, name="features")
+
+
+def classifier_head(model: keras.Model) -> keras.Model:
+    """Dropout + Dense applied to pooled features, *sharing* the model's own layers.
+
+    Training this small model trains the full model's classifier, because the layers are
+    the same objects.
+    """
+    n_features = model.get_layer(FEATURE_LAYER).output.shape[-1]
+    features = keras.Input(shape=(n_features,), name="features")
+    x = model.get_layer("dropout")(features)
+    return keras.Model(features, model.get_layer("classifier")(x), name="head")
+
+
+def count_parameters(model: keras.Model) -> dict[str, int]:
+    trainable = sum(int(w.numpy().size) for w in model.trainable_weights)
+    frozen = sum(int(w.numpy().size) for w in model.non_trainable_weights)
+    return {"trainable": trainable, "non_trainable": frozen, "total": trainable + frozen}
+
+
+def save_model(model: keras.Model, path: str | Path) -> Path:
+    """Save a ``.keras`` file without ever leaving a half-written one."""
+    return replace_from_writer(path, model.save)
+
+
+def load_model(path: str | Path) -> keras.Model:
+    """Load a saved bcnb model with Keras' safe mode on (no arbitrary code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run the notebook that writes it first")
+    return keras.models.load_model(path, safe_mode=True)
+
+
+def save_weights_info(info: WeightsInfo, run_dir: str | Path) -> Path:
+    return write_json_atomic(Path(run_dir) / WEIGHTS_FILE, asdict(info))
+
+
+def load_weights_info(run_dir: str | Path) -> WeightsInfo:
+    import json
+
+    path = Path(run_dir) / WEIGHTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run notebook 02_model first")
+    return WeightsInfo(**json.loads(path.read_text()))

@@ -1,0 +1,103 @@
+"""Batch reproduction: run the notebooks headless with papermill into one run folder.
+
+The notebooks run in a staging folder beside the target (``.NAME.partial``). Only when all
+of them succeed does the staging folder replace the target, so a failed or interrupted run
+never damages an earlier run folder; the failed one stays for inspection.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from bcnb.config import Config
+from bcnb.datasets import dataset_path, load_image_table, split_by_patient
+
+NOTEBOOKS = ("01_data.ipynb", "02_model.ipynb", "03_train.ipynb", "04_evaluate.ipynb")
+NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook raised while papermill executed it."""
+
+
+def check_inputs(cfg: Config) -> None:
+    """Fail before any notebook runs if the dataset, split or weights cannot work."""
+    split_by_patient(load_image_table(cfg), cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    if cfg.weights.lower() not in {"imagenet", "none"}:
+        path = Path(cfg.weights).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"weights: file {path.resolve()} does not exist")
+    elif cfg.weights.lower() == "imagenet" and not cfg.allow_random_weights:
+        from bcnb.model import resolve_weights  # imports TensorFlow: only when needed
+
+        resolve_weights(cfg.weights, allow_random_weights=False)
+
+
+def reproduce(
+    cfg: Config,
+    out: str | Path,
+    notebooks_dir: str | Path = NOTEBOOKS_DIR,
+    progress: Callable[[str], None] = lambda message: None,
+    progress_bar: bool = False,
+) -> Path:
+    """Run every notebook on ``cfg`` and leave the results in ``out``; return ``out``."""
+    out = Path(out).resolve()
+    notebooks_dir = Path(notebooks_dir)
+    missing = [name for name in NOTEBOOKS if not (notebooks_dir / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"notebooks: {notebooks_dir} lacks {', '.join(missing)}")
+    # Paths in the parameters must not depend on the kernels' working folder.
+    if cfg.dataset != "synthetic":
+        cfg = cfg.replace(dataset=str(dataset_path(cfg)))
+    if cfg.weights.lower() not in {"imagenet", "none"}:
+        cfg = cfg.replace(weights=str(Path(cfg.weights).expanduser().resolve()))
+    progress("checking the dataset and parameters")
+    check_inputs(cfg)
+    staging = out.parent / f".{out.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "notebooks").mkdir(parents=True)
+    for number, name in enumerate(NOTEBOOKS, start=1):
+        progress(f"[{number}/{len(NOTEBOOKS)}] {name}")
+        _execute(
+            notebooks_dir / name,
+            staging / "notebooks" / name,
+            cfg.replace(run_dir=str(staging)),
+            progress_bar,
+        )
+    _swap_into_place(staging, out)
+    return out
+
+
+def _execute(source: Path, target: Path, cfg: Config, progress_bar: bool) -> None:
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    # Quieter TensorFlow in the kernels; they inherit this process' environment.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        papermill.execute_notebook(
+            str(source),
+            str(target),
+            parameters=cfg.to_dict(),
+            cwd=str(source.parent),
+            progress_bar=progress_bar,
+            kernel_name="python3",
+        )
+    except PapermillExecutionError as error:
+        raise NotebookFailed(
+            f"{source.name} failed at cell {error.exec_count}: {error.ename}: {error.evalue.strip()} "
+            f"(executed notebook kept in {target})"
+        ) from None
+
+
+def _swap_into_place(staging: Path, out: Path) -> None:
+    """Replace ``out`` with ``staging``; the old run is removed only after the swap."""
+    old = out.parent / f".{out.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(staging, out)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,54 @@
+"""Shared fixtures: the real BreakHis sample, tiny built-in datasets and configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Quieter TensorFlow, and keep generated datasets out of the user's home.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = Path(__file__).resolve().parent.parent
+BREAKHIS_SAMPLE = ROOT.parent / "shared" / "data" / "breakhis_sample"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def bcnb_cache(tmp_path_factory) -> Path:
+    """Generated datasets go to a per-session folder, not ~/.cache."""
+    cache = tmp_path_factory.mktemp("bcnb_cache")
+    os.environ["BCNB_CACHE"] = str(cache)
+    return cache
+
+
+@pytest.fixture
+def breakhis_sample() -> Path:
+    if not (BREAKHIS_SAMPLE / "manifest.csv").is_file():
+        pytest.skip(f"the real BreakHis sample is not at {BREAKHIS_SAMPLE} (it lives in ../shared/)")
+    return BREAKHIS_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg():
+    """A config for a small, fast run: 12 patients, one image per magnification, 32x32."""
+    from bcnb import Config
+
+    return Config(
+        synthetic_patients=12,
+        synthetic_images_per_patient=1,
+        img_size=32,
+        batch_size=8,
+        epochs=3,
+        weights="none",
+        learning_rate=0.03,
+        run_dir="unused",
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_split(tiny_cfg):
+    from bcnb import datasets
+
+    table = datasets.load_image_table(tiny_cfg)
+    return datasets.split_by_patient(table, tiny_cfg.val_fraction, tiny_cfg.test_fraction, tiny_cfg.seed)

@@ -1,0 +1,143 @@
+from dataclasses import fields
+
+import pytest
+import yaml
+
+from bcnb.config import Config, field_names, parse_override
+
+# One bad value per field, with a word the error message must contain.
+BAD_VALUES = {
+    "dataset": ("", "dataset"),
+    "layout": ("folders", "layout: expected one of auto, breakhis, csv"),
+    "magnification": ("50X", "magnification: expected one of"),
+    "max_images": (-1, "max_images"),
+    "val_fraction": (0.0, "val_fraction"),
+    "test_fraction": (0.9, "test_fraction"),
+    "synthetic_patients": (3, "synthetic_patients"),
+    "synthetic_images_per_patient": (0, "synthetic_images_per_patient"),
+    "synthetic_difficulty": (1.5, "synthetic_difficulty"),
+    "img_size": (16, "img_size"),
+    "weights": (" ", "weights"),
+    "allow_random_weights": ("yes", "allow_random_weights: expected bool"),
+    "dropout": (1.0, "dropout"),
+    "feature_cache": (1, "feature_cache: expected bool"),
+    "batch_size": (0, "batch_size"),
+    "epochs": (0, "epochs"),
+    "learning_rate": (0.0, "learning_rate"),
+    "patience": (0, "patience"),
+    "seed": (-3, "seed"),
+    "run_dir": ("", "run_dir"),
+}
+
+
+def test_every_field_has_a_bad_value_case():
+    assert set(BAD_VALUES) == set(field_names())
+
+
+@pytest.mark.parametrize("name", sorted(BAD_VALUES))
+def test_bad_value_names_the_field(name):
+    value, message = BAD_VALUES[name]
+    with pytest.raises(ValueError, match=message):
+        Config(**{name: value})
+
+
+@pytest.mark.parametrize("name,value", [("epochs", 2.5), ("img_size", True), ("learning_rate", "0.1")])
+def test_wrong_type_is_rejected(name, value):
+    with pytest.raises(ValueError, match=f"{name}: expected"):
+        Config(**{name: value})
+
+
+def test_fractions_must_leave_training_data():
+    with pytest.raises(ValueError, match="val_fraction \\+ test_fraction"):
+        Config(val_fraction=0.4, test_fraction=0.4)
+
+
+def test_defaults_are_valid_and_integers_become_floats():
+    cfg = Config(learning_rate=1)
+    assert cfg.learning_rate == 1.0 and isinstance(cfg.learning_rate, float)
+
+
+def test_config_is_frozen():
+    with pytest.raises(AttributeError):
+        Config().epochs = 3
+
+
+def test_from_parameters_takes_only_config_fields():
+    namespace = {**Config().to_dict(), "epochs": 7, "unrelated": object()}
+    assert Config.from_parameters(namespace).epochs == 7
+
+
+def test_from_parameters_names_missing_parameters():
+    namespace = Config().to_dict()
+    del namespace["seed"]
+    with pytest.raises(ValueError, match="lacks seed"):
+        Config.from_parameters(namespace)
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("epochs=5", ("epochs", 5)),
+        ("learning_rate=3e-4", ("learning_rate", 3e-4)),
+        ("feature_cache=false", ("feature_cache", False)),
+        ("allow_random_weights=Yes", ("allow_random_weights", True)),
+        ("dataset=data/a=b.csv", ("dataset", "data/a=b.csv")),
+    ],
+)
+def test_parse_override_types_values(text, expected):
+    assert parse_override(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("epochs", "expected key=value"),
+        ("epoch=5", "unknown parameter 'epoch'"),
+        ("epochs=five", "epochs: expected an integer"),
+        ("dropout=half", "dropout: expected a number"),
+        ("feature_cache=maybe", "feature_cache: expected true or false"),
+    ],
+)
+def test_parse_override_errors(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_override(text)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    cfg = Config(epochs=3, dataset="data/x.csv", run_dir=str(tmp_path))
+    path = cfg.save()
+    saved = yaml.safe_load(path.read_text())
+    assert "run_dir" not in saved  # the file lives in the run folder it describes
+    assert Config.from_file(path, run_dir=str(tmp_path)) == cfg
+
+
+def test_from_file_overrides_win(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: 4\nseed: 1\n")
+    cfg = Config.from_file(path, seed=9)
+    assert (cfg.epochs, cfg.seed) == (4, 9)
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("epochz: 4\n", "unknown parameter 'epochz'"),
+        ("- 1\n- 2\n", "expected a mapping"),
+        ("epochs: [\n", "not valid YAML"),
+        ("epochs: -4\n", "epochs: expected an integer >= 1"),
+    ],
+)
+def test_from_file_errors_name_the_problem(tmp_path, content, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        Config.from_file(path)
+
+
+def test_from_file_missing(tmp_path):
+    with pytest.raises(ValueError, match="cannot read config file"):
+        Config.from_file(tmp_path / "absent.yaml")
+
+
+def test_field_types_are_flat_literals():
+    assert {f.type for f in fields(Config)} <= {"str", "int", "float", "bool"}

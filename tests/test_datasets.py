@@ -1,0 +1,222 @@
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bcnb import Config, datasets
+
+
+# --------------------------------------------------------------------------- BreakHis names
+def test_parse_breakhis_name_on_every_real_sample_file(breakhis_sample):
+    manifest = pd.read_csv(breakhis_sample / "manifest.csv", dtype=str)
+    for row in manifest.itertuples():
+        parsed = datasets.parse_breakhis_name(Path(row.path).name)
+        assert (parsed["label"], parsed["patient_id"], parsed["magnification"], parsed["subtype"]) == (
+            row.label, row.patient_id, row.magnification, row.subtype
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["SOB_B_A-14-22549AB-40.png", "SOB_X_A-14-22549AB-40-001.png", "SOB_B_A-14-22549AB-50-001.png", "a.png"],
+)
+def test_parse_breakhis_name_rejects_other_names(name):
+    with pytest.raises(ValueError, match="not a BreakHis image name"):
+        datasets.parse_breakhis_name(name)
+
+
+@pytest.mark.parametrize(
+    "level", ["BreaKHis_v1", "BreaKHis_v1/histology_slides", "BreaKHis_v1/histology_slides/breast", "."]
+)
+def test_read_breakhis_from_any_level(breakhis_sample, level):
+    table = datasets.read_breakhis(breakhis_sample / level)
+    assert len(table) == 16
+    assert table["patient_id"].nunique() == 12
+    assert set(table["magnification"]) == {"40X", "100X", "200X", "400X"}
+
+
+def test_breakhis_folder_and_csv_manifest_agree(breakhis_sample):
+    from_folders = datasets.read_breakhis(breakhis_sample).sort_values("path").reset_index(drop=True)
+    from_csv = (
+        datasets.read_manifest(breakhis_sample / "manifest.csv").sort_values("path").reset_index(drop=True)
+    )
+    pd.testing.assert_frame_equal(from_folders[datasets.TABLE_COLUMNS], from_csv)
+
+
+def test_load_image_table_on_the_real_sample(breakhis_sample):
+    table = datasets.load_image_table(Config(dataset=str(breakhis_sample)))
+    assert sorted(table["label"].value_counts().items()) == [("benign", 11), ("malignant", 5)]
+
+
+def test_decoding_a_real_image(breakhis_sample):
+    table = datasets.read_breakhis(breakhis_sample).head(3)
+    images, labels = next(iter(datasets.make_dataset(table, img_size=64, batch_size=3)))
+    assert images.shape == (3, 64, 64, 3) and labels.shape == (3, 1)
+    pixels = images.numpy()
+    assert 0 <= pixels.min() and pixels.max() <= 255 and pixels.std() > 10  # real content, 0-255 scale
+    original = datasets.read_image(table.iloc[0]["path"])
+    assert original.shape == (460, 700, 3)
+    # Squashing keeps the colour balance of the whole field of view.
+    np.testing.assert_allclose(pixels[0].mean(axis=(0, 1)), original.mean(axis=(0, 1)), atol=3)
+
+
+# --------------------------------------------------------------------------- errors
+def test_missing_dataset_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        datasets.load_image_table(Config(dataset=str(tmp_path / "nowhere")))
+
+
+def test_empty_folder(tmp_path):
+    with pytest.raises(ValueError, match="is empty"):
+        datasets.load_image_table(Config(dataset=str(tmp_path)))
+
+
+def test_folder_of_unknown_layout(tmp_path):
+    (tmp_path / "benign").mkdir()
+    (tmp_path / "benign" / "img1.png").write_bytes(b"x")
+    with pytest.raises(ValueError, match="cannot tell the layout"):
+        datasets.load_image_table(Config(dataset=str(tmp_path)))
+
+
+def test_one_class_only(breakhis_sample, tmp_path):
+    benign = breakhis_sample / "BreaKHis_v1/histology_slides/breast/benign"
+    with pytest.raises(ValueError, match="has only benign images; need both"):
+        datasets.load_image_table(Config(dataset=str(benign)))
+
+
+def test_file_that_is_not_a_manifest(tmp_path):
+    path = tmp_path / "images.zip"
+    path.write_bytes(b"PK")
+    with pytest.raises(ValueError, match="not a .csv manifest"):
+        datasets.load_image_table(Config(dataset=str(path)))
+
+
+def _manifest(tmp_path, text):
+    path = tmp_path / "m.csv"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    "text,error,message",
+    [
+        ("path,label\na.png,benign\n", ValueError, "missing column patient_id"),
+        ("path,label,patient_id\n", ValueError, "header but no images"),
+        ("path,label,patient_id\na.png,tumour,p1\n", ValueError, "label 'tumour' is not benign/malignant"),
+        ("path,label,patient_id\nabsent.png,benign,p1\n", FileNotFoundError, "1 listed images do not exist"),
+        ("", ValueError, "not a readable CSV"),
+    ],
+)
+def test_manifest_errors(tmp_path, text, error, message):
+    (tmp_path / "a.png").write_bytes(b"x")
+    with pytest.raises(error, match=message):
+        datasets.read_manifest(_manifest(tmp_path, text))
+
+
+def test_manifest_accepts_label_codes_and_extra_columns(tmp_path):
+    for name in ("a.png", "b.png"):
+        (tmp_path / name).write_bytes(b"x")
+    table = datasets.read_manifest(
+        _manifest(tmp_path, "path,label,patient_id,stain\na.png,0,p1,x\nb.png,M,p2,y\n")
+    )
+    assert list(table["label"]) == ["benign", "malignant"]
+    assert list(table["magnification"]) == ["unknown", "unknown"]
+    assert Path(table.iloc[0]["path"]) == tmp_path / "a.png"
+
+
+def test_layout_can_be_forced(breakhis_sample):
+    with pytest.raises(ValueError, match="layout=csv expects a .csv manifest"):
+        datasets.load_image_table(Config(dataset=str(breakhis_sample), layout="csv"))
+
+
+# --------------------------------------------------------------------------- selection
+def test_select_magnification(breakhis_sample):
+    table = datasets.load_image_table(Config(dataset=str(breakhis_sample), magnification="200X"))
+    assert set(table["magnification"]) == {"200X"} and len(table) == 3
+
+
+def test_select_absent_magnification(breakhis_sample, tmp_path):
+    for path in breakhis_sample.rglob("*-40-*.png"):
+        shutil.copy(path, tmp_path / path.name)  # a flat folder is fine for BreakHis names
+    with pytest.raises(ValueError, match=r"magnification: no 400X images .* \(found 40X\)"):
+        datasets.load_image_table(Config(dataset=str(tmp_path), magnification="400X"))
+
+
+def test_max_images_samples_each_class(tiny_cfg):
+    table = datasets.load_image_table(tiny_cfg.replace(max_images=24))
+    full = datasets.load_image_table(tiny_cfg)
+    assert len(table) == 24
+    share = (table["label"] == "malignant").mean()
+    assert abs(share - (full["label"] == "malignant").mean()) < 0.05
+
+
+# --------------------------------------------------------------------------- split
+def _split(table, seed=0, val=0.2, test=0.2):
+    return datasets.split_by_patient(table, val, test, seed)
+
+
+@pytest.fixture(scope="module")
+def table():
+    return datasets.load_image_table(Config(synthetic_patients=40, synthetic_images_per_patient=1))
+
+
+def test_no_patient_in_two_splits(table):
+    split = _split(table)
+    assert split.groupby("patient_id")["split"].nunique().max() == 1
+    assert set(split["split"]) == {"train", "val", "test"}
+
+
+def test_split_is_stratified_by_class(table):
+    split = _split(table)
+    overall = (split["label"] == "malignant").mean()
+    for name, part in split.groupby("split"):
+        assert abs((part["label"] == "malignant").mean() - overall) < 0.1, name
+    shares = split["split"].value_counts(normalize=True)
+    assert abs(shares["test"] - 0.2) < 0.06 and abs(shares["val"] - 0.2) < 0.06
+
+
+def test_same_seed_same_split_other_seed_other_split(table):
+    assert _split(table, seed=1)["split"].equals(_split(table, seed=1)["split"])
+    assert not _split(table, seed=1)["split"].equals(_split(table, seed=2)["split"])
+
+
+def test_split_does_not_depend_on_row_order(table):
+    shuffled = table.sample(frac=1, random_state=3)
+    assert (
+        _split(shuffled).sort_values("path")["split"].tolist()
+        == _split(table).sort_values("path")["split"].tolist()
+    )
+
+
+def test_too_few_patients_for_a_split(breakhis_sample):
+    table = datasets.read_breakhis(breakhis_sample)  # 5 malignant patients is enough, 2 is not
+    few = table[(table["label"] == "benign") | table["patient_id"].isin(["14-2523", "14-3909"])]
+    with pytest.raises(ValueError, match="malignant has 2 patient\\(s\\); .* needs at least 3"):
+        _split(few)
+
+
+def test_split_manifest_round_trip(table, tmp_path):
+    split = _split(table)
+    path = datasets.save_split(split, tmp_path)
+    assert path.name == "split.csv"
+    loaded = datasets.load_split(tmp_path)
+    assert list(loaded.columns) == ["path", "label", "patient_id", "magnification", "split"]
+    pd.testing.assert_frame_equal(loaded, split[list(loaded.columns)].reset_index(drop=True))
+
+
+def test_load_split_says_which_notebook_to_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run notebook 01_data"):
+        datasets.load_split(tmp_path)
+
+
+def test_summaries(table):
+    split = _split(table)
+    summary = datasets.summarize_split(split)
+    assert list(summary["split"].unique()) == ["train", "val", "test"]
+    assert summary["images"].sum() == len(table)
+    counts = datasets.count_images(table)
+    assert (
+        counts.loc["malignant", "patients"] == table.loc[table.label == "malignant", "patient_id"].nunique()
+    )
