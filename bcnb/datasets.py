@@ -173,11 +173,14 @@ def split_by_patient(
     """
     shares = {"test": test_fraction, "val": val_fraction, "train": 1 - val_fraction - test_fraction}
     rng = np.random.default_rng(seed)
+    images_per_patient = table.groupby("patient_id").size().sort_index()
+    # A patient with images of both classes (as in IDC patches) is dealt with its majority class.
+    patient_class = table.groupby("patient_id")["label"].agg(lambda labels: labels.mode().max())
     assignment: dict[str, str] = {}
-    for label, group in table.groupby("label"):
-        images_per_patient = group.groupby("patient_id").size().sort_index()
-        patients = list(images_per_patient.index[rng.permutation(len(images_per_patient))])
-        assignment.update(_assign_patients(patients, images_per_patient, shares, label))
+    for label, patients in patient_class.groupby(patient_class).groups.items():
+        patients = sorted(patients)
+        shuffled = [patients[i] for i in rng.permutation(len(patients))]
+        assignment.update(_assign_patients(shuffled, images_per_patient[patients], shares, label))
     return table.assign(split=table["patient_id"].map(assignment))
 
 
@@ -226,11 +229,22 @@ def summarize_split(table: pd.DataFrame) -> pd.DataFrame:
     return summary.sort_values(["split", "label"], key=lambda c: c.map(order) if c.name == "split" else c)
 
 
+def magnification_order(names) -> list[str]:
+    """Magnifications from lowest to highest (40X before 100X), unknown ones last."""
+
+    def power(name: str) -> float:
+        digits = name.rstrip("Xx")
+        return float(digits) if digits.isdigit() else float("inf")
+
+    return sorted(set(names), key=power)
+
+
 def count_images(table: pd.DataFrame) -> pd.DataFrame:
     """Images per class and magnification, with the number of patients per class."""
     counts = table.pivot_table(
         index="label", columns="magnification", values="path", aggfunc="size", fill_value=0
     )
+    counts = counts[magnification_order(counts.columns)]
     counts["images"] = counts.sum(axis=1)
     counts["patients"] = table.groupby("label")["patient_id"].nunique()
     return counts

@@ -127,8 +127,10 @@ def build_model(img_size: int = 224, weights: str | None = None, dropout: float 
     inputs = keras.Input(shape=(img_size, img_size, 3), name="image")
     # ResNet50V2 expects pixels in [-1, 1]: x / 127.5 - 1.
     x = keras.layers.Rescaling(1 / 127.5, offset=-1, name="preprocess")(inputs)
-    # training=False keeps BatchNormalization in inference mode: it normalises with the
-    # statistics learnt on ImageNet instead of the batch's, even when the base is unfrozen.
+    # training=False asks for inference mode: BatchNormalization normalising with its
+    # ImageNet statistics, not the batch's. In Keras 3, fit() overrides it for nested models
+    # (keras-team/keras#20285); what guarantees inference mode is the frozen base, since a
+    # frozen BatchNormalization layer always runs in inference mode (tests/test_model.py).
     x = base_model(x, training=False)
     x = keras.layers.GlobalAveragePooling2D(name=FEATURE_LAYER)(x)
     x = keras.layers.Dropout(dropout, name="dropout")(x)

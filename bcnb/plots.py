@@ -15,7 +15,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
-from bcnb.datasets import CLASSES, read_image
+from bcnb.datasets import CLASSES, magnification_order, read_image
 from bcnb.files import replace_from_writer
 
 FIGURES_DIR = "figures"
@@ -31,15 +31,10 @@ def plot_class_counts(table: pd.DataFrame) -> Figure:
     """Images per class at each magnification."""
     fig = Figure(figsize=(6, 3.2), layout="tight")
     ax = fig.subplots()
-    order = sorted(table["magnification"].unique(), key=_magnification_order)
+    order = magnification_order(table["magnification"])
     sns.countplot(data=table, x="magnification", hue="label", order=order, hue_order=CLASSES, ax=ax)
     ax.set(title="Images per class and magnification", xlabel="magnification", ylabel="images")
     return fig
-
-
-def _magnification_order(name: str) -> float:
-    digits = name.rstrip("Xx")
-    return float(digits) if digits.isdigit() else float("inf")
 
 
 def plot_montage(table: pd.DataFrame, per_class: int = 4, seed: int = 0) -> Figure:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 from bcnb.config import Config
@@ -31,9 +32,23 @@ def check_inputs(cfg: Config) -> None:
         if not path.is_file():
             raise FileNotFoundError(f"weights: file {path.resolve()} does not exist")
     elif cfg.weights.lower() == "imagenet" and not cfg.allow_random_weights:
-        from bcnb.model import resolve_weights  # imports TensorFlow: only when needed
-
+        with _native_stderr_silenced():  # importing TensorFlow: only when needed
+            from bcnb.model import resolve_weights
         resolve_weights(cfg.weights, allow_random_weights=False)
+
+
+@contextmanager
+def _native_stderr_silenced():
+    """Hide TensorFlow's C++ start-up lines (CUDA probing), which bypass Python's streams
+    and TF_CPP_MIN_LOG_LEVEL, so that a bad input still ends in one line."""
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def reproduce(

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import time
+import zipfile
 from pathlib import Path
 
 import keras
@@ -88,8 +89,8 @@ def _read_feature_file(path: Path) -> tuple[str, np.ndarray] | None:
     try:
         with np.load(path) as stored:
             return str(stored["key"]), stored["features"]
-    except (OSError, ValueError, KeyError):
-        return None
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None  # unreadable: treat as absent
 
 
 # --------------------------------------------------------------------------- fitting
@@ -132,7 +133,12 @@ def train_end_to_end(
     """Fit the whole model on images; the frozen base runs forward on every epoch."""
     compile_for_training(model, learning_rate)
     return model.fit(
-        train_ds, validation_data=val_ds, epochs=epochs, callbacks=[early_stopping(patience)], verbose=verbose
+        train_ds,
+        validation_data=val_ds,
+        epochs=epochs,
+        shuffle=False,  # make_dataset shuffles; Keras cannot shuffle a tf.data pipeline
+        callbacks=[early_stopping(patience)],
+        verbose=verbose,
     )
 
 
@@ -165,8 +171,10 @@ def train_model(cfg: Config, model: keras.Model, split: pd.DataFrame, verbose: i
             model, train_ds, val_ds, cfg.epochs, cfg.learning_rate, cfg.patience, verbose
         )
     seconds = time.perf_counter() - started
-    # The full model gets the same loss and metrics, so evaluate() reports them.
+    # The full model gets the same loss and metrics, so evaluate() reports them. Building
+    # its optimizer now lets the saved model load without a "skipping optimizer" warning.
     compile_for_training(model, cfg.learning_rate)
+    model.optimizer.build(model.trainable_variables)
     frame = history_frame(history)
     save_history(frame, run_dir, cfg, seconds)
     return frame

@@ -220,3 +220,15 @@ def test_summaries(table):
     assert (
         counts.loc["malignant", "patients"] == table.loc[table.label == "malignant", "patient_id"].nunique()
     )
+
+
+def test_patients_with_both_classes_stay_in_one_split():
+    """IDC-style data: every patient has patches of both classes."""
+    rows = [
+        {"path": f"p{p}_{i}.png", "label": label, "patient_id": f"p{p}", "magnification": "unknown"}
+        for p in range(12)
+        for i, label in enumerate(["malignant"] * (1 + p % 3) + ["benign"] * 2)
+    ]
+    split = _split(pd.DataFrame(rows))
+    assert split.groupby("patient_id")["split"].nunique().max() == 1
+    assert set(split["split"]) == {"train", "val", "test"}

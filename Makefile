@@ -1,0 +1,36 @@
+# bcnb's two commands on a fresh machine with Python 3.11 (see README.md):
+#   make demo    set up .venv, then run notebooks 01-04 headless on the built-in dataset
+#   make test    set up .venv, then lint and run the whole test suite (what CI runs)
+# and, for the course:
+#   make lab     open the notebooks in JupyterLab
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+# JupyterLab refuses to run as root (as in containers and CI) unless told it may.
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
+
+.PHONY: setup demo test lab clean
+
+# The stamp is rebuilt whenever pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/bcnb reproduce --out runs/demo --config configs/demo.yaml
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest tests notebooks --nbval-lax
+
+lab: setup
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(ROOT_FLAG)
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,148 @@
+"""The command line: bad input ends in one line and exit status 2, and harms nothing."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bcnb.cli import main
+
+
+def run_bcnb(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "bcnb", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+@pytest.fixture
+def existing_run(tmp_path):
+    """A run folder from an earlier run, which a failed run must leave exactly as it was."""
+    out = tmp_path / "runs" / "demo"
+    (out / "figures").mkdir(parents=True)
+    (out / "metrics.json").write_text('{"test_accuracy": 0.9}\n')
+    (out / "figures" / "roc_curve.png").write_bytes(b"\x89PNG old")
+    return out
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _one_class_folder(root):
+    from bcnb.synthetic import SyntheticSpec, write_synthetic_dataset
+
+    write_synthetic_dataset(SyntheticSpec(patients=6, images_per_patient=1), root)
+    return root / "BreaKHis_v1" / "histology_slides" / "breast" / "malignant"
+
+
+def _config_file(root, text):
+    path = root / "bad.yaml"
+    path.write_text(text)
+    return path
+
+
+MANIFEST_WITHOUT_IMAGES = "path,label,patient_id\nx.png,benign,p\n"
+
+# (arguments builder, message the one line must contain)
+BAD_INPUTS = {
+    "missing dataset": (lambda t: ["--set", f"dataset={t / 'absent'}"], "dataset: .*absent does not exist"),
+    "empty folder": (lambda t: ["--set", f"dataset={_mkdir(t / 'empty')}"], "dataset: .*empty is empty"),
+    "one class only": (
+        lambda t: ["--set", f"dataset={_one_class_folder(t / 'one')}"],
+        "has only malignant images",
+    ),
+    "unknown layout value": (
+        lambda t: ["--set", "layout=folders"],
+        "layout: expected one of auto, breakhis, csv",
+    ),
+    "layout not recognised": (
+        lambda t: ["--set", f"dataset={_file(t / 'pics' / 'x.png')}"],
+        "cannot tell the layout of .*pics",
+    ),
+    "unknown parameter": (lambda t: ["--set", "epoch=3"], "unknown parameter 'epoch'"),
+    "bad value": (lambda t: ["--set", "epochs=0"], "epochs: expected an integer >= 1, got 0"),
+    "value of wrong type": (lambda t: ["--set", "learning_rate=fast"], "learning_rate: expected a number"),
+    "malformed --set": (lambda t: ["--set", "epochs"], "--set 'epochs': expected key=value"),
+    "unknown key in --config": (
+        lambda t: ["--config", _config_file(t, "epochz: 2\n")],
+        "bad.yaml: unknown parameter",
+    ),
+    "missing --config": (lambda t: ["--config", t / "absent.yaml"], "absent.yaml: cannot read config file"),
+    "missing weights file": (
+        lambda t: ["--set", f"weights={t / 'w.h5'}"],
+        "weights: file .*w.h5 does not exist",
+    ),
+    "missing manifest image": (
+        lambda t: ["--set", f"dataset={_file(t / 'm.csv', MANIFEST_WITHOUT_IMAGES)}"],
+        "m.csv: 1 listed images do not exist",
+    ),
+}
+
+
+def _mkdir(path):
+    path.mkdir(parents=True)
+    return path
+
+
+def _file(path, text="x"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path.parent if path.suffix == ".png" else path
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_one_line_exit_2_and_leaves_the_run_folder(case, tmp_path, existing_run):
+    build_args, message = BAD_INPUTS[case]
+    before = _snapshot(existing_run)
+    result = run_bcnb("reproduce", "--out", existing_run, *build_args(tmp_path))
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("bcnb: error:")]
+    assert len(lines) == 1, result.stderr
+    assert re.search(message, lines[0]), lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert _snapshot(existing_run) == before
+    assert not (existing_run.parent / ".demo.partial").exists()
+
+
+def test_stderr_holds_nothing_but_the_error_line(tmp_path):
+    result = run_bcnb("reproduce", "--out", tmp_path / "run", "--set", "layout=folders")
+    assert result.stderr.splitlines() == [
+        "bcnb: error: layout: expected one of auto, breakhis, csv, got 'folders'"
+    ]
+    assert result.stdout == ""
+
+
+def test_imagenet_required_but_unavailable_names_the_file(tmp_path, monkeypatch):
+    """allow_random_weights=false and no weights: stop before any notebook runs."""
+    import keras
+
+    def no_network(*args, **kwargs):
+        raise Exception("URL fetch failure: no network in this test")
+
+    monkeypatch.setattr(keras.utils, "get_file", no_network)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    out = tmp_path / "run"
+    status = main(["reproduce", "--out", str(out), "--set", "allow_random_weights=false",
+                   "--set", "synthetic_patients=6", "--set", "synthetic_images_per_patient=1"])  # fmt: skip
+    assert status == 2 and not out.exists()
+
+
+def test_config_command_prints_every_default(capsys):
+    import yaml
+
+    from bcnb import Config
+
+    assert main(["config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == Config().to_dict()
+
+
+def test_console_script_and_module_are_the_same_program():
+    script = Path(sys.executable).parent / "bcnb"
+    if not script.exists():
+        pytest.skip("the bcnb console script is installed only by `pip install -e .`")
+    result = subprocess.run(
+        [str(script), "reproduce", "--out", "x", "--set", "seed=-1"], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "seed: expected an integer >= 0" in result.stderr

@@ -1,0 +1,99 @@
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import metrics as skm
+
+from bcnb import evaluate
+
+
+def _random_predictions(seed, n=80, positive_share=0.7):
+    rng = np.random.default_rng(seed)
+    y_true = (rng.random(n) < positive_share).astype(int)
+    y_prob = np.clip(0.35 * y_true + rng.uniform(0, 0.7, n), 0, 1)
+    return y_true, y_prob
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.7])
+def test_metrics_agree_with_scikit_learn(seed, threshold):
+    y_true, y_prob = _random_predictions(seed)
+    y_pred = (y_prob >= threshold).astype(int)
+    found = evaluate.compute_metrics(y_true, y_prob, threshold)
+    assert found["accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred))
+    assert found["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y_true, y_pred))
+    assert found["sensitivity"] == pytest.approx(skm.recall_score(y_true, y_pred, pos_label=1))
+    assert found["specificity"] == pytest.approx(skm.recall_score(y_true, y_pred, pos_label=0))
+    assert found["precision"] == pytest.approx(skm.precision_score(y_true, y_pred, zero_division=np.nan))
+    assert found["f1"] == pytest.approx(skm.f1_score(y_true, y_pred))
+    assert found["roc_auc"] == pytest.approx(skm.roc_auc_score(y_true, y_prob))
+    assert found["confusion_matrix"] == skm.confusion_matrix(y_true, y_pred).tolist()
+
+
+def test_confusion_matrix_layout():
+    # rows are true benign/malignant, columns predicted benign/malignant
+    found = evaluate.compute_metrics(np.array([0, 0, 1, 1, 1]), np.array([0.1, 0.9, 0.2, 0.8, 0.7]))
+    assert found["confusion_matrix"] == [[1, 1], [1, 2]]
+    assert found["sensitivity"] == pytest.approx(2 / 3) and found["specificity"] == pytest.approx(1 / 2)
+
+
+def test_one_class_test_set_has_no_auc_and_saves_null(tmp_path):
+    found = evaluate.compute_metrics(np.ones(4), np.array([0.2, 0.6, 0.7, 0.9]))
+    assert math.isnan(found["roc_auc"]) and math.isnan(found["specificity"])
+    evaluate.save_metrics(found, tmp_path)
+    saved = json.loads((tmp_path / "metrics.json").read_text())  # valid JSON: no NaN
+    assert saved["roc_auc"] is None and saved["sensitivity"] == 0.75
+
+
+@pytest.mark.parametrize("successes,n", [(8, 10), (57, 61), (0, 5), (100, 100)])
+def test_wilson_interval_matches_scipy(successes, n):
+    from scipy.stats import binomtest
+
+    reference = binomtest(successes, n).proportion_ci(confidence_level=0.95, method="wilson")
+    assert evaluate.wilson_interval(successes, n) == pytest.approx((reference.low, reference.high), abs=1e-3)
+
+
+def test_wilson_interval_textbook_value():
+    assert evaluate.wilson_interval(8, 10) == pytest.approx((0.490, 0.943), abs=1e-3)
+
+
+def test_summary_holds_every_required_field():
+    test = pd.DataFrame(
+        {
+            "path": [f"{i}.png" for i in range(6)],
+            "label": ["benign", "benign", "malignant", "malignant", "malignant", "malignant"],
+            "patient_id": ["a", "a", "b", "b", "c", "c"],
+            "magnification": "40X",
+        }
+    )
+    y_prob = np.array([0.2, 0.7, 0.9, 0.8, 0.4, 0.95])
+    weights = {"used": "random", "pretrained": False, "source": "weights=none was requested"}
+    summary = evaluate.summarize_test_results(
+        test, y_prob, {"accuracy": 4 / 6, "loss": 0.5}, weights, "synthetic"
+    )
+    required = set(
+        "test_accuracy test_loss balanced_accuracy sensitivity specificity roc_auc confusion_matrix "
+        "n_test_images n_test_patients weights paper_test_accuracy".split()
+    )
+    assert required <= set(summary)
+    assert (summary["n_test_images"], summary["n_test_patients"]) == (6, 3)
+    assert summary["paper_test_accuracy"] == 0.9344 and summary["weights"] == "random"
+    assert summary["always_malignant_accuracy"] == pytest.approx(4 / 6)
+    assert summary["confusion_matrix"] == [[1, 1], [1, 3]]
+
+
+def test_predictions_file(tmp_path):
+    test = pd.DataFrame(
+        {"path": ["a.png", "b.png"], "label": ["benign", "malignant"], "patient_id": ["1", "2"]}
+    ).assign(magnification="40X")
+    evaluate.save_predictions(test, np.array([0.25, 0.5]), tmp_path)
+    saved = pd.read_csv(tmp_path / "predictions.csv")
+    assert list(saved["predicted"]) == ["benign", "malignant"]
+    assert list(saved["malignant_probability"]) == [0.25, 0.5]
+
+
+def test_load_metrics_says_which_notebook_to_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run notebook 04_evaluate"):
+        evaluate.load_metrics(tmp_path)

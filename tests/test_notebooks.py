@@ -1,0 +1,177 @@
+"""The notebooks: their parameters, their stored outputs, and a full headless run."""
+
+import ast
+import json
+import subprocess
+import sys
+
+import nbformat
+import pandas as pd
+import pytest
+import yaml
+
+from bcnb import Config
+from bcnb.reproduce import NOTEBOOKS, NOTEBOOKS_DIR
+
+
+def _notebook(name):
+    return nbformat.read(NOTEBOOKS_DIR / name, as_version=4)
+
+
+def _code_cells(notebook):
+    return [cell for cell in notebook.cells if cell.cell_type == "code"]
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_parameters_cell_matches_config_fields_and_defaults(name):
+    first = _code_cells(_notebook(name))[0]
+    assert first.metadata.get("tags") == ["parameters"]
+    values = {}
+    for statement in ast.parse(first.source).body:
+        assert isinstance(statement, ast.Assign), "the parameters cell holds assignments only"
+        values[statement.targets[0].id] = ast.literal_eval(statement.value)  # flat literals only
+    assert values == Config().to_dict()
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_stored_notebook_is_lean(name):
+    """Only the small, deterministic outputs that nbval checks are committed."""
+    cells = _code_cells(_notebook(name))
+    checked = [cell for cell in cells if "# NBVAL_CHECK_OUTPUT" in cell.source]
+    assert checked, "every notebook has at least one output nbval compares"
+    for cell in cells:
+        if cell not in checked:
+            assert cell.outputs == [], cell.source[:60]
+        for output in cell.outputs:
+            assert output.output_type == "stream" and len(output.text) < 2000
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_cells_are_short_and_explained(name):
+    cells = _notebook(name).cells
+    code = [
+        cell
+        for cell in cells
+        if cell.cell_type == "code" and "parameters" not in cell.metadata.get("tags", [])
+    ]
+    assert all(len(cell.source.splitlines()) <= 15 for cell in code)
+    prose = sum(len(cell.source.split()) for cell in cells if cell.cell_type == "markdown")
+    assert prose > 250, "the notebooks are lessons: prose explains each step"
+
+
+# --------------------------------------------------------------------------- a real run
+SMALL = {
+    "synthetic_patients": 12,
+    "synthetic_images_per_patient": 1,
+    "img_size": 32,
+    "batch_size": 8,
+    "epochs": 4,
+    "weights": "none",
+    "learning_rate": 0.03,
+}
+
+
+RESULT_FILES = (
+    "config.yaml", "split.csv", "model.keras", "history.csv", "training.json", "metrics.json",
+    "report.md", "predictions.csv", "weights.json", "figures/roc_curve.png",
+    "figures/confusion_matrix.png", "figures/learning_curves.png", "figures/montage.png",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """`bcnb reproduce` on a small built-in dataset: all four notebooks through papermill."""
+    out = tmp_path_factory.mktemp("runs") / "small"
+    sets = [arg for key, value in SMALL.items() for arg in ("--set", f"{key}={value}")]
+    result = subprocess.run(
+        [sys.executable, "-m", "bcnb", "reproduce", "--out", str(out), *sets],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+@pytest.mark.slow
+def test_reproduce_leaves_every_result_in_the_run_folder(run):
+    out, result = run
+    for name in RESULT_FILES:
+        assert (out / name).is_file(), name
+    assert sorted(p.name for p in (out / "notebooks").iterdir()) == sorted(NOTEBOOKS)
+    assert not any(p.name.startswith(".") for p in out.parent.iterdir())  # no staging left
+    for number, name in enumerate(NOTEBOOKS, start=1):
+        assert f"[{number}/4] {name}" in result.stderr  # progress, notebook by notebook
+
+
+@pytest.mark.slow
+def test_config_records_the_parameters_used(run):
+    out, _ = run
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert Config(**saved, run_dir=str(out)) == Config(**SMALL, run_dir=str(out))
+
+
+@pytest.mark.slow
+def test_metrics_agree_with_the_predictions_and_split(run):
+    out, _ = run
+    metrics = json.loads((out / "metrics.json").read_text())
+    split = pd.read_csv(out / "split.csv", dtype={"patient_id": str})
+    test = split[split["split"] == "test"]
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert metrics["n_test_images"] == len(test) == len(predictions)
+    assert metrics["n_test_patients"] == test["patient_id"].nunique()
+    correct = (predictions["label"] == predictions["predicted"]).mean()
+    assert metrics["test_accuracy"] == pytest.approx(correct, abs=1e-6)  # Keras' evaluate = our count
+    (tn, fp), (fn, tp) = metrics["confusion_matrix"]
+    assert tn + fp == (test["label"] == "benign").sum() and fn + tp == (test["label"] == "malignant").sum()
+    assert metrics["balanced_accuracy"] == pytest.approx((tp / (tp + fn) + tn / (tn + fp)) / 2)
+    assert 0 <= metrics["roc_auc"] <= 1 and metrics["test_loss"] > 0
+    assert metrics["paper_test_accuracy"] == 0.9344
+    assert metrics["weights"] == "random" and metrics["weights_pretrained"] is False
+
+
+@pytest.mark.slow
+def test_split_is_by_patient(run):
+    split = pd.read_csv(run[0] / "split.csv", dtype={"patient_id": str})
+    assert list(split.columns) == ["path", "label", "patient_id", "magnification", "split"]
+    assert split.groupby("patient_id")["split"].nunique().max() == 1
+
+
+@pytest.mark.slow
+def test_report_tells_what_was_run_and_what_it_means(run):
+    out, _ = run
+    report = (out / "report.md").read_text()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "never for diagnosis" in report
+    assert "RANDOM weights" in report and "not transfer learning" in report
+    assert f"{metrics['test_accuracy']:.4f}" in report and "0.9344" in report
+    assert "| test | malignant |" in report  # images and patients per split and class
+    assert f"On {metrics['n_test_images']} test images from {metrics['n_test_patients']} patients" in report
+    (tn, fp), (fn, tp) = metrics["confusion_matrix"]
+    assert f"| benign | {tn} | {fp} |" in report and f"| malignant | {fn} | {tp} |" in report
+
+
+@pytest.mark.slow
+def test_notebook_02_warns_loudly_about_random_weights(run):
+    executed = nbformat.read(run[0] / "notebooks" / "02_model.ipynb", as_version=4)
+    text = "".join(o.get("text", "") for c in _code_cells(executed) for o in c.outputs)
+    assert "WARNING: the ResNet50V2 base has RANDOM weights" in text
+
+
+@pytest.mark.slow
+def test_a_notebook_reruns_alone_on_the_run_folder(run, tmp_path):
+    """Notebooks talk only through the run folder: 04 alone gives the same metrics."""
+    import papermill
+
+    out, _ = run
+    before = json.loads((out / "metrics.json").read_text())
+    parameters = Config(**SMALL, run_dir=str(out)).to_dict()
+    papermill.execute_notebook(
+        str(NOTEBOOKS_DIR / "04_evaluate.ipynb"),
+        str(tmp_path / "04.ipynb"),
+        parameters=parameters,
+        progress_bar=False,
+    )
+    after = json.loads((out / "metrics.json").read_text())
+    assert after["confusion_matrix"] == before["confusion_matrix"]
+    assert after["test_loss"] == pytest.approx(before["test_loss"], rel=1e-5)

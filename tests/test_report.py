@@ -1,0 +1,61 @@
+import pandas as pd
+
+from bcnb import Config
+from bcnb.report import DISCLAIMER, render_report
+
+CONFIG = {**Config().to_dict(), "dataset": "/data/BreaKHis_v1", "magnification": "40X"}
+TRAINING = {
+    "epochs_requested": 100,
+    "epochs_run": 31,
+    "best_epoch": 21,
+    "feature_cache": True,
+    "seconds": 12.3,
+}
+SPLIT = pd.DataFrame(
+    {
+        "path": [f"{i}.png" for i in range(8)],
+        "label": ["benign", "malignant"] * 4,
+        "patient_id": ["a", "b", "c", "d", "e", "f", "g", "h"],
+        "split": ["train", "train", "train", "train", "val", "val", "test", "test"],
+    }
+)
+
+
+def _metrics(**changes):
+    metrics = {
+        "test_accuracy": 0.95, "test_loss": 0.15, "test_accuracy_95ci": [0.9, 0.98],
+        "balanced_accuracy": 0.94,
+        "sensitivity": 0.97, "specificity": 0.91, "roc_auc": 0.98, "confusion_matrix": [[20, 2], [1, 37]],
+        "threshold": 0.5, "always_malignant_accuracy": 0.63, "n_test_images": 60, "n_test_patients": 16,
+        "weights": "imagenet", "weights_pretrained": True, "weights_source": "/root/.keras/models/x.h5",
+        "paper_test_accuracy": 0.9344, "paper_test_loss": 0.1723,
+    }  # fmt: skip
+    return {**metrics, **changes}
+
+
+def test_pretrained_run_has_no_warning_and_states_the_method():
+    report = render_report(CONFIG, SPLIT, TRAINING, _metrics())
+    assert "RANDOM" not in report and "weights used: ImageNet" in report
+    assert "31 run of 100 requested; weights of epoch 21 kept" in report
+    assert "0.9500 (95% CI 0.900-0.980) | 0.9344" in report
+    assert DISCLAIMER in report and "generated, not real tissue" not in report
+
+
+def test_random_weights_and_synthetic_data_are_called_out():
+    config = {**CONFIG, "dataset": "synthetic"}
+    metrics = _metrics(
+        weights="random", weights_pretrained=False, weights_source="ImageNet weights unavailable"
+    )
+    report = render_report(config, SPLIT, TRAINING, metrics)
+    assert report.count("RANDOM") >= 2 and "not transfer learning" in report
+    assert "generated, not real tissue" in report
+
+
+def test_undefined_metrics_read_n_a():
+    report = render_report(CONFIG, SPLIT, TRAINING, _metrics(roc_auc=None, specificity=None))
+    assert "| ROC AUC | n/a |" in report
+
+
+def test_split_counts_table():
+    report = render_report(CONFIG, SPLIT, TRAINING, _metrics())
+    assert "| train | benign | 2 | 2 |" in report and "| test | malignant | 1 | 1 |" in report

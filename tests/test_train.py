@@ -1,0 +1,137 @@
+import os
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from bcnb import datasets, train
+from bcnb import model as bcnb_model
+
+
+def _fresh_model(cfg, seed=0):
+    keras.utils.set_random_seed(seed)
+    return bcnb_model.build_model(cfg.img_size, None, cfg.dropout)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_cfg, tiny_split, tmp_path_factory):
+    """A tiny model trained on cached features, and its run folder."""
+    cfg = tiny_cfg.replace(run_dir=str(tmp_path_factory.mktemp("run")))
+    model = _fresh_model(cfg)
+    history = train.train_model(cfg, model, tiny_split, verbose=0)
+    return cfg, model, history
+
+
+def test_cached_feature_training_gives_the_full_model(trained, tiny_split):
+    """After head training on cached features, the saved full model on images equals the
+    head applied to those features."""
+    cfg, model, _ = trained
+    path = bcnb_model.save_model(model, f"{cfg.run_dir}/model.keras")
+    loaded = bcnb_model.load_model(path)
+    for name in ("train", "val"):
+        part = tiny_split[tiny_split["split"] == name]
+        with np.load(f"{cfg.run_dir}/features/{name}.npz") as cache:
+            features = cache["features"]
+        from_head = bcnb_model.classifier_head(model).predict(features, verbose=0)
+        from_images = loaded.predict(datasets.make_dataset(part, cfg.img_size, cfg.batch_size), verbose=0)
+        np.testing.assert_allclose(from_images, from_head, atol=1e-5)
+    # and the head really learnt something: its weights moved from the seed's start
+    start = _fresh_model(cfg).get_layer("classifier").kernel.numpy()
+    assert not np.allclose(start, model.get_layer("classifier").kernel.numpy())
+
+
+def test_history_and_training_summary_are_saved(trained):
+    cfg, _, history = trained
+    assert list(history.columns[:1]) == ["epoch"] and len(history) == cfg.epochs
+    assert {"loss", "accuracy", "auc", "val_loss", "val_accuracy", "val_auc"} <= set(history.columns)
+    pd.testing.assert_frame_equal(train.load_history(cfg.run_dir), history, check_dtype=False)
+    summary = train.load_training_summary(cfg.run_dir)
+    assert summary["epochs_run"] == len(history) and summary["feature_cache"] is True
+    assert summary["best_epoch"] == history.loc[history["val_loss"].idxmin(), "epoch"]
+
+
+def test_best_epoch_is_lowest_validation_loss():
+    history = pd.DataFrame({"epoch": [1, 2, 3, 4], "val_loss": [0.9, 0.4, 0.5, 0.6]})
+    assert train.best_epoch(history) == 2
+
+
+def test_early_stopping_keeps_the_best_weights(tiny_cfg, tiny_split, tmp_path):
+    """Training stops after `patience` epochs without improvement and restores the best."""
+    cfg = tiny_cfg.replace(run_dir=str(tmp_path), epochs=60, patience=2, learning_rate=0.5)
+    model = _fresh_model(cfg)
+    history = train.train_model(cfg, model, tiny_split, verbose=0)
+    assert len(history) < 60  # a huge learning rate makes validation loss stall quickly
+    best = train.best_epoch(history)
+    assert len(history) == best + cfg.patience
+    val = tiny_split[tiny_split["split"] == "val"]
+    model.compile(loss="binary_crossentropy")
+    results = model.evaluate(
+        datasets.make_dataset(val, cfg.img_size, cfg.batch_size), return_dict=True, verbose=0
+    )
+    assert results["loss"] == pytest.approx(history["val_loss"].min(), rel=1e-4)
+
+
+def test_end_to_end_training_runs_through_the_frozen_base(tiny_cfg, tiny_split, tmp_path):
+    cfg = tiny_cfg.replace(run_dir=str(tmp_path), feature_cache=False, epochs=2)
+    model = _fresh_model(cfg)
+    base_before = [w.numpy().copy() for w in model.get_layer("resnet50v2").weights]
+    history = train.train_model(cfg, model, tiny_split, verbose=0)
+    assert len(history) == 2 and not (tmp_path / "features").exists()
+    for before, after in zip(base_before, model.get_layer("resnet50v2").weights):
+        np.testing.assert_array_equal(before, after.numpy())
+
+
+# --------------------------------------------------------------------------- feature cache
+@pytest.fixture
+def cache_setup(tiny_cfg, tiny_split, tmp_path):
+    part = tiny_split[tiny_split["split"] == "val"]
+    return _fresh_model(tiny_cfg), part, tmp_path / "val.npz"
+
+
+def test_cache_is_reused_when_nothing_changed(tiny_cfg, cache_setup, monkeypatch):
+    model, part, path = cache_setup
+    first = train.cached_features(model, part, tiny_cfg.img_size, 8, path)
+    monkeypatch.setattr(train, "extract_features", lambda *a: pytest.fail("recomputed a valid cache"))
+    np.testing.assert_array_equal(train.cached_features(model, part, tiny_cfg.img_size, 8, path), first)
+
+
+def test_cache_is_recomputed_when_weights_change(tiny_cfg, cache_setup):
+    model, part, path = cache_setup
+    first = train.cached_features(model, part, tiny_cfg.img_size, 8, path)
+    other = _fresh_model(tiny_cfg, seed=1)
+    second = train.cached_features(other, part, tiny_cfg.img_size, 8, path)
+    assert not np.allclose(first, second)
+    np.testing.assert_allclose(second, train.extract_features(other, part, tiny_cfg.img_size, 8), atol=1e-6)
+
+
+def test_cache_key_follows_files_and_image_size(tiny_cfg, cache_setup, tmp_path):
+    model, part, _ = cache_setup
+    copy = tmp_path / "copy.png"
+    copy.write_bytes(open(part.iloc[0]["path"], "rb").read())
+    changed = part.copy()
+    changed.iloc[0, changed.columns.get_loc("path")] = str(copy)
+
+    def key(table, size=tiny_cfg.img_size):
+        return train.feature_cache_key(model, table, size)
+
+    assert key(changed) != key(part)  # another file
+    before = key(changed)
+    os.utime(copy, ns=(1, 1))  # the same file, modified
+    assert key(changed) != before
+    assert key(part, tiny_cfg.img_size + 8) != key(part)  # another image size
+
+
+def test_a_damaged_cache_is_recomputed_not_read(tiny_cfg, cache_setup):
+    model, part, path = cache_setup
+    good = train.cached_features(model, part, tiny_cfg.img_size, 8, path)
+    path.write_bytes(path.read_bytes()[:100])  # as if a run died while writing
+    np.testing.assert_allclose(
+        train.cached_features(model, part, tiny_cfg.img_size, 8, path), good, atol=1e-6
+    )
+
+
+def test_features_are_pooled_2048_vectors(tiny_cfg, cache_setup):
+    model, part, _ = cache_setup
+    features = train.extract_features(model, part, tiny_cfg.img_size, 8)
+    assert features.shape == (len(part), 2048) and features.dtype == np.float32
