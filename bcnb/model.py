@@ -18,6 +18,7 @@ import keras
 
 from bcnb.config import Config
 from bcnb.files import replace_from_writer, write_json_atomic
+from bcnb.seeds import seed_everything
 
 IMAGENET_FILE = "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"
 IMAGENET_URL = f"https://storage.googleapis.com/tensorflow/keras-applications/resnet/{IMAGENET_FILE}"
@@ -141,7 +142,7 @@ def build_model(img_size: int = 224, weights: str | None = None, dropout: float 
 def build_transfer_model(cfg: Config) -> tuple[keras.Model, WeightsInfo]:
     """Stage entry point: resolve the weights and build the model for ``cfg``."""
     keras_weights, info = resolve_weights(cfg.weights, cfg.allow_random_weights)
-    keras.utils.set_random_seed(cfg.seed)  # random weights, where used, depend on the seed
+    seed_everything(cfg.seed)  # random weights, where used, depend on the seed
     return build_model(cfg.img_size, keras_weights, cfg.dropout), info
 
 

@@ -25,6 +25,7 @@ from bcnb.config import Config
 from bcnb.datasets import labels_of, make_dataset
 from bcnb.files import write_bytes_atomic, write_json_atomic, write_text_atomic
 from bcnb.model import classifier_head, feature_extractor
+from bcnb.seeds import seed_everything
 
 HISTORY_FILE = "history.csv"
 TRAINING_FILE = "training.json"
@@ -150,7 +151,7 @@ def train_model(cfg: Config, model: keras.Model, split: pd.DataFrame, verbose: i
     """
     run_dir = Path(cfg.run_dir)
     train, val = split[split["split"] == "train"], split[split["split"] == "val"]
-    keras.utils.set_random_seed(cfg.seed)
+    seed_everything(cfg.seed)
     started = time.perf_counter()
     if cfg.feature_cache:
         features = {
@@ -159,7 +160,7 @@ def train_model(cfg: Config, model: keras.Model, split: pd.DataFrame, verbose: i
             )
             for name, part in (("train", train), ("val", val))
         }
-        keras.utils.set_random_seed(cfg.seed)  # the same shuffles and dropout, cache or not
+        seed_everything(cfg.seed)  # the same shuffles and dropout, cache or not
         history = train_head(
             model, features["train"], labels_of(train), features["val"], labels_of(val),
             cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.patience, verbose,

@@ -135,3 +135,19 @@ def test_features_are_pooled_2048_vectors(tiny_cfg, cache_setup):
     model, part, _ = cache_setup
     features = train.extract_features(model, part, tiny_cfg.img_size, 8)
     assert features.shape == (len(part), 2048) and features.dtype == np.float32
+
+
+def test_same_seed_same_trained_model(tiny_cfg, tiny_split, tmp_path):
+    """Seeding first, then loading the saved model (as notebook 03 does), makes training
+    repeatable: a loaded Dropout layer draws its random state when it is created."""
+    from bcnb.seeds import seed_everything
+
+    start = bcnb_model.save_model(_fresh_model(tiny_cfg), tmp_path / "initial.keras")
+    kernels = []
+    for attempt in range(2):
+        cfg = tiny_cfg.replace(run_dir=str(tmp_path / f"run{attempt}"))
+        seed_everything(cfg.seed)
+        model = bcnb_model.load_model(start)
+        train.train_model(cfg, model, tiny_split, verbose=0)
+        kernels.append(model.get_layer("classifier").kernel.numpy())
+    np.testing.assert_array_equal(kernels[0], kernels[1])

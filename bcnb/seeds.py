@@ -1,0 +1,14 @@
+"""One place to seed every random number generator a run uses."""
+
+from __future__ import annotations
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow/Keras (weight initialisation, dropout, shuffling).
+
+    Call it first in every notebook, before any model is built *or loaded*: a loaded model's
+    Dropout layer draws its own random state when it is created.
+    """
+    import keras
+
+    keras.utils.set_random_seed(seed)
