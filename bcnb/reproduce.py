@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,8 @@ from bcnb.datasets import dataset_path, load_image_table, split_by_patient
 
 NOTEBOOKS = ("01_data.ipynb", "02_model.ipynb", "03_train.ipynb", "04_evaluate.ipynb")
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+# What the kernels write outside the notebooks (TensorFlow's C++ log) goes to this file.
+KERNEL_LOG = "kernels.log"
 
 
 class NotebookFailed(RuntimeError):
@@ -41,14 +44,27 @@ def check_inputs(cfg: Config) -> None:
 def _native_stderr_silenced():
     """Hide TensorFlow's C++ start-up lines (CUDA probing), which bypass Python's streams
     and TF_CPP_MIN_LOG_LEVEL, so that a bad input still ends in one line."""
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
+    with _native_stderr_to(Path(os.devnull)):
+        yield
+
+
+@contextmanager
+def _native_stderr_to(path: Path):
+    """Send file descriptor 2 (and so the kernels' C++ logging) to ``path``, while Python's
+    own ``sys.stderr`` (progress, errors) keeps writing to the terminal."""
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    with open(path, "ab") as log:
+        os.dup2(log.fileno(), 2)
+    python_stderr = sys.stderr
+    sys.stderr = os.fdopen(os.dup(terminal), "w", buffering=1)
     try:
         yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+        sys.stderr.close()
+        sys.stderr = python_stderr
+        os.dup2(terminal, 2)
+        os.close(terminal)
 
 
 def reproduce(
@@ -74,14 +90,11 @@ def reproduce(
     staging = out.parent / f".{out.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "notebooks").mkdir(parents=True)
-    for number, name in enumerate(NOTEBOOKS, start=1):
-        progress(f"[{number}/{len(NOTEBOOKS)}] {name}")
-        _execute(
-            notebooks_dir / name,
-            staging / "notebooks" / name,
-            cfg.replace(run_dir=str(staging)),
-            progress_bar,
-        )
+    with _native_stderr_to(staging / "notebooks" / KERNEL_LOG):
+        for number, name in enumerate(NOTEBOOKS, start=1):
+            progress(f"[{number}/{len(NOTEBOOKS)}] {name}")
+            target = staging / "notebooks" / name
+            _execute(notebooks_dir / name, target, cfg.replace(run_dir=str(staging)), progress_bar)
     _swap_into_place(staging, out)
     return out
 
@@ -100,6 +113,8 @@ def _execute(source: Path, target: Path, cfg: Config, progress_bar: bool) -> Non
             cwd=str(source.parent),
             progress_bar=progress_bar,
             kernel_name="python3",
+            # The kernel's own start-up warnings (e.g. about its local TCP sockets) are noise here.
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
         )
     except PapermillExecutionError as error:
         raise NotebookFailed(

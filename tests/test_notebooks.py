@@ -98,7 +98,7 @@ def test_reproduce_leaves_every_result_in_the_run_folder(run):
     out, result = run
     for name in RESULT_FILES:
         assert (out / name).is_file(), name
-    assert sorted(p.name for p in (out / "notebooks").iterdir()) == sorted(NOTEBOOKS)
+    assert set(NOTEBOOKS) <= {p.name for p in (out / "notebooks").iterdir()}
     assert not any(p.name.startswith(".") for p in out.parent.iterdir())  # no staging left
     for number, name in enumerate(NOTEBOOKS, start=1):
         assert f"[{number}/4] {name}" in result.stderr  # progress, notebook by notebook
@@ -175,3 +175,33 @@ def test_a_notebook_reruns_alone_on_the_run_folder(run, tmp_path):
     after = json.loads((out / "metrics.json").read_text())
     assert after["confusion_matrix"] == before["confusion_matrix"]
     assert after["test_loss"] == pytest.approx(before["test_loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_a_failing_notebook_leaves_the_earlier_run_untouched(tmp_path):
+    """A notebook that raises: exit 1 with one line, the old run folder intact, the failed
+    run kept beside it for inspection."""
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    for name in NOTEBOOKS:
+        notebook = _notebook(name)
+        if name == "02_model.ipynb":
+            notebook.cells.insert(4, nbformat.v4.new_code_cell('raise RuntimeError("boom")'))
+        nbformat.write(notebook, notebooks / name)
+    out = tmp_path / "runs" / "demo"
+    out.mkdir(parents=True)
+    (out / "report.md").write_text("the earlier run\n")
+    sets = [arg for key, value in SMALL.items() for arg in ("--set", f"{key}={value}")]
+    result = subprocess.run(
+        [sys.executable, "-m", "bcnb", "reproduce", "--out", str(out), "--notebooks", str(notebooks), *sets],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("bcnb: error:")]
+    assert len(errors) == 1 and "02_model.ipynb failed" in errors[0] and "RuntimeError: boom" in errors[0]
+    assert "Traceback" not in result.stderr
+    assert [p.name for p in out.iterdir()] == ["report.md"]
+    assert (out / "report.md").read_text() == "the earlier run\n"
+    assert (out.parent / ".demo.partial" / "split.csv").is_file()  # 01 ran; its work is kept
