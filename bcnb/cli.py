@@ -57,7 +57,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         out = reproduce(cfg, args.out, args.notebooks or NOTEBOOKS_DIR, progress=_say, progress_bar=True)
     except NotebookFailed as error:
         return _fail(str(error), EXIT_RUN_FAILED)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
+    except (ValueError, FileNotFoundError) as error:  # bad parameters, paths or weights
         return _fail(str(error), EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         return _fail("interrupted; the previous run folder, if any, is unchanged", 130)

@@ -220,13 +220,13 @@ def load_split(run_dir: str | Path) -> pd.DataFrame:
 
 def summarize_split(table: pd.DataFrame) -> pd.DataFrame:
     """Images and patients per split and class, in split order."""
-    summary = (
-        table.groupby(["split", "label"])
+    in_order = table.assign(split=pd.Categorical(table["split"], categories=SPLITS, ordered=True))
+    return (
+        in_order.groupby(["split", "label"], observed=True)
         .agg(images=("path", "size"), patients=("patient_id", "nunique"))
         .reset_index()
+        .astype({"split": str})
     )
-    order = {name: i for i, name in enumerate(SPLITS)}
-    return summary.sort_values(["split", "label"], key=lambda c: c.map(order) if c.name == "split" else c)
 
 
 def magnification_order(names) -> list[str]:

@@ -10,6 +10,7 @@ and loads with Keras' safe mode: no Lambda layers.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ INITIAL_MODEL_FILE = "model_initial.keras"
 MODEL_FILE = "model.keras"
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(FileNotFoundError):
     """ImageNet weights were asked for, cannot be had, and random weights are not allowed."""
 
 
@@ -187,8 +188,6 @@ def save_weights_info(info: WeightsInfo, run_dir: str | Path) -> Path:
 
 
 def load_weights_info(run_dir: str | Path) -> WeightsInfo:
-    import json
-
     path = Path(run_dir) / WEIGHTS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run notebook 02_model first")
