@@ -18,6 +18,7 @@ import yaml
 from bcnb.files import write_text_atomic
 
 LAYOUTS = ("auto", "breakhis", "csv")
+RESIZE_MODES = ("squash", "center_crop")
 MAGNIFICATIONS = ("all", "40X", "100X", "200X", "400X")
 CONFIG_FILE = "config.yaml"
 
@@ -37,8 +38,12 @@ class Config:
     synthetic_patients: int = 40
     synthetic_images_per_patient: int = 3
     synthetic_difficulty: float = 0.5
-    # Model: the paper's ResNet50V2 transfer model.
+    # Images: fitted to img_size x img_size by squashing the whole view or cropping the
+    # centre; tiles_per_image > 0 cuts each image into that many img_size tiles instead.
     img_size: int = 224
+    resize: str = "squash"
+    tiles_per_image: int = 0
+    # Model: the paper's ResNet50V2 transfer model.
     weights: str = "imagenet"  # "imagenet", "none" or a path to a weights file
     allow_random_weights: bool = True
     dropout: float = 0.2
@@ -75,6 +80,8 @@ class Config:
         yield from _at_least("synthetic_images_per_patient", self.synthetic_images_per_patient, 1)
         yield from _between("synthetic_difficulty", self.synthetic_difficulty, 0.0, 1.0)
         yield from _at_least("img_size", self.img_size, 32)
+        yield from _choice("resize", self.resize, RESIZE_MODES)
+        yield from _at_least("tiles_per_image", self.tiles_per_image, 0)
         if not self.weights.strip():
             yield "weights: expected 'imagenet', 'none' or a path to a weights file, got ''"
         yield from _between("dropout", self.dropout, 0.0, 0.95)

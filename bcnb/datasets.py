@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from bcnb.config import Config
 from bcnb.files import write_text_atomic
+from bcnb.images import load_for_model, read_rgb
 from bcnb.synthetic import SyntheticSpec, ensure_synthetic_dataset
 
 CLASSES = ("benign", "malignant")  # index 1, malignant, is the positive class
@@ -43,7 +43,7 @@ def load_image_table(cfg: Config) -> pd.DataFrame:
     table = select_magnification(table, cfg.magnification, source=root)
     table = sample_images(table, cfg.max_images, cfg.seed)
     check_both_classes(table, source=root)
-    return table.reset_index(drop=True)
+    return expand_tiles(table, cfg.tiles_per_image).reset_index(drop=True)
 
 
 def dataset_path(cfg: Config) -> Path:
@@ -160,6 +160,19 @@ def check_both_classes(table: pd.DataFrame, source: Path) -> None:
         raise ValueError(f"dataset: {source} has only {only} images; need both benign and malignant")
 
 
+def expand_tiles(table: pd.DataFrame, tiles_per_image: int) -> pd.DataFrame:
+    """One row per tile (columns ``tile`` and ``tiles``); unchanged when tiling is off.
+
+    Tiles keep their image's patient, so the patient-level split keeps them together.
+    """
+    if tiles_per_image == 0:
+        return table
+    tiled = table.loc[table.index.repeat(tiles_per_image)].copy()
+    tiled["tile"] = np.tile(np.arange(tiles_per_image), len(table))
+    tiled["tiles"] = tiles_per_image
+    return tiled
+
+
 # --------------------------------------------------------------------------- split
 def split_by_patient(
     table: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int
@@ -206,8 +219,8 @@ def _assign_patients(patients, images_per_patient, shares, label) -> dict[str, s
 
 
 def save_split(table: pd.DataFrame, run_dir: str | Path) -> Path:
-    """Write the split manifest: one row per image with its split."""
-    columns = TABLE_COLUMNS + ["split"]
+    """Write the split manifest: one row per image (per tile, when tiling) with its split."""
+    columns = TABLE_COLUMNS + (["tile", "tiles"] if "tiles" in table else []) + ["split"]
     return write_text_atomic(Path(run_dir) / SPLIT_FILE, table[columns].to_csv(index=False))
 
 
@@ -223,7 +236,7 @@ def summarize_split(table: pd.DataFrame) -> pd.DataFrame:
     in_order = table.assign(split=pd.Categorical(table["split"], categories=SPLITS, ordered=True))
     return (
         in_order.groupby(["split", "label"], observed=True)
-        .agg(images=("path", "size"), patients=("patient_id", "nunique"))
+        .agg(images=("path", "nunique"), patients=("patient_id", "nunique"))
         .reset_index()
         .astype({"split": str})
     )
@@ -242,7 +255,7 @@ def magnification_order(names) -> list[str]:
 def count_images(table: pd.DataFrame) -> pd.DataFrame:
     """Images per class and magnification, with the number of patients per class."""
     counts = table.pivot_table(
-        index="label", columns="magnification", values="path", aggfunc="size", fill_value=0
+        index="label", columns="magnification", values="path", aggfunc="nunique", fill_value=0
     )
     counts = counts[magnification_order(counts.columns)]
     counts["images"] = counts.sum(axis=1)
@@ -253,8 +266,7 @@ def count_images(table: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------- images
 def read_image(path: str | Path) -> np.ndarray:
     """One image as an RGB uint8 array (for display; training streams through tf.data)."""
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
+    return read_rgb(path)
 
 
 def labels_of(table: pd.DataFrame) -> np.ndarray:
@@ -262,29 +274,48 @@ def labels_of(table: pd.DataFrame) -> np.ndarray:
     return (table["label"] == CLASSES[1]).to_numpy(dtype=np.float32)
 
 
-def make_dataset(table: pd.DataFrame, img_size: int, batch_size: int, shuffle: bool = False, seed: int = 0):
+def tiles_of(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's tile number and tiles per image; (0, 0) means the whole image."""
+    zeros = np.zeros(len(table), dtype=np.int64)
+    if "tiles" not in table:
+        return zeros, zeros
+    return table["tile"].to_numpy(dtype=np.int64), table["tiles"].to_numpy(dtype=np.int64)
+
+
+def make_dataset(
+    table: pd.DataFrame,
+    img_size: int,
+    batch_size: int,
+    resize: str = "squash",
+    shuffle: bool = False,
+    seed: int = 0,
+):
     """A tf.data pipeline of (image, label) batches; images are float 0-255, img_size square.
 
-    Files are decoded in parallel and prefetched, so nothing holds the whole dataset in
-    memory. The model scales pixels itself, so the pipeline only resizes.
+    Files are decoded in parallel (Pillow, so any common format and mode works) and
+    prefetched, so nothing holds the whole dataset in memory. The model scales pixels
+    itself, so the pipeline only converts to RGB and resizes or tiles.
     """
     import tensorflow as tf
 
     labels = labels_of(table).reshape(-1, 1)
-    ds = tf.data.Dataset.from_tensor_slices((table["path"].to_numpy(dtype=str), labels))
+    tile, tiles = tiles_of(table)
+    ds = tf.data.Dataset.from_tensor_slices(((table["path"].to_numpy(dtype=str), tile, tiles), labels))
     if shuffle:
         ds = ds.shuffle(len(table), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(
-        lambda path, label: (decode_and_resize(path, img_size), label),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
+
+    def load(path, tiles, tile):
+        return load_for_model(path.decode(), img_size, resize, int(tiles), int(tile))
+
+    def load_batch_item(source, label):
+        path, tile, tiles = source
+        image = tf.numpy_function(load, [path, tiles, tile], tf.float32, stateful=False)
+        return tf.ensure_shape(image, (img_size, img_size, 3)), label
+
+    ds = ds.map(load_batch_item, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def decode_and_resize(path, img_size: int):
-    """Read one file and squash the whole field of view to img_size x img_size."""
-    import tensorflow as tf
-
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    # antialias: shrinking 700x460 to 224 without it would alias the fine nuclear texture.
-    return tf.image.resize(image, (img_size, img_size), antialias=True)
+def image_dataset(cfg: Config, table: pd.DataFrame, shuffle: bool = False):
+    """Stage entry point: the pipeline of ``table``'s images with cfg's size, resize and batch."""
+    return make_dataset(table, cfg.img_size, cfg.batch_size, cfg.resize, shuffle, cfg.seed)

@@ -24,9 +24,11 @@ METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
 
 
-def predict_probabilities(model, table: pd.DataFrame, img_size: int, batch_size: int) -> np.ndarray:
+def predict_probabilities(
+    model, table: pd.DataFrame, img_size: int, batch_size: int, resize: str = "squash"
+) -> np.ndarray:
     """The model's malignancy probability for each image of ``table``, in table order."""
-    images = make_dataset(table, img_size, batch_size).map(lambda image, label: image)
+    images = make_dataset(table, img_size, batch_size, resize).map(lambda image, label: image)
     return model.predict(images, verbose=0).reshape(-1)
 
 

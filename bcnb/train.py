@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from bcnb.config import Config
-from bcnb.datasets import labels_of, make_dataset
+from bcnb.datasets import image_dataset, labels_of, make_dataset, tiles_of
 from bcnb.files import write_bytes_atomic, write_json_atomic, write_text_atomic
 from bcnb.model import classifier_head, feature_extractor
 from bcnb.seeds import seed_everything
@@ -47,25 +47,33 @@ def early_stopping(patience: int) -> keras.callbacks.EarlyStopping:
 
 
 # --------------------------------------------------------------------------- features
-def extract_features(model: keras.Model, table: pd.DataFrame, img_size: int, batch_size: int) -> np.ndarray:
+def extract_features(
+    model: keras.Model, table: pd.DataFrame, img_size: int, batch_size: int, resize: str = "squash"
+) -> np.ndarray:
     """Pooled base features (n_images, 2048) of the images in ``table``, in table order."""
-    images = make_dataset(table, img_size, batch_size).map(lambda image, label: image)
+    images = make_dataset(table, img_size, batch_size, resize).map(lambda image, label: image)
     return feature_extractor(model).predict(images, verbose=0)
 
 
-def feature_cache_key(model: keras.Model, table: pd.DataFrame, img_size: int) -> str:
-    """A hash of everything the features depend on: files, image size and base weights."""
-    digest = hashlib.sha256(f"img_size={img_size}".encode())
-    for path in table["path"]:
+def feature_cache_key(model: keras.Model, table: pd.DataFrame, img_size: int, resize: str = "squash") -> str:
+    """A hash of everything the features depend on: files, tiles, image size and resize
+    mode, and the base's weights."""
+    digest = hashlib.sha256(f"img_size={img_size}|resize={resize}".encode())
+    for path, tile, tiles in zip(table["path"], *tiles_of(table)):
         stat = Path(path).stat()
-        digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{tile}/{tiles}\n".encode())
     for weight in feature_extractor(model).weights:
         digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
     return digest.hexdigest()
 
 
 def cached_features(
-    model: keras.Model, table: pd.DataFrame, img_size: int, batch_size: int, path: str | Path
+    model: keras.Model,
+    table: pd.DataFrame,
+    img_size: int,
+    batch_size: int,
+    path: str | Path,
+    resize: str = "squash",
 ) -> np.ndarray:
     """Features of ``table``'s images, read from ``path`` when its key still matches.
 
@@ -73,11 +81,11 @@ def cached_features(
     recomputed and replaced, never trusted.
     """
     path = Path(path)
-    key = feature_cache_key(model, table, img_size)
+    key = feature_cache_key(model, table, img_size, resize)
     stored = _read_feature_file(path)
     if stored is not None and stored[0] == key:
         return stored[1]
-    features = extract_features(model, table, img_size, batch_size)
+    features = extract_features(model, table, img_size, batch_size, resize)
     buffer = io.BytesIO()
     np.savez(buffer, key=np.array(key), features=features)
     write_bytes_atomic(path, buffer.getvalue())
@@ -156,7 +164,7 @@ def train_model(cfg: Config, model: keras.Model, split: pd.DataFrame, verbose: i
     if cfg.feature_cache:
         features = {
             name: cached_features(
-                model, part, cfg.img_size, cfg.batch_size, run_dir / FEATURES_DIR / f"{name}.npz"
+                model, part, cfg.img_size, cfg.batch_size, run_dir / FEATURES_DIR / f"{name}.npz", cfg.resize
             )
             for name, part in (("train", train), ("val", val))
         }
@@ -166,8 +174,7 @@ def train_model(cfg: Config, model: keras.Model, split: pd.DataFrame, verbose: i
             cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.patience, verbose,
         )  # fmt: skip
     else:
-        train_ds = make_dataset(train, cfg.img_size, cfg.batch_size, shuffle=True, seed=cfg.seed)
-        val_ds = make_dataset(val, cfg.img_size, cfg.batch_size)
+        train_ds, val_ds = image_dataset(cfg, train, shuffle=True), image_dataset(cfg, val)
         history = train_end_to_end(
             model, train_ds, val_ds, cfg.epochs, cfg.learning_rate, cfg.patience, verbose
         )

@@ -1,8 +1,10 @@
-"""Re-execute notebooks/01-04 with their default parameters and store only checked outputs.
+"""Refresh notebooks/01-04: parameters cells from bcnb.Config, then the checked outputs.
 
-The committed notebooks carry the outputs of cells marked `# NBVAL_CHECK_OUTPUT` (small,
-deterministic facts that nbval compares in CI) and nothing else: no figures, no logs.
-Run it after changing a notebook or anything those outputs depend on:
+Each notebook's `parameters` cell is rewritten to hold every Config field at its default.
+The notebooks are then executed with those defaults, and they keep the outputs of cells
+marked `# NBVAL_CHECK_OUTPUT` (small, deterministic facts that nbval compares in CI) and
+nothing else: no figures, no logs. Run it after changing a notebook, Config, or anything
+those outputs depend on:
 
     .venv/bin/python scripts/refresh_notebook_outputs.py
 """
@@ -14,12 +16,22 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
+from bcnb import Config
+
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
 
 
+def parameters_source() -> str:
+    lines = ["# Parameters: papermill and `bcnb reproduce` replace these values."]
+    lines += [f"{name} = {value!r}" for name, value in Config().to_dict().items()]
+    return "\n".join(lines)
+
+
 def refresh(path: Path) -> None:
     notebook = nbformat.read(path, as_version=4)
+    parameters = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+    parameters[0].source = parameters_source()
     NotebookClient(
         notebook, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
     ).execute()

@@ -17,6 +17,8 @@ BAD_VALUES = {
     "synthetic_images_per_patient": (0, "synthetic_images_per_patient"),
     "synthetic_difficulty": (1.5, "synthetic_difficulty"),
     "img_size": (16, "img_size"),
+    "resize": ("stretch", "resize: expected one of squash, center_crop"),
+    "tiles_per_image": (-1, "tiles_per_image"),
     "weights": (" ", "weights"),
     "allow_random_weights": ("yes", "allow_random_weights: expected bool"),
     "dropout": (1.0, "dropout"),

@@ -232,3 +232,20 @@ def test_patients_with_both_classes_stay_in_one_split():
     split = _split(pd.DataFrame(rows))
     assert split.groupby("patient_id")["split"].nunique().max() == 1
     assert set(split["split"]) == {"train", "val", "test"}
+
+
+def test_tiles_keep_their_patient_and_split(tiny_cfg):
+    table = datasets.load_image_table(tiny_cfg.replace(tiles_per_image=3))
+    assert (
+        len(table) == 3 * 48
+        and table.groupby("path")["tile"].apply(list).map(sorted).eq([[0, 1, 2]] * 48).all()
+    )
+    split = _split(table)
+    assert split.groupby("path")["split"].nunique().max() == 1
+    assert datasets.summarize_split(split)["images"].sum() == 48  # images, not tiles
+
+
+def test_tiles_are_different_crops_of_one_image(breakhis_sample):
+    table = datasets.expand_tiles(datasets.read_breakhis(breakhis_sample).head(1), 2)
+    images, _ = next(iter(datasets.make_dataset(table, img_size=64, batch_size=2)))
+    assert images.shape == (2, 64, 64, 3) and not np.allclose(images[0], images[1])
