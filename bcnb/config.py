@@ -8,6 +8,7 @@ object drives ``bcnb reproduce``, where ``--config FILE.yaml`` and ``--set key=v
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -17,7 +18,9 @@ import yaml
 
 from bcnb.files import write_text_atomic
 
-LAYOUTS = ("auto", "breakhis", "csv")
+LAYOUTS = ("auto", "breakhis", "idc", "folders", "csv")
+ON_BAD_IMAGE = ("error", "skip")
+CLASS_WEIGHTS = ("none", "balanced")
 RESIZE_MODES = ("squash", "center_crop")
 MAGNIFICATIONS = ("all", "40X", "100X", "200X", "400X")
 CONFIG_FILE = "config.yaml"
@@ -30,7 +33,10 @@ class Config:
     # Data: "synthetic" (the built-in dataset) or a path to BreakHis or a CSV manifest.
     dataset: str = "synthetic"
     layout: str = "auto"
+    positive_class: str = "malignant"  # layout=folders: the class folder read as malignant
+    patient_pattern: str = ""  # layout=folders: regex whose first group is the patient id
     magnification: str = "all"
+    on_bad_image: str = "error"  # or "skip": leave unusable files out and list them
     max_images: int = 0  # 0 keeps every image; a smaller number samples per class
     val_fraction: float = 0.2
     test_fraction: float = 0.2
@@ -49,6 +55,7 @@ class Config:
     dropout: float = 0.2
     # Training.
     feature_cache: bool = True
+    class_weight: str = "none"  # or "balanced": weigh each class by the inverse of its share
     batch_size: int = 16  # the paper's test set of about 61 images took 4 batches
     epochs: int = 100  # an upper bound: early stopping usually ends training sooner
     learning_rate: float = 1e-3
@@ -70,6 +77,11 @@ class Config:
         if not self.dataset.strip():
             yield "dataset: expected 'synthetic' or a path, got an empty string"
         yield from _choice("layout", self.layout, LAYOUTS)
+        if not self.positive_class.strip():
+            yield "positive_class: expected the name of a class folder, got an empty string"
+        yield from _regex("patient_pattern", self.patient_pattern)
+        yield from _choice("on_bad_image", self.on_bad_image, ON_BAD_IMAGE)
+        yield from _choice("class_weight", self.class_weight, CLASS_WEIGHTS)
         yield from _choice("magnification", self.magnification, MAGNIFICATIONS)
         yield from _at_least("max_images", self.max_images, 0)
         yield from _between("val_fraction", self.val_fraction, 0.05, 0.5)
@@ -191,6 +203,16 @@ def _check_type(name: str, value: Any, kind: str) -> None:
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> Iterable[str]:
     if value not in allowed:
         yield f"{name}: expected one of {', '.join(allowed)}, got {value!r}"
+
+
+def _regex(name: str, pattern: str) -> Iterable[str]:
+    try:
+        compiled = re.compile(pattern)
+    except re.error as error:
+        yield f"{name}: not a valid regular expression ({error})"
+        return
+    if pattern and compiled.groups < 1:
+        yield f"{name}: expected a regular expression with a group for the patient id, got {pattern!r}"
 
 
 def _at_least(name: str, value: int, low: int) -> Iterable[str]:

@@ -1,49 +1,82 @@
-"""Stage 1, data: find the images, label them, split them by patient, stream them.
+"""Stage 1, data: find the images, check them, split them by patient, stream them.
 
 The result of loading is an *image table*: one row per image with its ``path`` (absolute),
 ``label`` ("benign" or "malignant"), ``patient_id`` and ``magnification``. Everything later
-(the split, the montage, the tf.data pipeline) works from that table.
+(the split, the montage, the tf.data pipeline) works from that table. The layouts live in
+:mod:`bcnb.layouts`, the scan for bad files in :mod:`bcnb.scan`.
 """
 
 from __future__ import annotations
 
-import re
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from bcnb.config import Config
-from bcnb.files import write_text_atomic
+from bcnb.files import write_json_atomic, write_text_atomic
 from bcnb.images import load_for_model, read_rgb
+from bcnb.layouts import CLASSES, TABLE_COLUMNS, read_layout
+from bcnb.scan import find_bad_images, split_bad
 from bcnb.synthetic import SyntheticSpec, ensure_synthetic_dataset
 
-CLASSES = ("benign", "malignant")  # index 1, malignant, is the positive class
-TABLE_COLUMNS = ["path", "label", "patient_id", "magnification"]
 SPLITS = ("train", "val", "test")
 SPLIT_FILE = "split.csv"
+DATASET_FILE = "dataset.json"
 
-# BreakHis file names, e.g. SOB_B_A-14-22549AB-40-001.png: procedure (SOB), class (B or M),
-# tumour subtype, year-slide (the patient), magnification, image number.
-BREAKHIS_NAME = re.compile(
-    r"^SOB_(?P<kind>[BM])_(?P<subtype>[A-Z]+)-(?P<patient>\d+-[0-9A-Z]+)-"
-    r"(?P<magnification>40|100|200|400)-(?P<number>\d+)\.png$",
-    re.IGNORECASE,
-)
-LABEL_WORDS = {"benign": "benign", "b": "benign", "0": "benign",
-               "malignant": "malignant", "m": "malignant", "1": "malignant"}  # fmt: skip
+
+@dataclass
+class LoadedDataset:
+    """The usable images of a dataset, the files left out, and how it was read."""
+
+    table: pd.DataFrame  # one row per image (per tile when tiling)
+    bad: pd.DataFrame  # path, problem: files found unusable by the scan
+    layout: str
+    source: Path
+    notes: list[str]  # what the reader decided, in words for the notebook and report
+    patient_level: bool  # False when the layout has no patient ids
 
 
 # --------------------------------------------------------------------------- loading
-def load_image_table(cfg: Config) -> pd.DataFrame:
-    """Load the image table for ``cfg``: the dataset, its layout, magnification, sampling."""
-    root = dataset_path(cfg)
-    layout = detect_layout(root) if cfg.layout == "auto" else cfg.layout
-    table = read_breakhis(root) if layout == "breakhis" else read_manifest(root)
-    table = select_magnification(table, cfg.magnification, source=root)
-    table = sample_images(table, cfg.max_images, cfg.seed)
-    check_both_classes(table, source=root)
-    return expand_tiles(table, cfg.tiles_per_image).reset_index(drop=True)
+def load_dataset(cfg: Config) -> LoadedDataset:
+    """Stage entry point: read the layout, select and sample, scan every file, tile."""
+    source = dataset_path(cfg)
+    found = read_layout(source, cfg.layout, cfg.positive_class, cfg.patient_pattern)
+    images, strays = _images_and_strays(found.table)
+    images = select_magnification(images, cfg.magnification, source)
+    images = sample_images(images, cfg.max_images, cfg.seed)
+    table, bad = split_bad(find_bad_images(pd.concat([images, strays])), cfg.on_bad_image, source)
+    check_both_classes(table, source)
+    tiled = expand_tiles(table, cfg.tiles_per_image).reset_index(drop=True)
+    return LoadedDataset(tiled, bad, found.layout, source, found.notes, found.patient_level)
+
+
+def save_dataset_info(dataset: LoadedDataset, run_dir: str | Path) -> Path:
+    """dataset.json: where the images came from, the layout, what the reader decided."""
+    info = {
+        "source": str(dataset.source),
+        "layout": dataset.layout,
+        "notes": dataset.notes,
+        "patient_level": dataset.patient_level,
+        "n_images": int(dataset.table["path"].nunique()),
+        "n_bad_files": len(dataset.bad),
+    }
+    return write_json_atomic(Path(run_dir) / DATASET_FILE, info)
+
+
+def load_dataset_info(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / DATASET_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run notebook 01_data first")
+    return json.loads(path.read_text())
+
+
+def _images_and_strays(candidates: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Files the layout recognised as images, and stray files it did not (no label)."""
+    is_stray = candidates["label"] == ""
+    return candidates[~is_stray], candidates[is_stray]
 
 
 def dataset_path(cfg: Config) -> Path:
@@ -59,79 +92,6 @@ def dataset_path(cfg: Config) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"dataset: {path} does not exist (expected a folder or a .csv file)")
     return path
-
-
-def detect_layout(path: Path) -> str:
-    """'csv' for a manifest file, 'breakhis' for a folder holding BreakHis-named images."""
-    if path.is_file():
-        if path.suffix.lower() == ".csv":
-            return "csv"
-        raise ValueError(f"dataset: {path} is a file but not a .csv manifest")
-    if any(BREAKHIS_NAME.match(p.name) for p in path.rglob("*.png")):
-        return "breakhis"
-    if not any(p.is_file() for p in path.rglob("*")):
-        raise ValueError(f"dataset: {path} is empty (expected BreakHis images or a .csv manifest)")
-    raise ValueError(
-        f"dataset: cannot tell the layout of {path}: expected BreakHis image names like "
-        "SOB_B_A-14-22549AB-40-001.png, or give a .csv manifest (layout=csv)"
-    )
-
-
-def parse_breakhis_name(name: str) -> dict[str, str]:
-    """Read label, subtype, patient and magnification from a BreakHis file name."""
-    match = BREAKHIS_NAME.match(name)
-    if match is None:
-        raise ValueError(f"{name}: not a BreakHis image name (like SOB_B_A-14-22549AB-40-001.png)")
-    return {
-        "label": "benign" if match["kind"].upper() == "B" else "malignant",
-        "subtype": match["subtype"].upper(),
-        "patient_id": match["patient"],
-        "magnification": f"{match['magnification']}X",
-    }
-
-
-def read_breakhis(root: Path) -> pd.DataFrame:
-    """Every BreakHis image below ``root``, whichever level of BreaKHis_v1 it is."""
-    if not root.is_dir():
-        raise ValueError(f"dataset: {root} is not a folder (layout=breakhis expects one)")
-    rows = [
-        {"path": str(path), **parse_breakhis_name(path.name)}
-        for path in sorted(root.rglob("*"))
-        if path.is_file() and BREAKHIS_NAME.match(path.name)
-    ]
-    if not rows:
-        raise ValueError(f"dataset: no BreakHis images (like SOB_B_A-14-22549AB-40-001.png) below {root}")
-    return pd.DataFrame(rows)[TABLE_COLUMNS + ["subtype"]]
-
-
-def read_manifest(csv_path: Path) -> pd.DataFrame:
-    """A CSV with columns path,label,patient_id[,magnification]; paths relative to the CSV."""
-    if not csv_path.is_file():
-        raise ValueError(f"dataset: {csv_path} is not a file (layout=csv expects a .csv manifest)")
-    try:
-        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise ValueError(f"{csv_path}: not a readable CSV ({error.__class__.__name__})") from None
-    missing = [c for c in ("path", "label", "patient_id") if c not in table.columns]
-    if missing:
-        raise ValueError(f"{csv_path}: missing column {', '.join(missing)} (need path,label,patient_id)")
-    if table.empty:
-        raise ValueError(f"{csv_path}: has a header but no images")
-    if "magnification" not in table.columns:
-        table["magnification"] = "unknown"
-    table["label"] = [_label_word(value, csv_path) for value in table["label"]]
-    table["path"] = [str((csv_path.parent / p).resolve()) for p in table["path"]]
-    absent = [p for p in table["path"] if not Path(p).is_file()]
-    if absent:
-        raise FileNotFoundError(f"{csv_path}: {len(absent)} listed images do not exist, e.g. {absent[0]}")
-    return table[TABLE_COLUMNS]
-
-
-def _label_word(value: str, source: Path) -> str:
-    word = LABEL_WORDS.get(str(value).strip().lower())
-    if word is None:
-        raise ValueError(f"{source}: label {value!r} is not benign/malignant (or B/M, 0/1)")
-    return word
 
 
 def select_magnification(table: pd.DataFrame, magnification: str, source: Path) -> pd.DataFrame:

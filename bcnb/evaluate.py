@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from bcnb.datasets import labels_of, make_dataset
+from bcnb.datasets import labels_of, magnification_order, make_dataset
 from bcnb.files import write_json_atomic, write_text_atomic
 
 # Prasuna et al.: model.evaluate(test_gen) -> loss 0.1723, accuracy 0.9344.
@@ -71,6 +71,17 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return (centre - half, centre + half)
 
 
+def metrics_by_magnification(test: pd.DataFrame, y_prob: np.ndarray) -> dict[str, dict]:
+    """The main metrics for each magnification of the test split (BreakHis: 40X-400X)."""
+    results = {}
+    for magnification in magnification_order(test["magnification"]):
+        rows = (test["magnification"] == magnification).to_numpy()
+        found = compute_metrics(labels_of(test[rows]), y_prob[rows])
+        keep = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "roc_auc")
+        results[magnification] = {"n_images": int(rows.sum()), **{k: found[k] for k in keep}}
+    return results
+
+
 def summarize_test_results(
     test: pd.DataFrame, y_prob: np.ndarray, keras_results: dict, weights: dict, dataset: str
 ) -> dict:
@@ -92,13 +103,21 @@ def summarize_test_results(
         "weights_source": weights["source"],
         "paper_test_accuracy": PAPER["test_accuracy"],
         "paper_test_loss": PAPER["test_loss"],
+        "per_magnification": metrics_by_magnification(test, y_prob)
+        if test["magnification"].nunique() > 1
+        else {},
     }
 
 
 def save_metrics(metrics: dict, run_dir: str | Path) -> Path:
     """Write metrics.json; NaN (e.g. AUC with one class) becomes null."""
-    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
-    return write_json_atomic(Path(run_dir) / METRICS_FILE, clean)
+    return write_json_atomic(Path(run_dir) / METRICS_FILE, _without_nan(metrics))
+
+
+def _without_nan(value):
+    if isinstance(value, dict):
+        return {key: _without_nan(item) for key, item in value.items()}
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def load_metrics(run_dir: str | Path) -> dict:

@@ -8,7 +8,7 @@ import pandas as pd
 import yaml
 
 from bcnb.config import CONFIG_FILE
-from bcnb.datasets import load_split, summarize_split
+from bcnb.datasets import load_dataset_info, load_split, summarize_split
 from bcnb.evaluate import load_metrics
 from bcnb.files import write_text_atomic
 from bcnb.train import load_training_summary
@@ -21,17 +21,23 @@ def write_report(run_dir: str | Path) -> Path:
     """Build report.md from the files the notebooks left in ``run_dir``."""
     run_dir = Path(run_dir)
     config = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
-    text = render_report(config, load_split(run_dir), load_training_summary(run_dir), load_metrics(run_dir))
+    text = render_report(
+        config,
+        load_dataset_info(run_dir),
+        load_split(run_dir),
+        load_training_summary(run_dir),
+        load_metrics(run_dir),
+    )
     return write_text_atomic(run_dir / REPORT_FILE, text)
 
 
-def render_report(config: dict, split: pd.DataFrame, training: dict, metrics: dict) -> str:
+def render_report(config: dict, dataset: dict, split: pd.DataFrame, training: dict, metrics: dict) -> str:
     sections = [
         "# bcnb run report",
         f"> {DISCLAIMER}",
         _weights_warning(metrics),
         "## Dataset",
-        _dataset_section(config, split),
+        _dataset_section(config, dataset, split),
         "## Model and training",
         _training_section(config, training, metrics),
         "## Test results",
@@ -52,7 +58,7 @@ def _weights_warning(metrics: dict) -> str:
     )
 
 
-def _dataset_section(config: dict, split: pd.DataFrame) -> str:
+def _dataset_section(config: dict, dataset: dict, split: pd.DataFrame) -> str:
     name = config["dataset"]
     if name == "synthetic":
         name = (
@@ -60,13 +66,19 @@ def _dataset_section(config: dict, split: pd.DataFrame) -> str:
             f"({config['synthetic_patients']} patients, difficulty {config['synthetic_difficulty']}), "
             "not real tissue"
         )
-    counts = summarize_split(split)
-    return (
-        f"- dataset: {name}\n"
-        f"- magnification: {config['magnification']}\n"
-        "- split: by patient (no patient in two splits), stratified by class, "
-        f"seed {config['seed']}\n\n" + _markdown_table(counts)
-    )
+    lines = [
+        f"- dataset: {name}",
+        f"- layout: {dataset['layout']}",
+        f"- magnification: {config['magnification']}",
+    ]
+    lines += [f"- {note}" for note in dataset["notes"] if not note.startswith("layout:")]
+    if dataset["n_bad_files"]:
+        lines.append(
+            f"- {dataset['n_bad_files']} bad file(s) left out (on_bad_image=skip); see bad_images.csv"
+        )
+    how = "by patient (no patient in two splits)" if dataset["patient_level"] else "BY IMAGE (no patient ids)"
+    lines.append(f"- split: {how}, stratified by class, seed {config['seed']}")
+    return "\n".join(lines) + "\n\n" + _markdown_table(summarize_split(split))
 
 
 def _training_section(config: dict, training: dict, metrics: dict) -> str:
@@ -84,7 +96,7 @@ def _training_section(config: dict, training: dict, metrics: dict) -> str:
         f"Dropout({config['dropout']}) -> Dense(1, sigmoid), input {size}x{size}x3\n"
         f"- weights used: {weights}\n"
         f"- training: {how}; Adam, learning rate {config['learning_rate']}, "
-        f"batch size {config['batch_size']}\n"
+        f"batch size {config['batch_size']}, class weights {training['class_weight']}\n"
         f"- epochs: {training['epochs_run']} run of {training['epochs_requested']} requested; "
         f"weights of epoch {training['best_epoch']} kept (lowest validation loss); "
         f"{training['seconds']:.0f} s"
@@ -118,7 +130,21 @@ def _results_section(metrics: dict) -> str:
         + _markdown_table(table)
         + "\n\nConfusion matrix:\n\n"
         + _markdown_table(matrix)
+        + _per_magnification_table(metrics.get("per_magnification", {}))
     )
+
+
+def _per_magnification_table(per_magnification: dict) -> str:
+    if not per_magnification:
+        return ""
+    rows = [
+        (name, found["n_images"], *(_number(found[k]) for k in ("accuracy", "balanced_accuracy", "roc_auc")))
+        for name, found in per_magnification.items()
+    ]
+    table = pd.DataFrame(
+        rows, columns=["magnification", "images", "accuracy", "balanced accuracy", "ROC AUC"]
+    )
+    return "\n\nBy magnification:\n\n" + _markdown_table(table)
 
 
 def _limits_section(config: dict, metrics: dict) -> str:

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bcnb.config import Config
-from bcnb.datasets import dataset_path, load_image_table, split_by_patient
+from bcnb.datasets import dataset_path, load_dataset, split_by_patient
 
 NOTEBOOKS = ("01_data.ipynb", "02_model.ipynb", "03_train.ipynb", "04_evaluate.ipynb")
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -29,7 +29,7 @@ class NotebookFailed(RuntimeError):
 
 def check_inputs(cfg: Config) -> None:
     """Fail before any notebook runs if the dataset, split or weights cannot work."""
-    split_by_patient(load_image_table(cfg), cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    split_by_patient(load_dataset(cfg).table, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     if cfg.weights.lower() not in {"imagenet", "none"}:
         path = Path(cfg.weights).expanduser()
         if not path.is_file():

@@ -50,5 +50,5 @@ def tiny_cfg():
 def tiny_split(tiny_cfg):
     from bcnb import datasets
 
-    table = datasets.load_image_table(tiny_cfg)
+    table = datasets.load_dataset(tiny_cfg).table
     return datasets.split_by_patient(table, tiny_cfg.val_fraction, tiny_cfg.test_fraction, tiny_cfg.seed)

@@ -54,8 +54,8 @@ BAD_INPUTS = {
         "has only malignant images",
     ),
     "unknown layout value": (
-        lambda t: ["--set", "layout=folders"],
-        "layout: expected one of auto, breakhis, csv",
+        lambda t: ["--set", "layout=tree"],
+        "layout: expected one of auto, breakhis, idc, folders, csv",
     ),
     "layout not recognised": (
         lambda t: ["--set", f"dataset={_file(t / 'pics' / 'x.png')}"],
@@ -76,7 +76,7 @@ BAD_INPUTS = {
     ),
     "missing manifest image": (
         lambda t: ["--set", f"dataset={_file(t / 'm.csv', MANIFEST_WITHOUT_IMAGES)}"],
-        "m.csv: 1 listed images do not exist",
+        "dataset: 1 bad file\\(s\\) in .*m.csv .*x.png: missing file",
     ),
 }
 
@@ -107,9 +107,9 @@ def test_bad_input_is_one_line_exit_2_and_leaves_the_run_folder(case, tmp_path, 
 
 
 def test_stderr_holds_nothing_but_the_error_line(tmp_path):
-    result = run_bcnb("reproduce", "--out", tmp_path / "run", "--set", "layout=folders")
+    result = run_bcnb("reproduce", "--out", tmp_path / "run", "--set", "layout=tree")
     assert result.stderr.splitlines() == [
-        "bcnb: error: layout: expected one of auto, breakhis, csv, got 'folders'"
+        "bcnb: error: layout: expected one of auto, breakhis, idc, folders, csv, got 'tree'"
     ]
     assert result.stdout == ""
 

@@ -8,7 +8,11 @@ from bcnb.config import Config, field_names, parse_override
 # One bad value per field, with a word the error message must contain.
 BAD_VALUES = {
     "dataset": ("", "dataset"),
-    "layout": ("folders", "layout: expected one of auto, breakhis, csv"),
+    "layout": ("tree", "layout: expected one of auto, breakhis, idc, folders, csv"),
+    "positive_class": ("", "positive_class"),
+    "patient_pattern": ("case-(", "patient_pattern: not a valid regular expression"),
+    "on_bad_image": ("ignore", "on_bad_image: expected one of error, skip"),
+    "class_weight": ("auto", "class_weight: expected one of none, balanced"),
     "magnification": ("50X", "magnification: expected one of"),
     "max_images": (-1, "max_images"),
     "val_fraction": (0.0, "val_fraction"),
@@ -143,3 +147,8 @@ def test_from_file_missing(tmp_path):
 
 def test_field_types_are_flat_literals():
     assert {f.type for f in fields(Config)} <= {"str", "int", "float", "bool"}
+
+
+def test_patient_pattern_needs_a_group():
+    with pytest.raises(ValueError, match="patient_pattern: expected a regular expression with a group"):
+        Config(patient_pattern=r"case-\d+")

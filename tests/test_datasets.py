@@ -1,5 +1,4 @@
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -8,50 +7,17 @@ import pytest
 from bcnb import Config, datasets
 
 
-# --------------------------------------------------------------------------- BreakHis names
-def test_parse_breakhis_name_on_every_real_sample_file(breakhis_sample):
-    manifest = pd.read_csv(breakhis_sample / "manifest.csv", dtype=str)
-    for row in manifest.itertuples():
-        parsed = datasets.parse_breakhis_name(Path(row.path).name)
-        assert (parsed["label"], parsed["patient_id"], parsed["magnification"], parsed["subtype"]) == (
-            row.label, row.patient_id, row.magnification, row.subtype
-        )  # fmt: skip
-
-
-@pytest.mark.parametrize(
-    "name",
-    ["SOB_B_A-14-22549AB-40.png", "SOB_X_A-14-22549AB-40-001.png", "SOB_B_A-14-22549AB-50-001.png", "a.png"],
-)
-def test_parse_breakhis_name_rejects_other_names(name):
-    with pytest.raises(ValueError, match="not a BreakHis image name"):
-        datasets.parse_breakhis_name(name)
-
-
-@pytest.mark.parametrize(
-    "level", ["BreaKHis_v1", "BreaKHis_v1/histology_slides", "BreaKHis_v1/histology_slides/breast", "."]
-)
-def test_read_breakhis_from_any_level(breakhis_sample, level):
-    table = datasets.read_breakhis(breakhis_sample / level)
-    assert len(table) == 16
-    assert table["patient_id"].nunique() == 12
-    assert set(table["magnification"]) == {"40X", "100X", "200X", "400X"}
-
-
-def test_breakhis_folder_and_csv_manifest_agree(breakhis_sample):
-    from_folders = datasets.read_breakhis(breakhis_sample).sort_values("path").reset_index(drop=True)
-    from_csv = (
-        datasets.read_manifest(breakhis_sample / "manifest.csv").sort_values("path").reset_index(drop=True)
+def test_load_dataset_on_the_real_sample(breakhis_sample):
+    dataset = datasets.load_dataset(Config(dataset=str(breakhis_sample)))
+    assert sorted(dataset.table["label"].value_counts().items()) == [("benign", 11), ("malignant", 5)]
+    # manifest.csv at the top is not inside an image folder: ignored, not a bad file
+    assert (
+        dataset.layout == "breakhis" and dataset.bad.empty and dataset.notes == ["layout: detected breakhis"]
     )
-    pd.testing.assert_frame_equal(from_folders[datasets.TABLE_COLUMNS], from_csv)
-
-
-def test_load_image_table_on_the_real_sample(breakhis_sample):
-    table = datasets.load_image_table(Config(dataset=str(breakhis_sample)))
-    assert sorted(table["label"].value_counts().items()) == [("benign", 11), ("malignant", 5)]
 
 
 def test_decoding_a_real_image(breakhis_sample):
-    table = datasets.read_breakhis(breakhis_sample).head(3)
+    table = datasets.load_dataset(Config(dataset=str(breakhis_sample))).table.head(3)
     images, labels = next(iter(datasets.make_dataset(table, img_size=64, batch_size=3)))
     assert images.shape == (3, 64, 64, 3) and labels.shape == (3, 1)
     pixels = images.numpy()
@@ -65,75 +31,42 @@ def test_decoding_a_real_image(breakhis_sample):
 # --------------------------------------------------------------------------- errors
 def test_missing_dataset_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        datasets.load_image_table(Config(dataset=str(tmp_path / "nowhere")))
+        datasets.load_dataset(Config(dataset=str(tmp_path / "nowhere")))
 
 
 def test_empty_folder(tmp_path):
     with pytest.raises(ValueError, match="is empty"):
-        datasets.load_image_table(Config(dataset=str(tmp_path)))
+        datasets.load_dataset(Config(dataset=str(tmp_path)))
 
 
 def test_folder_of_unknown_layout(tmp_path):
     (tmp_path / "benign").mkdir()
     (tmp_path / "benign" / "img1.png").write_bytes(b"x")
     with pytest.raises(ValueError, match="cannot tell the layout"):
-        datasets.load_image_table(Config(dataset=str(tmp_path)))
+        datasets.load_dataset(Config(dataset=str(tmp_path)))
 
 
 def test_one_class_only(breakhis_sample, tmp_path):
     benign = breakhis_sample / "BreaKHis_v1/histology_slides/breast/benign"
     with pytest.raises(ValueError, match="has only benign images; need both"):
-        datasets.load_image_table(Config(dataset=str(benign)))
+        datasets.load_dataset(Config(dataset=str(benign)))
 
 
 def test_file_that_is_not_a_manifest(tmp_path):
     path = tmp_path / "images.zip"
     path.write_bytes(b"PK")
     with pytest.raises(ValueError, match="not a .csv manifest"):
-        datasets.load_image_table(Config(dataset=str(path)))
-
-
-def _manifest(tmp_path, text):
-    path = tmp_path / "m.csv"
-    path.write_text(text)
-    return path
-
-
-@pytest.mark.parametrize(
-    "text,error,message",
-    [
-        ("path,label\na.png,benign\n", ValueError, "missing column patient_id"),
-        ("path,label,patient_id\n", ValueError, "header but no images"),
-        ("path,label,patient_id\na.png,tumour,p1\n", ValueError, "label 'tumour' is not benign/malignant"),
-        ("path,label,patient_id\nabsent.png,benign,p1\n", FileNotFoundError, "1 listed images do not exist"),
-        ("", ValueError, "not a readable CSV"),
-    ],
-)
-def test_manifest_errors(tmp_path, text, error, message):
-    (tmp_path / "a.png").write_bytes(b"x")
-    with pytest.raises(error, match=message):
-        datasets.read_manifest(_manifest(tmp_path, text))
-
-
-def test_manifest_accepts_label_codes_and_extra_columns(tmp_path):
-    for name in ("a.png", "b.png"):
-        (tmp_path / name).write_bytes(b"x")
-    table = datasets.read_manifest(
-        _manifest(tmp_path, "path,label,patient_id,stain\na.png,0,p1,x\nb.png,M,p2,y\n")
-    )
-    assert list(table["label"]) == ["benign", "malignant"]
-    assert list(table["magnification"]) == ["unknown", "unknown"]
-    assert Path(table.iloc[0]["path"]) == tmp_path / "a.png"
+        datasets.load_dataset(Config(dataset=str(path)))
 
 
 def test_layout_can_be_forced(breakhis_sample):
     with pytest.raises(ValueError, match="layout=csv expects a .csv manifest"):
-        datasets.load_image_table(Config(dataset=str(breakhis_sample), layout="csv"))
+        datasets.load_dataset(Config(dataset=str(breakhis_sample), layout="csv"))
 
 
 # --------------------------------------------------------------------------- selection
 def test_select_magnification(breakhis_sample):
-    table = datasets.load_image_table(Config(dataset=str(breakhis_sample), magnification="200X"))
+    table = datasets.load_dataset(Config(dataset=str(breakhis_sample), magnification="200X")).table
     assert set(table["magnification"]) == {"200X"} and len(table) == 3
 
 
@@ -141,12 +74,12 @@ def test_select_absent_magnification(breakhis_sample, tmp_path):
     for path in breakhis_sample.rglob("*-40-*.png"):
         shutil.copy(path, tmp_path / path.name)  # a flat folder is fine for BreakHis names
     with pytest.raises(ValueError, match=r"magnification: no 400X images .* \(found 40X\)"):
-        datasets.load_image_table(Config(dataset=str(tmp_path), magnification="400X"))
+        datasets.load_dataset(Config(dataset=str(tmp_path), magnification="400X"))
 
 
 def test_max_images_samples_each_class(tiny_cfg):
-    table = datasets.load_image_table(tiny_cfg.replace(max_images=24))
-    full = datasets.load_image_table(tiny_cfg)
+    table = datasets.load_dataset(tiny_cfg.replace(max_images=24)).table
+    full = datasets.load_dataset(tiny_cfg).table
     assert len(table) == 24
     share = (table["label"] == "malignant").mean()
     assert abs(share - (full["label"] == "malignant").mean()) < 0.05
@@ -159,7 +92,7 @@ def _split(table, seed=0, val=0.2, test=0.2):
 
 @pytest.fixture(scope="module")
 def table():
-    return datasets.load_image_table(Config(synthetic_patients=40, synthetic_images_per_patient=1))
+    return datasets.load_dataset(Config(synthetic_patients=40, synthetic_images_per_patient=1)).table
 
 
 def test_no_patient_in_two_splits(table):
@@ -191,7 +124,7 @@ def test_split_does_not_depend_on_row_order(table):
 
 
 def test_too_few_patients_for_a_split(breakhis_sample):
-    table = datasets.read_breakhis(breakhis_sample)  # 5 malignant patients is enough, 2 is not
+    table = datasets.load_dataset(Config(dataset=str(breakhis_sample))).table  # 5 malignant patients
     few = table[(table["label"] == "benign") | table["patient_id"].isin(["14-2523", "14-3909"])]
     with pytest.raises(ValueError, match="malignant has 2 patient\\(s\\); .* needs at least 3"):
         _split(few)
@@ -235,7 +168,7 @@ def test_patients_with_both_classes_stay_in_one_split():
 
 
 def test_tiles_keep_their_patient_and_split(tiny_cfg):
-    table = datasets.load_image_table(tiny_cfg.replace(tiles_per_image=3))
+    table = datasets.load_dataset(tiny_cfg.replace(tiles_per_image=3)).table
     assert (
         len(table) == 3 * 48
         and table.groupby("path")["tile"].apply(list).map(sorted).eq([[0, 1, 2]] * 48).all()
@@ -246,6 +179,7 @@ def test_tiles_keep_their_patient_and_split(tiny_cfg):
 
 
 def test_tiles_are_different_crops_of_one_image(breakhis_sample):
-    table = datasets.expand_tiles(datasets.read_breakhis(breakhis_sample).head(1), 2)
+    table = datasets.load_dataset(Config(dataset=str(breakhis_sample))).table.head(1)
+    table = datasets.expand_tiles(table, 2)
     images, _ = next(iter(datasets.make_dataset(table, img_size=64, batch_size=2)))
     assert images.shape == (2, 64, 64, 3) and not np.allclose(images[0], images[1])

@@ -97,3 +97,18 @@ def test_predictions_file(tmp_path):
 def test_load_metrics_says_which_notebook_to_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="run notebook 04_evaluate"):
         evaluate.load_metrics(tmp_path)
+
+
+def test_metrics_by_magnification():
+    test = pd.DataFrame(
+        {
+            "label": ["benign", "malignant", "benign", "malignant", "malignant"],
+            "magnification": ["40X", "40X", "400X", "400X", "400X"],
+        }
+    )
+    y_prob = np.array([0.2, 0.9, 0.6, 0.8, 0.3])
+    found = evaluate.metrics_by_magnification(test, y_prob)
+    assert list(found) == ["40X", "400X"]  # lowest magnification first
+    assert found["40X"] == {"n_images": 2, "accuracy": 1.0, "balanced_accuracy": 1.0, "sensitivity": 1.0,
+                            "specificity": 1.0, "roc_auc": 1.0}  # fmt: skip
+    assert found["400X"]["accuracy"] == pytest.approx(1 / 3) and found["400X"]["n_images"] == 3

@@ -4,11 +4,14 @@ from bcnb import Config
 from bcnb.report import DISCLAIMER, render_report
 
 CONFIG = {**Config().to_dict(), "dataset": "/data/BreaKHis_v1", "magnification": "40X"}
+DATASET = {"source": "/data/BreaKHis_v1", "layout": "breakhis", "notes": ["layout: detected breakhis"],
+           "patient_level": True, "n_images": 7909, "n_bad_files": 0}  # fmt: skip
 TRAINING = {
     "epochs_requested": 100,
     "epochs_run": 31,
     "best_epoch": 21,
     "feature_cache": True,
+    "class_weight": "none",
     "seconds": 12.3,
 }
 SPLIT = pd.DataFrame(
@@ -34,7 +37,7 @@ def _metrics(**changes):
 
 
 def test_pretrained_run_has_no_warning_and_states_the_method():
-    report = render_report(CONFIG, SPLIT, TRAINING, _metrics())
+    report = render_report(CONFIG, DATASET, SPLIT, TRAINING, _metrics())
     assert "RANDOM" not in report and "weights used: ImageNet" in report
     assert "31 run of 100 requested; weights of epoch 21 kept" in report
     assert "0.9500 (95% CI 0.900-0.980) | 0.9344" in report
@@ -46,16 +49,25 @@ def test_random_weights_and_synthetic_data_are_called_out():
     metrics = _metrics(
         weights="random", weights_pretrained=False, weights_source="ImageNet weights unavailable"
     )
-    report = render_report(config, SPLIT, TRAINING, metrics)
+    report = render_report(config, DATASET, SPLIT, TRAINING, metrics)
     assert report.count("RANDOM") >= 2 and "not transfer learning" in report
     assert "generated, not real tissue" in report
 
 
 def test_undefined_metrics_read_n_a():
-    report = render_report(CONFIG, SPLIT, TRAINING, _metrics(roc_auc=None, specificity=None))
+    report = render_report(CONFIG, DATASET, SPLIT, TRAINING, _metrics(roc_auc=None, specificity=None))
     assert "| ROC AUC | n/a |" in report
 
 
 def test_split_counts_table():
-    report = render_report(CONFIG, SPLIT, TRAINING, _metrics())
+    report = render_report(CONFIG, DATASET, SPLIT, TRAINING, _metrics())
     assert "| train | benign | 2 | 2 |" in report and "| test | malignant | 1 | 1 |" in report
+
+
+def test_bad_files_image_level_split_and_magnifications_are_reported():
+    dataset = {**DATASET, "n_bad_files": 3, "patient_level": False, "notes": ["no patient ids: ..."]}
+    per_magnification = {"40X": {"n_images": 30, "accuracy": 0.9, "balanced_accuracy": 0.85, "roc_auc": None}}
+    report = render_report(CONFIG, dataset, SPLIT, TRAINING, _metrics(per_magnification=per_magnification))
+    assert "3 bad file(s) left out" in report and "bad_images.csv" in report
+    assert "split: BY IMAGE (no patient ids)" in report and "- no patient ids: ..." in report
+    assert "| 40X | 30 | 0.9000 | 0.8500 | n/a |" in report

@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bcnb.datasets import parse_breakhis_name, read_breakhis, read_image
+from bcnb.datasets import read_image
+from bcnb.layouts import parse_breakhis_name, read_breakhis
 from bcnb.synthetic import (
     MAGNIFICATIONS,
     SyntheticSpec,
@@ -35,7 +36,7 @@ def test_other_seed_gives_other_images(tmp_path):
 
 def test_layout_and_names_follow_breakhis(tmp_path):
     manifest = write_synthetic_dataset(SMALL, tmp_path)
-    parsed = read_breakhis(tmp_path)
+    parsed = read_breakhis(tmp_path).table
     assert len(parsed) == len(manifest) == 8 * 4
     merged = parsed.assign(path=[p.split(str(tmp_path) + "/")[1] for p in parsed["path"]]).merge(
         manifest, on="path", suffixes=("", "_truth")

@@ -151,3 +151,18 @@ def test_same_seed_same_trained_model(tiny_cfg, tiny_split, tmp_path):
         train.train_model(cfg, model, tiny_split, verbose=0)
         kernels.append(model.get_layer("classifier").kernel.numpy())
     np.testing.assert_array_equal(kernels[0], kernels[1])
+
+
+def test_balanced_class_weight_makes_classes_count_equally():
+    weights = train.balanced_class_weight(np.array([0, 1, 1, 1]))
+    assert weights == {0: 2.0, 1: pytest.approx(2 / 3)}
+    assert weights[0] * 1 == pytest.approx(weights[1] * 3)  # total weight per class is equal
+
+
+def test_class_weight_changes_training(tiny_cfg, tiny_split, tmp_path):
+    losses = {}
+    for choice in ("none", "balanced"):
+        cfg = tiny_cfg.replace(run_dir=str(tmp_path / choice), class_weight=choice, epochs=2)
+        losses[choice] = train.train_model(cfg, _fresh_model(cfg), tiny_split, verbose=0)["loss"].tolist()
+        assert train.load_training_summary(cfg.run_dir)["class_weight"] == choice
+    assert losses["none"] != losses["balanced"]

@@ -1,0 +1,205 @@
+"""The scan before training: every kind of bad file, in every layout, found and named.
+
+With on_bad_image="error" the run stops with one message naming each bad file and why;
+with "skip" the file is left out, listed, and nothing downstream ever sees it.
+"""
+
+import io
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from bcnb import Config, datasets, scan
+
+LABELS = ("benign", "malignant")
+
+
+def png_bytes(seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def image_path(layout: str, label: str, patient: str, index: int) -> str:
+    """Where ``layout`` keeps image ``index`` of a patient, relative to the dataset root."""
+    kind, cls = ("B", "0") if label == "benign" else ("M", "1")
+    return {
+        "breakhis": f"{label}/SOB_{kind}_A_14-{patient}/40X/SOB_{kind}_A-14-{patient}-40-{index:03d}.png",
+        "idc": f"{patient}/{cls}/{patient}_idx5_x{index}_y1_class{cls}.png",
+        "folders": f"{label}/{patient}/img{index}.png",
+        "csv": f"images/{patient}_{index}.png",
+    }[layout]
+
+
+class Dataset:
+    """A small valid dataset in one layout (3 patients a class, 2 images each), plus extras."""
+
+    def __init__(self, root: Path, layout: str):
+        self.root, self.layout, self.rows = root, layout, []
+        for n in range(12):
+            label = LABELS[n // 6]
+            self.add(
+                image_path(layout, label, f"{1 + n // 2}0", n % 2 + 1), png_bytes(n), label, f"{1 + n // 2}0"
+            )
+
+    def add(self, relative: str, content: bytes | None, label="benign", patient="10") -> Path:
+        path = self.root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if content is not None:
+            path.write_bytes(content)
+        self.rows.append({"path": relative, "label": label, "patient_id": patient})
+        return path
+
+    def folder(self, label="benign", patient="10") -> str:
+        """The folder holding this patient's images, relative to the root."""
+        return str(Path(image_path(self.layout, label, patient, 1)).parent)
+
+    def source(self) -> Path:
+        if self.layout != "csv":
+            return self.root
+        manifest = self.root / "manifest.csv"
+        pd.DataFrame(self.rows).to_csv(manifest, index=False)
+        return manifest
+
+
+def _truncated(seed=99):
+    data = png_bytes(seed)
+    return data[: len(data) // 2]
+
+
+# kind -> (how to add the bad file, the reason the scan must give)
+def _named(dataset, content, index=9, label="benign", patient="10"):
+    return dataset.add(image_path(dataset.layout, label, patient, index), content, label, patient)
+
+
+def _stray(dataset, name, content):
+    return dataset.add(f"{dataset.folder()}/{name}", content)
+
+
+def _broken_link(dataset):
+    path = _named(dataset, None)
+    os.symlink(dataset.root / "nowhere.png", path)
+    return path
+
+
+def _duplicate(dataset, label, patient):
+    original = dataset.root / image_path(dataset.layout, "benign", "10", 1)
+    return _named(dataset, original.read_bytes(), 9, label, patient)
+
+
+BAD_KINDS = {
+    "empty file": (lambda d: _named(d, b""), r"empty file \(0 bytes\)"),
+    "truncated image": (lambda d: _named(d, _truncated()), r"truncated or corrupt image"),
+    "corrupt bytes": (lambda d: _named(d, os.urandom(300)), r"not an image \(unrecognised content\)"),
+    "text file": (lambda d: _stray(d, "notes.txt", b"a note"), r"not an image"),
+    ".DS_Store": (lambda d: _stray(d, ".DS_Store", b"\0\0\0\1Bud1"), r"not an image"),
+    "Thumbs.db": (lambda d: _stray(d, "Thumbs.db", b"\xd0\xcf\x11\xe0"), r"not an image"),
+    "hidden image": (lambda d: _stray(d, ".hidden.png", png_bytes(98)), r"not an image"),
+    "broken symlink": (_broken_link, r"broken symlink"),
+    "same image in two classes": (
+        lambda d: _duplicate(d, "malignant", "40"),
+        r"identical to .* \(two classes\)",
+    ),
+    "same image for two patients": (
+        lambda d: _duplicate(d, "benign", "20"),
+        r"identical to .* \(two patients\)",
+    ),
+}
+LAYOUTS = ("breakhis", "idc", "folders", "csv")
+# A hidden image found while walking folders is a stray; one a manifest lists by name is
+# taken at its word, so that case is not a bad file.
+CASES = [
+    (kind, layout)
+    for kind in sorted(BAD_KINDS)
+    for layout in LAYOUTS
+    if (kind, layout) != ("hidden image", "csv")
+]
+
+
+@pytest.mark.parametrize("kind,layout", CASES)
+def test_bad_file_stops_the_run_with_its_name_and_reason(tmp_path, layout, kind):
+    dataset = Dataset(tmp_path, layout)
+    add, reason = BAD_KINDS[kind]
+    bad_path = add(dataset)
+    with pytest.raises(scan.BadImagesError, match=reason) as error:
+        datasets.load_dataset(Config(dataset=str(dataset.source())))
+    message = str(error.value)
+    assert str(bad_path) in message
+    assert "on_bad_image=skip" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("kind,layout", CASES)
+def test_skip_leaves_the_bad_file_out_and_records_it(tmp_path, layout, kind):
+    dataset = Dataset(tmp_path, layout)
+    add, reason = BAD_KINDS[kind]
+    bad_path = str(add(dataset))
+    loaded = datasets.load_dataset(Config(dataset=str(dataset.source()), on_bad_image="skip"))
+    assert bad_path in set(loaded.bad["path"]) and bad_path not in set(loaded.table["path"])
+    assert loaded.bad.set_index("path")["problem"].str.contains(reason).loc[bad_path]
+    copies_left_out = 1 if "identical" in reason else 0  # the original is marked too
+    assert len(loaded.table) == 12 - copies_left_out
+    # whatever was kept decodes: nothing bad reaches the pipeline
+    batches = datasets.make_dataset(loaded.table, img_size=32, batch_size=64)
+    assert sum(len(labels) for _, labels in batches) == len(loaded.table)
+    saved = scan.save_bad_images(loaded.bad, tmp_path / "run")
+    assert pd.read_csv(saved)["path"].tolist() == loaded.bad["path"].tolist()
+
+
+def test_duplicates_mark_every_copy(tmp_path):
+    dataset = Dataset(tmp_path, "folders")
+    copy = _duplicate(dataset, "malignant", "40")
+    loaded = datasets.load_dataset(Config(dataset=str(dataset.root), on_bad_image="skip"))
+    original = str(tmp_path / image_path("folders", "benign", "10", 1))
+    assert set(loaded.bad["path"]) == {original, str(copy)}
+
+
+def test_a_missing_manifest_file_is_a_bad_file(tmp_path):
+    dataset = Dataset(tmp_path, "csv")
+    dataset.add("images/gone.png", None)
+    with pytest.raises(scan.BadImagesError, match=r"gone.png: missing file \(listed in the manifest\)"):
+        datasets.load_dataset(Config(dataset=str(dataset.source())))
+
+
+def test_the_error_lists_twenty_then_counts(tmp_path):
+    dataset = Dataset(tmp_path, "folders")
+    for n in range(25):
+        _stray(dataset, f"note{n:02d}.txt", b"x")
+    with pytest.raises(scan.BadImagesError) as error:
+        datasets.load_dataset(Config(dataset=str(dataset.root)))
+    message = str(error.value)
+    assert message.startswith(f"dataset: 25 bad file(s) in {tmp_path}")
+    assert message.count("not an image (.txt)") == 20 and message.endswith("; and 5 more")
+
+
+def test_unreadable_file(tmp_path):
+    folder = tmp_path / "a.png"
+    folder.mkdir()  # a folder named like an image: reading it fails like an unreadable file
+    assert scan.inspect_file(folder)[0] == "unreadable (Is a directory)"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file whatever its permissions")
+def test_file_without_read_permission(tmp_path):
+    path = tmp_path / "x.png"
+    path.write_bytes(png_bytes(1))
+    path.chmod(0)
+    assert scan.inspect_file(path)[0] == "unreadable (Permission denied)"
+
+
+def test_a_good_image_passes_with_its_hash(tmp_path):
+    path = tmp_path / "x.png"
+    path.write_bytes(png_bytes(1))
+    problem, digest = scan.inspect_file(path)
+    assert problem == "" and len(digest) == 64
+
+
+def test_every_real_sample_image_passes(breakhis_sample, tmp_path):
+    copy = tmp_path / "sample"
+    shutil.copytree(breakhis_sample, copy)
+    loaded = datasets.load_dataset(Config(dataset=str(copy)))
+    assert len(loaded.table) == 16 and loaded.bad.empty
