@@ -1,5 +1,3 @@
-import os
-
 import keras
 import numpy as np
 import pandas as pd
@@ -7,6 +5,7 @@ import pytest
 
 from bcnb import datasets, train
 from bcnb import model as bcnb_model
+from bcnb.features import read_features
 
 
 def _fresh_model(cfg, seed=0):
@@ -31,8 +30,7 @@ def test_cached_feature_training_gives_the_full_model(trained, tiny_split):
     loaded = bcnb_model.load_model(path)
     for name in ("train", "val"):
         part = tiny_split[tiny_split["split"] == name]
-        with np.load(f"{cfg.run_dir}/features/{name}.npz") as cache:
-            features = cache["features"]
+        features = read_features(f"{cfg.run_dir}/features/{name}.npy")
         from_head = bcnb_model.classifier_head(model).predict(features, verbose=0)
         from_images = loaded.predict(datasets.make_dataset(part, cfg.img_size, cfg.batch_size), verbose=0)
         np.testing.assert_allclose(from_images, from_head, atol=1e-5)
@@ -80,61 +78,6 @@ def test_end_to_end_training_runs_through_the_frozen_base(tiny_cfg, tiny_split, 
     assert len(history) == 2 and not (tmp_path / "features").exists()
     for before, after in zip(base_before, model.get_layer("resnet50v2").weights):
         np.testing.assert_array_equal(before, after.numpy())
-
-
-# --------------------------------------------------------------------------- feature cache
-@pytest.fixture
-def cache_setup(tiny_cfg, tiny_split, tmp_path):
-    part = tiny_split[tiny_split["split"] == "val"]
-    return _fresh_model(tiny_cfg), part, tmp_path / "val.npz"
-
-
-def test_cache_is_reused_when_nothing_changed(tiny_cfg, cache_setup, monkeypatch):
-    model, part, path = cache_setup
-    first = train.cached_features(model, part, tiny_cfg.img_size, 8, path)
-    monkeypatch.setattr(train, "extract_features", lambda *a: pytest.fail("recomputed a valid cache"))
-    np.testing.assert_array_equal(train.cached_features(model, part, tiny_cfg.img_size, 8, path), first)
-
-
-def test_cache_is_recomputed_when_weights_change(tiny_cfg, cache_setup):
-    model, part, path = cache_setup
-    first = train.cached_features(model, part, tiny_cfg.img_size, 8, path)
-    other = _fresh_model(tiny_cfg, seed=1)
-    second = train.cached_features(other, part, tiny_cfg.img_size, 8, path)
-    assert not np.allclose(first, second)
-    np.testing.assert_allclose(second, train.extract_features(other, part, tiny_cfg.img_size, 8), atol=1e-6)
-
-
-def test_cache_key_follows_files_and_image_size(tiny_cfg, cache_setup, tmp_path):
-    model, part, _ = cache_setup
-    copy = tmp_path / "copy.png"
-    copy.write_bytes(open(part.iloc[0]["path"], "rb").read())
-    changed = part.copy()
-    changed.iloc[0, changed.columns.get_loc("path")] = str(copy)
-
-    def key(table, size=tiny_cfg.img_size):
-        return train.feature_cache_key(model, table, size)
-
-    assert key(changed) != key(part)  # another file
-    before = key(changed)
-    os.utime(copy, ns=(1, 1))  # the same file, modified
-    assert key(changed) != before
-    assert key(part, tiny_cfg.img_size + 8) != key(part)  # another image size
-
-
-def test_a_damaged_cache_is_recomputed_not_read(tiny_cfg, cache_setup):
-    model, part, path = cache_setup
-    good = train.cached_features(model, part, tiny_cfg.img_size, 8, path)
-    path.write_bytes(path.read_bytes()[:100])  # as if a run died while writing
-    np.testing.assert_allclose(
-        train.cached_features(model, part, tiny_cfg.img_size, 8, path), good, atol=1e-6
-    )
-
-
-def test_features_are_pooled_2048_vectors(tiny_cfg, cache_setup):
-    model, part, _ = cache_setup
-    features = train.extract_features(model, part, tiny_cfg.img_size, 8)
-    assert features.shape == (len(part), 2048) and features.dtype == np.float32
 
 
 def test_same_seed_same_trained_model(tiny_cfg, tiny_split, tmp_path):

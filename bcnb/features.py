@@ -1,0 +1,170 @@
+"""The feature cache: pooled base features computed once, kept on disk, streamed back.
+
+With the base frozen, called with ``training=False`` and no augmentation, each image always
+gives the same 2,048 pooled features, so they are computed once per run. They are written
+batch by batch to a ``.npy`` file and read back batch by batch while the head trains: memory
+use does not grow with the number of images (8 KB of features per image stay on disk).
+
+Each ``NAME.npy`` has a ``NAME.key.json`` beside it holding a hash of everything the features
+depend on. The key is written last, so a file from an interrupted run has no valid key and
+is recomputed, never read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+
+from bcnb.config import Config
+from bcnb.datasets import make_dataset, tiles_of
+from bcnb.files import temporary_path_beside, write_json_atomic
+from bcnb.model import feature_extractor
+
+DTYPE = np.dtype("<f4")
+FEATURES_DIR = "features"
+
+
+def feature_batches(
+    model: keras.Model, table: pd.DataFrame, img_size: int, batch_size: int, resize: str = "squash"
+) -> Iterator[np.ndarray]:
+    """Pooled features of ``table``'s images, one (batch, 2048) array at a time, in order."""
+    extractor = feature_extractor(model)
+    for images, _ in make_dataset(table, img_size, batch_size, resize):
+        yield np.asarray(extractor.predict_on_batch(images), dtype=DTYPE)
+
+
+def extract_features(
+    model: keras.Model, table: pd.DataFrame, img_size: int, batch_size: int, resize: str = "squash"
+) -> np.ndarray:
+    """All features of a (small) table in memory; large tables go through write_features."""
+    return np.concatenate(list(feature_batches(model, table, img_size, batch_size, resize)))
+
+
+def write_features(
+    model: keras.Model,
+    table: pd.DataFrame,
+    img_size: int,
+    batch_size: int,
+    path: Path,
+    resize: str = "squash",
+) -> None:
+    """Stream the features of ``table`` into the .npy file ``path`` (atomically)."""
+    n_features = feature_extractor(model).output.shape[-1]
+    temporary = temporary_path_beside(path)
+    try:
+        with open(temporary, "wb") as stream:
+            header = {"descr": DTYPE.str, "fortran_order": False, "shape": (len(table), n_features)}
+            np.lib.format.write_array_header_1_0(stream, header)
+            for batch in feature_batches(model, table, img_size, batch_size, resize):
+                stream.write(batch.tobytes())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def read_features(path: str | Path, rows: np.ndarray | None = None) -> np.ndarray:
+    """Rows of a feature file (all of them by default), read without mapping the whole file."""
+    with open(path, "rb") as stream:
+        np.lib.format.read_magic(stream)
+        shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+        start, row_bytes = stream.tell(), shape[1] * dtype.itemsize
+        if rows is None:
+            return np.fromfile(stream, dtype=dtype, count=shape[0] * shape[1]).reshape(shape)
+        out = np.empty((len(rows), shape[1]), dtype=dtype)
+        for i, row in enumerate(rows):
+            stream.seek(start + int(row) * row_bytes)
+            out[i] = np.frombuffer(stream.read(row_bytes), dtype=dtype)
+        return out
+
+
+def feature_cache_key(model: keras.Model, table: pd.DataFrame, img_size: int, resize: str = "squash") -> str:
+    """A hash of everything the features depend on: files, tiles, image size and resize
+    mode, and the base's weights."""
+    digest = hashlib.sha256(f"img_size={img_size}|resize={resize}".encode())
+    for path, tile, tiles in zip(table["path"], *tiles_of(table)):
+        stat = Path(path).stat()
+        digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{tile}/{tiles}\n".encode())
+    for weight in feature_extractor(model).weights:
+        digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    return digest.hexdigest()
+
+
+def cached_features(
+    model: keras.Model,
+    table: pd.DataFrame,
+    img_size: int,
+    batch_size: int,
+    path: str | Path,
+    resize: str = "squash",
+) -> Path:
+    """The feature file for ``table`` at ``path`` (.npy), recomputed unless its key matches."""
+    path = Path(path)
+    key_path = path.with_suffix(".key.json")
+    key = feature_cache_key(model, table, img_size, resize)
+    if _stored_key(key_path) == key and _holds_rows(path, len(table)):
+        return path
+    key_path.unlink(missing_ok=True)  # from here on, the old file is no longer trusted
+    write_features(model, table, img_size, batch_size, path, resize)
+    write_json_atomic(key_path, {"key": key, "rows": len(table)})
+    return path
+
+
+def _holds_rows(path: Path, rows: int) -> bool:
+    """True when ``path`` is a complete feature file of ``rows`` rows (not cut short)."""
+    try:
+        with open(path, "rb") as stream:
+            np.lib.format.read_magic(stream)
+            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+            expected = stream.tell() + shape[0] * shape[1] * dtype.itemsize
+        return shape[0] == rows and path.stat().st_size == expected
+    except (OSError, ValueError):
+        return False
+
+
+def _stored_key(key_path: Path) -> str | None:
+    try:
+        return json.loads(key_path.read_text())["key"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # absent or damaged: treat as no cache
+
+
+def features_of(cfg: Config, model: keras.Model, table: pd.DataFrame, name: str) -> Path:
+    """Stage entry point: the cached features of one split, as run_dir/features/NAME.npy."""
+    path = Path(cfg.run_dir) / FEATURES_DIR / f"{name}.npy"
+    return cached_features(model, table, cfg.img_size, cfg.batch_size, path, cfg.resize)
+
+
+class FeatureBatches(keras.utils.PyDataset):
+    """(features, labels) batches read from a feature file, reshuffled every epoch."""
+
+    def __init__(self, path: Path, labels: np.ndarray, batch_size: int, shuffle: bool = False, seed: int = 0):
+        super().__init__()
+        self.path, self.labels, self.batch_size, self.shuffle = (
+            path,
+            labels.reshape(-1, 1),
+            batch_size,
+            shuffle,
+        )
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(len(labels)) if shuffle else np.arange(len(labels))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.order) / self.batch_size)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        # Sorted rows read front to back; the batch's membership is what the shuffle chose.
+        rows = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
+        return read_features(self.path, rows), self.labels[rows]
+
+    def on_epoch_end(self) -> None:
+        if self.shuffle:
+            self.rng.shuffle(self.order)

@@ -1,0 +1,117 @@
+"""The feature cache: right features, reused only while valid, streamed from disk."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from bcnb import features
+from bcnb import model as bcnb_model
+
+
+def _fresh_model(img_size, seed=0):
+    keras.utils.set_random_seed(seed)
+    return bcnb_model.build_model(img_size, None)
+
+
+@pytest.fixture
+def setup(tiny_cfg, tiny_split, tmp_path):
+    part = tiny_split[tiny_split["split"] == "val"]
+    return _fresh_model(tiny_cfg.img_size), part, tmp_path / "features" / "val.npy"
+
+
+def _cache(model, part, path, img_size=32):
+    return features.cached_features(model, part, img_size, 8, path)
+
+
+def test_features_are_pooled_2048_vectors_of_the_base(tiny_cfg, setup):
+    model, part, _ = setup
+    found = features.extract_features(model, part, tiny_cfg.img_size, 8)
+    assert found.shape == (len(part), 2048) and found.dtype == np.float32
+    from bcnb.datasets import make_dataset
+
+    pooled = bcnb_model.feature_extractor(model).predict(make_dataset(part, tiny_cfg.img_size, 8), verbose=0)
+    np.testing.assert_allclose(found, pooled, atol=1e-6)
+
+
+def test_written_file_holds_the_same_features(setup):
+    model, part, path = setup
+    assert _cache(model, part, path) == path and path.suffix == ".npy"
+    in_memory = features.extract_features(model, part, 32, 8)
+    np.testing.assert_allclose(features.read_features(path), in_memory, atol=1e-6)
+    np.testing.assert_allclose(np.load(path), in_memory, atol=1e-6)  # a standard .npy file
+    rows = np.array([3, 0, 5])
+    np.testing.assert_array_equal(features.read_features(path, rows), features.read_features(path)[rows])
+
+
+def test_cache_is_reused_when_nothing_changed(setup, monkeypatch):
+    model, part, path = setup
+    _cache(model, part, path)
+    stamp = path.stat().st_mtime_ns
+    monkeypatch.setattr(features, "write_features", lambda *a: pytest.fail("recomputed a valid cache"))
+    _cache(model, part, path)
+    assert path.stat().st_mtime_ns == stamp
+
+
+def test_cache_is_recomputed_when_weights_change(setup):
+    model, part, path = setup
+    first = features.read_features(_cache(model, part, path))
+    other = _fresh_model(32, seed=1)
+    second = features.read_features(_cache(other, part, path))
+    assert not np.allclose(first, second)
+    np.testing.assert_allclose(second, features.extract_features(other, part, 32, 8), atol=1e-6)
+
+
+def test_cache_key_follows_files_image_size_and_resize(setup, tmp_path):
+    model, part, _ = setup
+    copy = tmp_path / "copy.png"
+    copy.write_bytes(open(part.iloc[0]["path"], "rb").read())
+    changed = part.copy()
+    changed.iloc[0, changed.columns.get_loc("path")] = str(copy)
+
+    def key(table, size=32, resize="squash"):
+        return features.feature_cache_key(model, table, size, resize)
+
+    assert key(changed) != key(part)  # another file
+    before = key(changed)
+    os.utime(copy, ns=(1, 1))  # the same file, modified
+    assert key(changed) != before
+    assert key(part, 40) != key(part)  # another image size
+    assert key(part, resize="center_crop") != key(part)
+    assert key(part.assign(tile=1, tiles=2)) != key(part.assign(tile=0, tiles=2))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda path: path.write_bytes(path.read_bytes()[:200]),  # cut short, key still there
+        lambda path: path.with_suffix(".key.json").unlink(),  # died before the key was written
+        lambda path: path.with_suffix(".key.json").write_text("{not json"),
+    ],
+)
+def test_an_incomplete_cache_is_recomputed_not_read(setup, damage):
+    model, part, path = setup
+    good = features.read_features(_cache(model, part, path))
+    damage(path)
+    np.testing.assert_allclose(features.read_features(_cache(model, part, path)), good, atol=1e-6)
+
+
+def test_feature_batches_cover_every_row_once_per_epoch(setup):
+    model, part, path = setup
+    _cache(model, part, path)
+    labels = np.arange(len(part)) % 2
+    batches = features.FeatureBatches(path, labels.astype(np.float32), batch_size=3, shuffle=True, seed=0)
+    everything = features.read_features(path)
+    orders = []
+    for _ in range(2):
+        seen = []
+        for index in range(len(batches)):
+            x, y = batches[index]
+            rows = [int(np.flatnonzero((everything == row).all(axis=1))[0]) for row in x]
+            assert list(y.ravel()) == list(labels[rows])
+            seen += rows
+        assert sorted(seen) == list(range(len(part)))
+        orders.append(seen)
+        batches.on_epoch_end()
+    assert orders[0] != orders[1]  # reshuffled between epochs
