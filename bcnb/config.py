@@ -69,6 +69,8 @@ class Config:
             if field.type == "float":
                 # Store 1 as 1.0 so the saved config reads the same as the defaults.
                 object.__setattr__(self, field.name, float(getattr(self, field.name)))
+        if self.magnification.isdigit():  # "40" means "40X"
+            object.__setattr__(self, "magnification", f"{self.magnification}X")
         for problem in self._problems():
             raise ValueError(problem)
 

@@ -115,6 +115,8 @@ def sample_images(table: pd.DataFrame, max_images: int, seed: int) -> pd.DataFra
 
 def check_both_classes(table: pd.DataFrame, source: Path) -> None:
     found = set(table["label"])
+    if not found:
+        raise ValueError(f"dataset: {source} has no usable images left")
     if found != set(CLASSES):
         only = ", ".join(sorted(found))
         raise ValueError(f"dataset: {source} has only {only} images; need both benign and malignant")
@@ -147,14 +149,26 @@ def split_by_patient(
     shares = {"test": test_fraction, "val": val_fraction, "train": 1 - val_fraction - test_fraction}
     rng = np.random.default_rng(seed)
     images_per_patient = table.groupby("patient_id").size().sort_index()
-    # A patient with images of both classes (as in IDC patches) is dealt with its majority class.
-    patient_class = table.groupby("patient_id")["label"].agg(lambda labels: labels.mode().max())
     assignment: dict[str, str] = {}
-    for label, patients in patient_class.groupby(patient_class).groups.items():
-        patients = sorted(patients)
+    for label, patients in _patient_strata(table).items():
         shuffled = [patients[i] for i in rng.permutation(len(patients))]
         assignment.update(_assign_patients(shuffled, images_per_patient[patients], shares, label))
     return table.assign(split=table["patient_id"].map(assignment))
+
+
+def _patient_strata(table: pd.DataFrame) -> dict[str, list[str]]:
+    """Patients grouped by class, to deal each group out across the splits.
+
+    A patient with images of both classes (IDC patches) counts under its majority class. If
+    that leaves a class with fewer than three patients, all patients are dealt out as one
+    group: every split still gets whole patients, and image counts still follow the shares.
+    """
+    patient_class = table.groupby("patient_id")["label"].agg(lambda labels: labels.mode().max())
+    strata = {label: sorted(group.index) for label, group in patient_class.groupby(patient_class)}
+    mixed = (table.groupby("patient_id")["label"].nunique() > 1).any()
+    if mixed and min(len(patients) for patients in strata.values()) < len(SPLITS):
+        return {"all classes": sorted(patient_class.index)}
+    return strata
 
 
 def _assign_patients(patients, images_per_patient, shares, label) -> dict[str, str]:

@@ -263,3 +263,45 @@ def _draw_nucleus(draw, rng, x, y, radius, irregularity, darkness):
     ys = y + dx * np.sin(tilt) + dy * np.cos(tilt)
     colour = NUCLEUS_LIGHT + (NUCLEUS_DARK - NUCLEUS_LIGHT) * darkness
     draw.polygon(list(zip(xs, ys)), fill=tuple(colour.astype(int)))
+
+
+# --------------------------------------------------------------------------- IDC-like
+IDC_PATCH = 50  # the IDC patches are 50x50 pixels
+
+
+def write_idc_like_dataset(root: Path, n_images: int, seed: int = 0) -> pd.DataFrame:
+    """``n_images`` 50x50 patches in the IDC layout, ``<patient>/<0|1>/<patient>_idx5_x.._y.._classC.png``.
+
+    For benchmarks at scale (and tests of the IDC reader): patches are cut from generated
+    fields, class 1 from malignant-looking tissue; a third of the patients have no class 1.
+    """
+    rng = np.random.default_rng(seed)
+    n_patients = max(10, n_images // 250)
+    rows = []
+    for number in range(n_patients):
+        patient = str(10000 + number)
+        positive_share = rng.uniform(0.1, 0.8) if number % 3 else 0.0
+        wanted = n_images // n_patients + (number < n_images % n_patients)
+        while wanted > 0:
+            cls = int(rng.random() < positive_share)
+            field = render_tissue(rng, 0.75 if cls else 0.25, zoom=1.0, stain=float(rng.normal(1, 0.06)))
+            for patch_x, patch_y in _patch_corners(min(wanted, 28)):
+                x, y = len(rows) * IDC_PATCH, patch_y  # x keeps names unique within a patient
+                path = Path(patient) / str(cls) / f"{patient}_idx5_x{x}_y{y}_class{cls}.png"
+                (root / path).parent.mkdir(parents=True, exist_ok=True)
+                patch = field[patch_y : patch_y + IDC_PATCH, patch_x : patch_x + IDC_PATCH]
+                Image.fromarray(patch).save(root / path, compress_level=1)
+                rows.append(
+                    {"path": path.as_posix(), "label": ("benign", "malignant")[cls], "patient_id": patient}
+                )
+                wanted -= 1
+    manifest = pd.DataFrame(rows)
+    manifest.to_csv(root / "manifest.csv", index=False)
+    return manifest
+
+
+def _patch_corners(count: int) -> list[tuple[int, int]]:
+    """Top-left corners of up to 28 non-overlapping 50x50 patches of a 350x230 field."""
+    corners = [(x, y) for y in range(0, IMAGE_HEIGHT - IDC_PATCH + 1, IDC_PATCH)
+               for x in range(0, IMAGE_WIDTH - IDC_PATCH + 1, IDC_PATCH)]  # fmt: skip
+    return corners[:count]

@@ -152,3 +152,9 @@ def test_field_types_are_flat_literals():
 def test_patient_pattern_needs_a_group():
     with pytest.raises(ValueError, match="patient_pattern: expected a regular expression with a group"):
         Config(patient_pattern=r"case-\d+")
+
+
+def test_magnification_may_be_given_without_the_x():
+    assert Config(magnification="40").magnification == "40X"
+    with pytest.raises(ValueError, match="magnification: expected one of all, 40X"):
+        Config(magnification="50")

@@ -183,3 +183,15 @@ def test_tiles_are_different_crops_of_one_image(breakhis_sample):
     table = datasets.expand_tiles(table, 2)
     images, _ = next(iter(datasets.make_dataset(table, img_size=64, batch_size=2)))
     assert images.shape == (2, 64, 64, 3) and not np.allclose(images[0], images[1])
+
+
+def test_mixed_patients_with_a_rare_majority_class_are_split_as_one_group():
+    """IDC-style: most patients mostly benign patches; few have a malignant majority."""
+    rows = [
+        {"path": f"p{p}_{i}.png", "label": label, "patient_id": f"p{p}", "magnification": "unknown"}
+        for p in range(10)
+        for i, label in enumerate(["malignant"] * (5 if p < 2 else 1) + ["benign"] * 3)
+    ]
+    split = _split(pd.DataFrame(rows))
+    assert split.groupby("patient_id")["split"].nunique().max() == 1
+    assert set(split["split"]) == {"train", "val", "test"}

@@ -203,3 +203,11 @@ def test_every_real_sample_image_passes(breakhis_sample, tmp_path):
     shutil.copytree(breakhis_sample, copy)
     loaded = datasets.load_dataset(Config(dataset=str(copy)))
     assert len(loaded.table) == 16 and loaded.bad.empty
+
+
+def test_nothing_usable_left(tmp_path):
+    for label in LABELS:
+        (tmp_path / label / "p1").mkdir(parents=True)
+        (tmp_path / label / "p1" / "x.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="has no usable images left"):
+        datasets.load_dataset(Config(dataset=str(tmp_path), on_bad_image="skip"))
