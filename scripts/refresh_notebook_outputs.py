@@ -11,6 +11,7 @@ those outputs depend on:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nbformat
@@ -24,8 +25,13 @@ CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
 
 def parameters_source() -> str:
     lines = ["# Parameters: papermill and `bcnb reproduce` replace these values."]
-    lines += [f"{name} = {value!r}" for name, value in Config().to_dict().items()]
+    lines += [f"{name} = {_literal(value)}" for name, value in Config().to_dict().items()]
     return "\n".join(lines)
+
+
+def _literal(value) -> str:
+    # json.dumps writes strings with double quotes, as ruff format wants; Python reads them.
+    return json.dumps(value) if isinstance(value, str) else repr(value)
 
 
 def refresh(path: Path) -> None:
