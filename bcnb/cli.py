@@ -29,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override one parameter (repeatable); wins over --config")  # fmt: skip
     run.add_argument("--notebooks", type=Path, help="folder holding the notebooks (default: the project's)")
     commands.add_parser("config", help="print every parameter with its default, as YAML")
+    bench = commands.add_parser("bench", help="measure speed and memory of the fast path (minutes)")
+    bench.add_argument("--img-size", type=int, default=224)
+    bench.add_argument("--batch-size", type=int, default=64)
+    bench.add_argument("--out", type=Path, help="also write the table to this Markdown file")
     return parser
 
 
@@ -45,7 +49,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "config":
         print(yaml.safe_dump(Config().to_dict(), sort_keys=False), end="")
         return 0
+    if args.command == "bench":
+        return _bench(args)
     return _reproduce(args)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from bcnb.bench import render, run_all
+    from bcnb.files import write_text_atomic
+
+    if args.img_size < 32 or args.batch_size < 1:
+        return _fail("--img-size: expected at least 32, --batch-size at least 1", EXIT_BAD_INPUT)
+    text = render(run_all(args.img_size, args.batch_size, progress=_say), args.img_size, args.batch_size)
+    print(text, end="")
+    if args.out:
+        write_text_atomic(args.out, "# bcnb bench\n\n" + text)
+    return 0
 
 
 def _reproduce(args: argparse.Namespace) -> int:

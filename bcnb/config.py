@@ -21,6 +21,8 @@ from bcnb.files import write_text_atomic
 LAYOUTS = ("auto", "breakhis", "idc", "folders", "csv")
 ON_BAD_IMAGE = ("error", "skip")
 CLASS_WEIGHTS = ("none", "balanced")
+PRECISIONS = ("float32", "mixed_bfloat16")
+STRATEGIES = ("auto", "mirrored")
 RESIZE_MODES = ("squash", "center_crop")
 MAGNIFICATIONS = ("all", "40X", "100X", "200X", "400X")
 CONFIG_FILE = "config.yaml"
@@ -53,6 +55,7 @@ class Config:
     weights: str = "imagenet"  # "imagenet", "none" or a path to a weights file
     allow_random_weights: bool = True
     dropout: float = 0.2
+    precision: str = "float32"  # or "mixed_bfloat16": faster where the hardware has bf16
     # Training.
     feature_cache: bool = True
     class_weight: str = "none"  # or "balanced": weigh each class by the inverse of its share
@@ -60,6 +63,7 @@ class Config:
     epochs: int = 100  # an upper bound: early stopping usually ends training sooner
     learning_rate: float = 1e-3
     patience: int = 10  # epochs without a better validation loss before stopping
+    strategy: str = "auto"  # "auto": several GPUs are mirrored; "mirrored": every device
     seed: int = 42
     run_dir: str = "../runs/notebooks"
 
@@ -99,11 +103,13 @@ class Config:
         if not self.weights.strip():
             yield "weights: expected 'imagenet', 'none' or a path to a weights file, got ''"
         yield from _between("dropout", self.dropout, 0.0, 0.95)
+        yield from _choice("precision", self.precision, PRECISIONS)
         yield from _at_least("batch_size", self.batch_size, 1)
         yield from _at_least("epochs", self.epochs, 1)
         if not 0.0 < self.learning_rate <= 1.0:
             yield f"learning_rate: expected a number in (0, 1], got {self.learning_rate}"
         yield from _at_least("patience", self.patience, 1)
+        yield from _choice("strategy", self.strategy, STRATEGIES)
         yield from _at_least("seed", self.seed, 0)
         if not self.run_dir.strip():
             yield "run_dir: expected a folder path, got an empty string"

@@ -26,10 +26,14 @@ import pandas as pd
 from bcnb.config import Config
 from bcnb.datasets import make_dataset, tiles_of
 from bcnb.files import temporary_path_beside, write_json_atomic
-from bcnb.model import feature_extractor
+from bcnb.model import base_of, feature_extractor
 
 DTYPE = np.dtype("<f4")
 FEATURES_DIR = "features"
+# Extraction only runs the frozen base forward, so it takes bigger batches than training:
+# on a 2-core CPU, 64 images a batch run about 13% faster than 32.
+EXTRACTION_BATCH = 64
+ALL_FEATURES = "all.npy"
 
 
 def feature_batches(
@@ -38,7 +42,11 @@ def feature_batches(
     """Pooled features of ``table``'s images, one (batch, 2048) array at a time, in order."""
     extractor = feature_extractor(model)
     for images, _ in make_dataset(table, img_size, batch_size, resize):
-        yield np.asarray(extractor.predict_on_batch(images), dtype=DTYPE)
+        images = images.numpy()
+        count = len(images)
+        if count < batch_size:  # pad the last batch: a new shape would trace predict again
+            images = np.concatenate([images, np.zeros((batch_size - count, *images.shape[1:]), images.dtype)])
+        yield np.asarray(extractor.predict_on_batch(images), dtype=DTYPE)[:count]
 
 
 def extract_features(
@@ -88,12 +96,15 @@ def read_features(path: str | Path, rows: np.ndarray | None = None) -> np.ndarra
 
 def feature_cache_key(model: keras.Model, table: pd.DataFrame, img_size: int, resize: str = "squash") -> str:
     """A hash of everything the features depend on: files, tiles, image size and resize
-    mode, and the base's weights."""
-    digest = hashlib.sha256(f"img_size={img_size}|resize={resize}".encode())
+    mode, and the base: its name (backbone), compute precision and weights."""
+    extractor = feature_extractor(model)
+    base = base_of(model)
+    header = f"img_size={img_size}|resize={resize}|base={base.name}|precision={base.dtype_policy.name}"
+    digest = hashlib.sha256(header.encode())
     for path, tile, tiles in zip(table["path"], *tiles_of(table)):
         stat = Path(path).stat()
         digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{tile}/{tiles}\n".encode())
-    for weight in feature_extractor(model).weights:
+    for weight in extractor.weights:
         digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
     return digest.hexdigest()
 
@@ -137,16 +148,26 @@ def _stored_key(key_path: Path) -> str | None:
         return None  # absent or damaged: treat as no cache
 
 
-def features_of(cfg: Config, model: keras.Model, table: pd.DataFrame, name: str) -> Path:
-    """Stage entry point: the cached features of one split, as run_dir/features/NAME.npy."""
-    path = Path(cfg.run_dir) / FEATURES_DIR / f"{name}.npy"
-    return cached_features(model, table, cfg.img_size, cfg.batch_size, path, cfg.resize)
+def features_of(cfg: Config, model: keras.Model, split: pd.DataFrame) -> Path:
+    """Stage entry point: the cached features of every image of the split table, in its
+    row order, as run_dir/features/all.npy (one pass over the images for all splits)."""
+    path = Path(cfg.run_dir) / FEATURES_DIR / ALL_FEATURES
+    batch_size = max(cfg.batch_size, EXTRACTION_BATCH)
+    return cached_features(model, split, cfg.img_size, batch_size, path, cfg.resize)
 
 
 class FeatureBatches(keras.utils.PyDataset):
-    """(features, labels) batches read from a feature file, reshuffled every epoch."""
+    """(features, labels) batches read from some rows of a feature file, reshuffled every epoch."""
 
-    def __init__(self, path: Path, labels: np.ndarray, batch_size: int, shuffle: bool = False, seed: int = 0):
+    def __init__(
+        self,
+        path: Path,
+        labels: np.ndarray,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        rows: np.ndarray | None = None,
+    ):
         super().__init__()
         self.path, self.labels, self.batch_size, self.shuffle = (
             path,
@@ -154,6 +175,7 @@ class FeatureBatches(keras.utils.PyDataset):
             batch_size,
             shuffle,
         )
+        self.rows = np.arange(len(labels)) if rows is None else np.asarray(rows)  # file row of each label
         self.rng = np.random.default_rng(seed)
         self.order = self.rng.permutation(len(labels)) if shuffle else np.arange(len(labels))
 
@@ -161,9 +183,9 @@ class FeatureBatches(keras.utils.PyDataset):
         return math.ceil(len(self.order) / self.batch_size)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        # Sorted rows read front to back; the batch's membership is what the shuffle chose.
-        rows = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
-        return read_features(self.path, rows), self.labels[rows]
+        # Sorted, so the file is read front to back; the shuffle chose the batch's members.
+        chosen = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
+        return read_features(self.path, self.rows[chosen]), self.labels[chosen]
 
     def on_epoch_end(self) -> None:
         if self.shuffle:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -123,20 +124,31 @@ def build_base_model(img_size: int, weights: str | None) -> keras.Model:
     return base_model
 
 
-def build_model(img_size: int = 224, weights: str | None = None, dropout: float = 0.2) -> keras.Model:
-    """The paper's transfer model; ``weights`` is what Keras loads (see resolve_weights)."""
-    base_model = build_base_model(img_size, weights)
-    inputs = keras.Input(shape=(img_size, img_size, 3), name="image")
-    # ResNet50V2 expects pixels in [-1, 1]: x / 127.5 - 1.
-    x = keras.layers.Rescaling(1 / 127.5, offset=-1, name="preprocess")(inputs)
-    # training=False asks for inference mode: BatchNormalization normalising with its
-    # ImageNet statistics, not the batch's. In Keras 3, fit() overrides it for nested models
-    # (keras-team/keras#20285); what guarantees inference mode is the frozen base, since a
-    # frozen BatchNormalization layer always runs in inference mode (tests/test_model.py).
-    x = base_model(x, training=False)
-    x = keras.layers.GlobalAveragePooling2D(name=FEATURE_LAYER)(x)
-    x = keras.layers.Dropout(dropout, name="dropout")(x)
-    outputs = keras.layers.Dense(1, activation="sigmoid", name="classifier")(x)
+def build_model(
+    img_size: int = 224, weights: str | None = None, dropout: float = 0.2, precision: str = "float32"
+) -> keras.Model:
+    """The paper's transfer model; ``weights`` is what Keras loads (see resolve_weights).
+
+    ``precision="mixed_bfloat16"`` computes in bfloat16 (weights stay float32); the
+    probability is always computed in float32.
+    """
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)  # Keras applications take the global policy
+    try:
+        base_model = build_base_model(img_size, weights)
+        inputs = keras.Input(shape=(img_size, img_size, 3), name="image")
+        # ResNet50V2 expects pixels in [-1, 1]: x / 127.5 - 1.
+        x = keras.layers.Rescaling(1 / 127.5, offset=-1, name="preprocess")(inputs)
+        # training=False asks for inference mode: BatchNormalization normalising with its
+        # ImageNet statistics, not the batch's. In Keras 3, fit() overrides it for nested
+        # models (keras-team/keras#20285); what guarantees inference mode is the frozen base,
+        # since a frozen BatchNormalization layer always runs in inference mode.
+        x = base_model(x, training=False)
+        x = keras.layers.GlobalAveragePooling2D(name=FEATURE_LAYER)(x)
+        x = keras.layers.Dropout(dropout, name="dropout")(x)
+        outputs = keras.layers.Dense(1, activation="sigmoid", name="classifier", dtype="float32")(x)
+    finally:
+        keras.config.set_dtype_policy(previous)
     return keras.Model(inputs, outputs, name="bcnb_resnet50v2")
 
 
@@ -144,12 +156,26 @@ def build_transfer_model(cfg: Config) -> tuple[keras.Model, WeightsInfo]:
     """Stage entry point: resolve the weights and build the model for ``cfg``."""
     keras_weights, info = resolve_weights(cfg.weights, cfg.allow_random_weights)
     seed_everything(cfg.seed)  # random weights, where used, depend on the seed
-    return build_model(cfg.img_size, keras_weights, cfg.dropout), info
+    return build_model(cfg.img_size, keras_weights, cfg.dropout, cfg.precision), info
+
+
+def base_of(model: keras.Model) -> keras.Model:
+    """The pretrained base inside a bcnb model (the one layer that is itself a model)."""
+    return next(layer for layer in model.layers if isinstance(layer, keras.Model))
 
 
 def feature_extractor(model: keras.Model) -> keras.Model:
-    """The model up to the pooled features: preprocessing, frozen base, pooling."""
-    return keras.Model(model.inputs, model.get_layer(FEATURE_LAYER).output, name="features")
+    """The model up to the pooled features: preprocessing, frozen base, pooling.
+
+    One extractor per model, reused: a new one would trace its predict function again
+    (seconds each time on a CPU).
+    """
+    if model not in _EXTRACTORS:
+        _EXTRACTORS[model] = keras.Model(model.inputs, model.get_layer(FEATURE_LAYER).output, name="features")
+    return _EXTRACTORS[model]
+
+
+_EXTRACTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def classifier_head(model: keras.Model) -> keras.Model:

@@ -94,13 +94,14 @@ def train_model(cfg: Config, model: keras.Model, split: pd.DataFrame, verbose: i
     seed_everything(cfg.seed)
     started = time.perf_counter()
     if cfg.feature_cache:
-        files = {name: features_of(cfg, model, part, name) for name, part in (("train", train), ("val", val))}
+        path = features_of(cfg, model, split)
         seed_everything(cfg.seed)  # the same shuffles and dropout, cache or not
         trainee = classifier_head(model)  # shares the model's Dropout and Dense layers
-        train_data = FeatureBatches(
-            files["train"], labels_of(train), cfg.batch_size, shuffle=True, seed=cfg.seed
+        train_rows, val_rows = (
+            np.flatnonzero(split["split"].to_numpy() == name) for name in ("train", "val")
         )
-        val_data = FeatureBatches(files["val"], labels_of(val), cfg.batch_size)
+        train_data = FeatureBatches(path, labels_of(train), cfg.batch_size, True, cfg.seed, train_rows)
+        val_data = FeatureBatches(path, labels_of(val), cfg.batch_size, rows=val_rows)
     else:
         trainee = model
         train_data, val_data = image_dataset(cfg, train, shuffle=True), image_dataset(cfg, val)

@@ -45,10 +45,9 @@ def measure(n_images: int, img_size: int, batch_size: int) -> dict:
     split = datasets.split_by_patient(table, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     model, _ = build_transfer_model(cfg)
     extract_start = time.perf_counter()
-    for name in ("train", "val", "test"):
-        features.features_of(cfg, model, split[split["split"] == name], name)
+    features.features_of(cfg, model, split)
     extracted = time.perf_counter()
-    train.train_model(cfg, model, split, verbose=0)  # finds the train/val features cached
+    train.train_model(cfg, model, split, verbose=0)  # finds the features cached
     trained = time.perf_counter()
     return {
         "images": len(table),

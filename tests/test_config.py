@@ -26,11 +26,13 @@ BAD_VALUES = {
     "weights": (" ", "weights"),
     "allow_random_weights": ("yes", "allow_random_weights: expected bool"),
     "dropout": (1.0, "dropout"),
+    "precision": ("float16", "precision: expected one of float32, mixed_bfloat16"),
     "feature_cache": (1, "feature_cache: expected bool"),
     "batch_size": (0, "batch_size"),
     "epochs": (0, "epochs"),
     "learning_rate": (0.0, "learning_rate"),
     "patience": (0, "patience"),
+    "strategy": ("multi_worker", "strategy: expected one of auto, mirrored"),
     "seed": (-3, "seed"),
     "run_dir": ("", "run_dir"),
 }

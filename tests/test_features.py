@@ -102,6 +102,7 @@ def test_feature_batches_cover_every_row_once_per_epoch(setup):
     _cache(model, part, path)
     labels = np.arange(len(part)) % 2
     batches = features.FeatureBatches(path, labels.astype(np.float32), batch_size=3, shuffle=True, seed=0)
+    assert len(batches) == -(-len(part) // 3)
     everything = features.read_features(path)
     orders = []
     for _ in range(2):
@@ -115,3 +116,28 @@ def test_feature_batches_cover_every_row_once_per_epoch(setup):
         orders.append(seen)
         batches.on_epoch_end()
     assert orders[0] != orders[1]  # reshuffled between epochs
+
+
+def test_cache_key_follows_the_compute_precision(setup):
+    model, part, _ = setup
+    keras.utils.set_random_seed(0)
+    bf16 = bcnb_model.build_model(32, None, precision="mixed_bfloat16")
+    bf16.set_weights(model.get_weights())  # the same weights, another precision
+    assert features.feature_cache_key(bf16, part, 32) != features.feature_cache_key(model, part, 32)
+
+
+def test_feature_batches_read_only_their_rows(setup):
+    model, part, path = setup
+    _cache(model, part, path)
+    rows = np.array([4, 1, 6])
+    batches = features.FeatureBatches(path, np.array([1.0, 0.0, 1.0]), batch_size=2, rows=rows)
+    x0, y0 = batches[0]
+    x1, y1 = batches[1]
+    np.testing.assert_array_equal(np.concatenate([x0, x1]), features.read_features(path, rows))
+    assert np.concatenate([y0, y1]).ravel().tolist() == [1.0, 0.0, 1.0]
+
+
+def test_last_partial_batch_gives_the_same_features(setup):
+    model, part, _ = setup
+    whole = features.extract_features(model, part, 32, len(part))
+    np.testing.assert_allclose(features.extract_features(model, part, 32, 4), whole, atol=1e-5)

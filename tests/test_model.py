@@ -178,3 +178,18 @@ def test_weights_info_round_trip(tmp_path):
     _, info = bcnb_model.resolve_weights("none", True)
     bcnb_model.save_weights_info(info, tmp_path)
     assert bcnb_model.load_weights_info(tmp_path) == info
+
+
+def test_mixed_bfloat16_computes_in_bf16_but_answers_in_float32():
+    keras.utils.set_random_seed(6)
+    model = bcnb_model.build_model(IMG, None, precision="mixed_bfloat16")
+    assert model.get_layer("resnet50v2").dtype_policy.name == "mixed_bfloat16"
+    assert model.get_layer("classifier").dtype_policy.name == "float32"
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is put back
+    images = np.random.default_rng(3).uniform(0, 255, (2, IMG, IMG, 3)).astype(np.float32)
+    assert model.predict(images, verbose=0).dtype == np.float32
+    float32 = bcnb_model.build_model(IMG, None)
+    float32.set_weights(model.get_weights())
+    np.testing.assert_allclose(
+        model.predict(images, verbose=0), float32.predict(images, verbose=0), atol=0.05
+    )
