@@ -13,21 +13,33 @@ from pathlib import Path
 
 import yaml
 
-from bcnb.config import Config, parse_override
+from bcnb.config import CONFIG_FILE, Config, parse_override
 
 EXIT_BAD_INPUT = 2
 EXIT_RUN_FAILED = 1
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line too (``bcnb: error: ...``, status 2)."""
+
+    def error(self, message: str):
+        sys.exit(_fail(f"{message} (see {self.prog} --help)", EXIT_BAD_INPUT))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bcnb", description="Breast cancer histopathology notebooks.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _OneLineParser(prog="bcnb", description="Breast cancer histopathology notebooks.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
     run = commands.add_parser("reproduce", help="run notebooks 01-04 headless into a run folder")
     run.add_argument("--out", required=True, type=Path, help="the run folder to create or replace")
     run.add_argument("--config", type=Path, help="YAML file of parameter: value pairs")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override one parameter (repeatable); wins over --config")  # fmt: skip
     run.add_argument("--notebooks", type=Path, help="folder holding the notebooks (default: the project's)")
+    extract = commands.add_parser(
+        "extract", help="compute one shard of a run's feature cache (run notebooks 01-02 first)"
+    )
+    extract.add_argument("--out", required=True, type=Path, help="the run folder")
+    extract.add_argument("--shard", required=True, metavar="I/N", help="this process' share, e.g. 0/4")
     commands.add_parser("config", help="print every parameter with its default, as YAML")
     bench = commands.add_parser("bench", help="measure speed and memory of the fast path (minutes)")
     bench.add_argument("--img-size", type=int, default=224)
@@ -51,7 +63,33 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "bench":
         return _bench(args)
+    if args.command == "extract":
+        return _extract(args)
     return _reproduce(args)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """ "I/N" -> (I, N) with 0 <= I < N."""
+    shard, _, shards = text.partition("/")
+    if not (shard.isdigit() and shards.isdigit() and int(shard) < int(shards)):
+        raise ValueError(f"--shard {text!r}: expected I/N with 0 <= I < N, e.g. 0/4")
+    return int(shard), int(shards)
+
+
+def _extract(args: argparse.Namespace) -> int:
+    try:
+        shard, shards = parse_shard(args.shard)
+        cfg = Config.from_file(args.out / CONFIG_FILE, run_dir=str(args.out))
+        from bcnb import datasets, features
+        from bcnb import model as bcnb_model
+
+        split = datasets.load_split(args.out)
+        model = bcnb_model.load_model(args.out / bcnb_model.INITIAL_MODEL_FILE)
+    except (ValueError, FileNotFoundError) as error:
+        return _fail(str(error), EXIT_BAD_INPUT)
+    path = features.extract_shard(cfg, model, split, shard, shards)
+    _say(f"shard {shard}/{shards}: {path}")
+    return 0
 
 
 def _bench(args: argparse.Namespace) -> int:

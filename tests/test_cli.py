@@ -146,3 +146,21 @@ def test_console_script_and_module_are_the_same_program():
         [str(script), "reproduce", "--out", "x", "--set", "seed=-1"], capture_output=True, text=True
     )
     assert result.returncode == 2 and "seed: expected an integer >= 0" in result.stderr
+
+
+@pytest.mark.parametrize("shard", ["2/2", "a/2", "1", "-1/2"])
+def test_extract_rejects_a_bad_shard(shard, tmp_path):
+    result = run_bcnb("extract", "--out", tmp_path, f"--shard={shard}")
+    assert result.returncode == 2 and result.stderr.startswith("bcnb: error: --shard")
+
+
+@pytest.mark.parametrize("args", [[], ["reproduce"], ["reproduce", "--out"], ["fly"]])
+def test_usage_errors_are_one_line(args):
+    result = run_bcnb(*args)
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith("bcnb: error: ")
+
+
+def test_extract_needs_a_prepared_run_folder(tmp_path):
+    result = run_bcnb("extract", "--out", tmp_path, "--shard", "0/2")
+    assert result.returncode == 2 and "config.yaml: cannot read config file" in result.stderr

@@ -141,3 +141,74 @@ def test_last_partial_batch_gives_the_same_features(setup):
     model, part, _ = setup
     whole = features.extract_features(model, part, 32, len(part))
     np.testing.assert_allclose(features.extract_features(model, part, 32, 4), whole, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- shards
+def _run_folder(tiny_cfg, tiny_split, folder):
+    """What notebooks 01 and 02 leave: config, split, untrained model."""
+    from bcnb import datasets
+
+    cfg = tiny_cfg.replace(run_dir=str(folder))
+    cfg.save()
+    datasets.save_split(tiny_split, folder)
+    keras.utils.set_random_seed(0)
+    bcnb_model.save_model(bcnb_model.build_model(cfg.img_size, None), folder / bcnb_model.INITIAL_MODEL_FILE)
+    return cfg
+
+
+def test_shard_rows_cover_every_row_once():
+    for n_rows, shards in [(10, 3), (7, 7), (5, 8)]:
+        covered = [i for s in range(shards) for i in range(n_rows)[features.shard_rows(n_rows, s, shards)]]
+        assert covered == list(range(n_rows))
+
+
+@pytest.mark.slow
+def test_two_processes_fill_the_cache_like_one(tiny_cfg, tiny_split, tmp_path, monkeypatch):
+    """`bcnb extract --shard 0/2` and `1/2`, run at once, merge into the single-process cache,
+    and the head trained on it is the same model."""
+    import subprocess
+    import sys
+
+    from bcnb import datasets, train
+
+    sharded = _run_folder(tiny_cfg, tiny_split, tmp_path / "sharded")
+    single = _run_folder(tiny_cfg, tiny_split, tmp_path / "single")
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "bcnb", "extract", "--out", sharded.run_dir, "--shard", f"{i}/2"],
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    for worker in workers:
+        assert worker.wait(timeout=600) == 0, worker.stderr.read()[-2000:]
+    split = datasets.load_split(sharded.run_dir)
+    models = {}
+    for cfg in (sharded, single):
+        keras.utils.set_random_seed(0)
+        models[cfg.run_dir] = bcnb_model.load_model(f"{cfg.run_dir}/{bcnb_model.INITIAL_MODEL_FILE}")
+    with monkeypatch.context() as patch:  # the sharded run must merge, not extract again
+        patch.setattr(features, "write_features", lambda *a: pytest.fail("extracted instead of merging"))
+        merged = features.read_features(features.features_of(sharded, models[sharded.run_dir], split))
+    whole = features.read_features(features.features_of(single, models[single.run_dir], split))
+    np.testing.assert_allclose(merged, whole, atol=1e-5)
+    kernels = []
+    for cfg in (sharded, single):
+        from bcnb.seeds import seed_everything
+
+        seed_everything(cfg.seed)
+        model = bcnb_model.load_model(f"{cfg.run_dir}/{bcnb_model.INITIAL_MODEL_FILE}")
+        train.train_model(cfg, model, split, verbose=0)
+        kernels.append(model.get_layer("classifier").kernel.numpy())
+    np.testing.assert_allclose(kernels[0], kernels[1], atol=1e-4)
+
+
+def test_an_incomplete_set_of_shards_is_not_used(tiny_cfg, tiny_split, tmp_path):
+    cfg = _run_folder(tiny_cfg, tiny_split, tmp_path)
+    model = bcnb_model.load_model(tmp_path / bcnb_model.INITIAL_MODEL_FILE)
+    features.extract_shard(cfg, model, tiny_split, 0, 2)  # shard 1 of 2 never ran
+    path = features.features_of(cfg, model, tiny_split)
+    np.testing.assert_allclose(
+        features.read_features(path), features.extract_features(model, tiny_split, 32, 8), atol=1e-5
+    )
