@@ -95,7 +95,7 @@ def measure_training(img_size: int, batch_size: int, feature_cache: bool, epochs
         split = _split(cfg)
         model = build_model(img_size, None)
         started = time.perf_counter()
-        history = train.train_model(cfg, model, split, verbose=0)
+        history = train.train_model(cfg, model, split)
         seconds = time.perf_counter() - started
     return {
         "seconds": seconds,

@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override one parameter (repeatable); wins over --config")  # fmt: skip
     run.add_argument("--notebooks", type=Path, help="folder holding the notebooks (default: the project's)")
+    run.add_argument("--resume", action="store_true", help="continue an interrupted run into --out")
     extract = commands.add_parser(
         "extract", help="compute one shard of a run's feature cache (run notebooks 01-02 first)"
     )
@@ -111,7 +112,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         cfg = config_from_args(args)
-        out = reproduce(cfg, args.out, args.notebooks or NOTEBOOKS_DIR, progress=_say, progress_bar=True)
+        notebooks = args.notebooks or NOTEBOOKS_DIR
+        out = reproduce(cfg, args.out, notebooks, progress=_say, progress_bar=True, resume=args.resume)
     except NotebookFailed as error:
         return _fail(str(error), EXIT_RUN_FAILED)
     except (ValueError, FileNotFoundError) as error:  # bad parameters, paths or weights

@@ -223,7 +223,12 @@ def features_of(cfg: Config, model: keras.Model, split: pd.DataFrame) -> Path:
 
 
 class FeatureBatches(keras.utils.PyDataset):
-    """(features, labels) batches read from some rows of a feature file, reshuffled every epoch."""
+    """(features, labels) batches read from some rows of a feature file.
+
+    With ``shuffle``, the order is a permutation drawn from ``seed`` alone: training makes
+    one of these per epoch with seed + epoch, so an epoch's order does not depend on what
+    ran before it (which a resumed run needs).
+    """
 
     def __init__(
         self,
@@ -235,15 +240,10 @@ class FeatureBatches(keras.utils.PyDataset):
         rows: np.ndarray | None = None,
     ):
         super().__init__()
-        self.path, self.labels, self.batch_size, self.shuffle = (
-            path,
-            labels.reshape(-1, 1),
-            batch_size,
-            shuffle,
-        )
+        self.path, self.labels, self.batch_size = path, labels.reshape(-1, 1), batch_size
         self.rows = np.arange(len(labels)) if rows is None else np.asarray(rows)  # file row of each label
-        self.rng = np.random.default_rng(seed)
-        self.order = self.rng.permutation(len(labels)) if shuffle else np.arange(len(labels))
+        shuffled = np.random.default_rng(seed).permutation(len(labels))
+        self.order = shuffled if shuffle else np.arange(len(labels))
 
     def __len__(self) -> int:
         return math.ceil(len(self.order) / self.batch_size)
@@ -252,7 +252,3 @@ class FeatureBatches(keras.utils.PyDataset):
         # Sorted, so the file is read front to back; the shuffle chose the batch's members.
         chosen = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
         return read_features(self.path, self.rows[chosen]), self.labels[chosen]
-
-    def on_epoch_end(self) -> None:
-        if self.shuffle:
-            self.rng.shuffle(self.order)

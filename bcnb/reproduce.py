@@ -14,7 +14,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
-from bcnb.config import Config
+from bcnb.config import CONFIG_FILE, Config
 from bcnb.datasets import dataset_path, load_dataset, split_by_patient
 
 NOTEBOOKS = ("01_data.ipynb", "02_model.ipynb", "03_train.ipynb", "04_evaluate.ipynb")
@@ -73,8 +73,13 @@ def reproduce(
     notebooks_dir: str | Path = NOTEBOOKS_DIR,
     progress: Callable[[str], None] = lambda message: None,
     progress_bar: bool = False,
+    resume: bool = False,
 ) -> Path:
-    """Run every notebook on ``cfg`` and leave the results in ``out``; return ``out``."""
+    """Run every notebook on ``cfg`` and leave the results in ``out``; return ``out``.
+
+    With ``resume``, an interrupted run's staging folder is kept: its split, model, feature
+    cache and training checkpoint are used again, so training continues where it stopped.
+    """
     out = Path(out).resolve()
     notebooks_dir = Path(notebooks_dir)
     missing = [name for name in NOTEBOOKS if not (notebooks_dir / name).is_file()]
@@ -88,8 +93,11 @@ def reproduce(
     progress("checking the dataset and parameters")
     check_inputs(cfg)
     staging = out.parent / f".{out.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "notebooks").mkdir(parents=True)
+    if resume:
+        check_resumable(staging, cfg)
+    else:
+        shutil.rmtree(staging, ignore_errors=True)
+    (staging / "notebooks").mkdir(parents=True, exist_ok=True)
     with _native_stderr_to(staging / "notebooks" / KERNEL_LOG):
         for number, name in enumerate(NOTEBOOKS, start=1):
             progress(f"[{number}/{len(NOTEBOOKS)}] {name}")
@@ -97,6 +105,24 @@ def reproduce(
             _execute(notebooks_dir / name, target, cfg.replace(run_dir=str(staging)), progress_bar)
     _swap_into_place(staging, out)
     return out
+
+
+def check_resumable(staging: Path, cfg: Config) -> None:
+    """An interrupted run to resume must exist and must have used the same parameters."""
+    if not staging.is_dir():
+        raise FileNotFoundError(f"--resume: no interrupted run to resume ({staging} does not exist)")
+    saved = staging / CONFIG_FILE
+    if not saved.is_file():
+        return  # interrupted before notebook 01 saved its parameters: nothing to compare
+    before = Config.from_file(saved, run_dir=cfg.run_dir).to_dict()
+    changed = [
+        f"{key}: {before[key]!r} -> {value!r}" for key, value in cfg.to_dict().items() if before[key] != value
+    ]
+    if changed:
+        raise ValueError(
+            f"--resume: the interrupted run in {staging} used other parameters ({'; '.join(changed)}); "
+            "run without --resume to start afresh"
+        )
 
 
 def _execute(source: Path, target: Path, cfg: Config, progress_bar: bool) -> None:

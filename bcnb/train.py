@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
 import numpy as np
 import pandas as pd
 
+from bcnb.checkpoint import CHECKPOINT_FILE, TrainingState, capture, restore, run_fingerprint
 from bcnb.config import Config
-from bcnb.datasets import image_dataset, labels_of
+from bcnb.datasets import image_dataset, labels_of, make_dataset
 from bcnb.features import FeatureBatches, features_of
 from bcnb.files import write_json_atomic, write_text_atomic
 from bcnb.model import classifier_head
@@ -39,11 +41,6 @@ def compile_for_training(model: keras.Model, learning_rate: float) -> None:
     )
 
 
-def early_stopping(patience: int) -> keras.callbacks.EarlyStopping:
-    """Stop when validation loss has not improved for ``patience`` epochs; keep the best."""
-    return keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
-
-
 # --------------------------------------------------------------------------- fitting
 def balanced_class_weight(labels: np.ndarray) -> dict[int, float]:
     """Weights that make each class count equally in the loss: n / (2 * n_class).
@@ -57,70 +54,111 @@ def balanced_class_weight(labels: np.ndarray) -> dict[int, float]:
 
 def fit(
     trainee: keras.Model,
-    train_data,
+    train_data: Callable[[int], object],
     val_data,
     epochs: int,
-    learning_rate: float,
     patience: int,
-    verbose: int | str = 2,
+    state: TrainingState,
+    checkpoint: Path | None = None,
     class_weight: dict[int, float] | None = None,
-) -> keras.callbacks.History:
-    """Adam on binary cross-entropy with early stopping; the data come in batches.
+    progress: Callable[[str], None] | None = None,
+) -> TrainingState:
+    """Train epoch by epoch, with early stopping, from ``state`` (a fresh or a resumed one).
 
-    ``trainee`` is the head on cached features, or the whole model on images (where the
-    frozen base runs forward on every epoch). Either way only the Dense layer learns.
+    ``trainee`` is compiled: the head on cached features, or the whole model on images (the
+    frozen base then runs forward on every epoch); either way only the Dense layer learns.
+    ``train_data(epoch)`` gives that epoch's batches, shuffled by the seed and the epoch's
+    number alone. After each epoch the state is saved to ``checkpoint``; when training ends
+    the best epoch's weights are put back (what Keras' EarlyStopping does, kept here so that
+    its bookkeeping survives an interruption).
     """
-    compile_for_training(trainee, learning_rate)
-    return trainee.fit(
-        train_data,
-        validation_data=val_data,
-        epochs=epochs,
-        shuffle=False,  # the batches shuffle themselves; Keras cannot shuffle a pipeline
-        callbacks=[early_stopping(patience)],
-        class_weight=class_weight,
-        verbose=verbose,
-    )
+    for epoch in range(state.epoch, epochs):
+        logs = trainee.fit(train_data(epoch), validation_data=val_data, epochs=1, verbose=0,
+                           shuffle=False, class_weight=class_weight).history  # fmt: skip
+        row = {name: float(values[-1]) for name, values in logs.items()}
+        state.history.append(row)
+        state.epoch = epoch + 1
+        state.wait += 1
+        if row["val_loss"] < state.best_loss:
+            state.best_loss, state.best_epoch, state.wait = row["val_loss"], epoch + 1, 0
+            state.best_weights = [np.array(v.numpy()) for v in trainee.trainable_variables]
+        if progress:
+            progress(f"epoch {epoch + 1}/{epochs}: " + " - ".join(f"{k} {v:.4f}" for k, v in row.items()))
+        if checkpoint:
+            capture(state, trainee)
+            state.save(checkpoint)
+        if state.wait >= patience and epoch > 0:
+            break
+    for variable, value in zip(trainee.trainable_variables, state.best_weights):
+        variable.assign(value)
+    return state
 
 
-def train_model(cfg: Config, model: keras.Model, split: pd.DataFrame, verbose: int | str = 2) -> pd.DataFrame:
+def train_model(
+    cfg: Config, model: keras.Model, split: pd.DataFrame, progress: Callable[[str], None] | None = None
+) -> pd.DataFrame:
     """Stage entry point: train ``model`` on the split's train and val images.
 
-    Writes ``history.csv`` and ``training.json`` into the run folder (features too, with
-    ``feature_cache``) and returns the history, one row per epoch.
+    Resumes from the run folder's checkpoint when one of this very run is there. Writes
+    ``history.csv`` and ``training.json`` (features too, with ``feature_cache``) and returns
+    the history, one row per epoch. ``progress`` receives one line per epoch.
     """
     run_dir = Path(cfg.run_dir)
-    train, val = split[split["split"] == "train"], split[split["split"] == "val"]
+    train = split[split["split"] == "train"]
     class_weight = balanced_class_weight(labels_of(train)) if cfg.class_weight == "balanced" else None
-    seed_everything(cfg.seed)
     started = time.perf_counter()
-    if cfg.feature_cache:
-        path = features_of(cfg, model, split)
-        seed_everything(cfg.seed)  # the same shuffles and dropout, cache or not
-        trainee = classifier_head(model)  # shares the model's Dropout and Dense layers
-        train_rows, val_rows = (
-            np.flatnonzero(split["split"].to_numpy() == name) for name in ("train", "val")
-        )
-        train_data = FeatureBatches(path, labels_of(train), cfg.batch_size, True, cfg.seed, train_rows)
-        val_data = FeatureBatches(path, labels_of(val), cfg.batch_size, rows=val_rows)
-    else:
-        trainee = model
-        train_data, val_data = image_dataset(cfg, train, shuffle=True), image_dataset(cfg, val)
-    history = fit(
-        trainee, train_data, val_data, cfg.epochs, cfg.learning_rate, cfg.patience, verbose, class_weight
-    )
+    trainee, train_data, val_data = _training_data(cfg, model, split)
+    seed_everything(cfg.seed)  # the same dropout, cache or not
+    compile_for_training(trainee, cfg.learning_rate)
+    trainee.optimizer.build(trainee.trainable_variables)
+    checkpoint = run_dir / CHECKPOINT_FILE
+    fingerprint = run_fingerprint(cfg.to_dict(), split)
+    state = TrainingState.load(checkpoint, fingerprint)
+    if state:
+        restore(state, trainee)
+    state = fit(trainee, train_data, val_data, cfg.epochs, cfg.patience, state or TrainingState(fingerprint),
+                checkpoint, class_weight, progress)  # fmt: skip
     seconds = time.perf_counter() - started
     # The full model gets the same loss and metrics, so evaluate() reports them. Building
     # its optimizer now lets the saved model load without a "skipping optimizer" warning.
     compile_for_training(model, cfg.learning_rate)
     model.optimizer.build(model.trainable_variables)
-    frame = history_frame(history)
+    frame = history_frame(state.history)
     save_history(frame, run_dir, cfg, seconds)
+    checkpoint.unlink(missing_ok=True)  # finished: a re-run trains afresh
     return frame
 
 
-def history_frame(history: keras.callbacks.History) -> pd.DataFrame:
+def _training_data(cfg: Config, model: keras.Model, split: pd.DataFrame):
+    """What trains, on what: (trainee, train_data(epoch) -> batches, val_data).
+
+    With the feature cache, the head learns from features/all.npy; without, the whole
+    model learns from images. Each epoch's shuffle is seeded by seed + epoch.
+    """
+    train, val = split[split["split"] == "train"], split[split["split"] == "val"]
+    if not cfg.feature_cache:
+
+        def images(epoch: int):
+            return make_dataset(train, cfg.img_size, cfg.batch_size, cfg.resize, True, cfg.seed + epoch)
+
+        return model, images, image_dataset(cfg, val)
+    path = features_of(cfg, model, split)
+    rows = {name: np.flatnonzero(split["split"].to_numpy() == name) for name in ("train", "val")}
+
+    def features(epoch: int):
+        return FeatureBatches(path, labels_of(train), cfg.batch_size, True, cfg.seed + epoch, rows["train"])
+
+    # The head shares the model's Dropout and Dense layers: training it trains the model.
+    return (
+        classifier_head(model),
+        features,
+        FeatureBatches(path, labels_of(val), cfg.batch_size, rows=rows["val"]),
+    )
+
+
+def history_frame(history: list[dict]) -> pd.DataFrame:
     """One row per epoch (numbered from 1) with every loss and metric Keras logged."""
-    frame = pd.DataFrame(history.history)
+    frame = pd.DataFrame(history)
     frame.insert(0, "epoch", np.arange(1, len(frame) + 1))
     return frame
 

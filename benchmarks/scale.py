@@ -47,7 +47,7 @@ def measure(n_images: int, img_size: int, batch_size: int) -> dict:
     extract_start = time.perf_counter()
     features.features_of(cfg, model, split)
     extracted = time.perf_counter()
-    train.train_model(cfg, model, split, verbose=0)  # finds the features cached
+    train.train_model(cfg, model, split)  # finds the features cached
     trained = time.perf_counter()
     return {
         "images": len(table),

@@ -21,6 +21,7 @@ SCRIPT = textwrap.dedent(
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
     from bcnb import distribute, features, train
+    from bcnb.checkpoint import TrainingState
     from bcnb import model as bcnb_model
     from bcnb.seeds import seed_everything
 
@@ -38,9 +39,11 @@ SCRIPT = textwrap.dedent(
             # dropout 0: each replica would draw its own dropout masks
             model = bcnb_model.build_model(32, None, dropout=0.0)
             head = bcnb_model.classifier_head(model)
-            train_data = features.FeatureBatches(folder / "all.npy", y[:64], 16, True, 0, np.arange(64))
+            def train_data(epoch):
+                return features.FeatureBatches(folder / "all.npy", y[:64], 16, True, epoch, np.arange(64))
             val_data = features.FeatureBatches(folder / "all.npy", y[64:], 16, rows=np.arange(64, 96))
-            train.fit(head, train_data, val_data, epochs=3, learning_rate=0.01, patience=3, verbose=0)
+            train.compile_for_training(head, 0.01)
+            train.fit(head, train_data, val_data, epochs=3, patience=3, state=TrainingState("test"))
         kernels[name] = model.get_layer("classifier").kernel.numpy()
         replicas[name] = strategy.num_replicas_in_sync
     print(json.dumps({

@@ -205,3 +205,63 @@ def test_a_failing_notebook_leaves_the_earlier_run_untouched(tmp_path):
     assert [p.name for p in out.iterdir()] == ["report.md"]
     assert (out / "report.md").read_text() == "the earlier run\n"
     assert (out.parent / ".demo.partial" / "split.csv").is_file()  # 01 ran; its work is kept
+
+
+LONG = {**SMALL, "epochs": 80, "patience": 80}  # long enough to be killed while training
+
+
+def _reproduce(out, *extra):
+    sets = [arg for key, value in LONG.items() for arg in ("--set", f"{key}={value}")]
+    return [sys.executable, "-m", "bcnb", "reproduce", "--out", str(out), *sets, *extra]
+
+
+def _checkpoint_epoch(staging):
+    import numpy as np
+
+    path = staging / "checkpoint" / "training.npz"
+    try:
+        with np.load(path) as stored:
+            return json.loads(str(stored["meta"]))["epoch"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_and_ends_like_an_uninterrupted_one(tmp_path):
+    import os
+    import signal
+    import time
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run(_reproduce(whole), check=True, capture_output=True, timeout=900)
+    victim = subprocess.Popen(_reproduce(killed), stderr=subprocess.DEVNULL, start_new_session=True)
+    staging = tmp_path / ".killed.partial"
+    deadline = time.monotonic() + 600
+    while _checkpoint_epoch(staging) < 3 and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(victim.pid, signal.SIGKILL)  # the kernel dies too, mid-training
+    victim.wait()
+    assert 3 <= _checkpoint_epoch(staging) < 80, "the run was not killed during training"
+    assert not killed.exists()
+    resumed = subprocess.run(_reproduce(killed, "--resume"), capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    for name in ("history.csv", "split.csv"):
+        assert (killed / name).read_text() == (whole / name).read_text(), name
+    before, after = (json.loads((folder / "metrics.json").read_text()) for folder in (whole, killed))
+    assert after["confusion_matrix"] == before["confusion_matrix"]
+    assert after["test_loss"] == pytest.approx(before["test_loss"], rel=1e-6)
+
+
+def test_resume_needs_an_interrupted_run(tmp_path):
+    result = subprocess.run(_reproduce(tmp_path / "run", "--resume"), capture_output=True, text=True)
+    assert result.returncode == 2 and "--resume: no interrupted run to resume" in result.stderr
+
+
+def test_resume_refuses_other_parameters(tmp_path):
+    staging = tmp_path / ".run.partial"
+    staging.mkdir()
+    Config(**LONG).save(staging)
+    result = subprocess.run(
+        _reproduce(tmp_path / "run", "--resume", "--set", "seed=3"), capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "seed: 42 -> 3" in result.stderr

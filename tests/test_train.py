@@ -18,7 +18,7 @@ def trained(tiny_cfg, tiny_split, tmp_path_factory):
     """A tiny model trained on cached features, and its run folder."""
     cfg = tiny_cfg.replace(run_dir=str(tmp_path_factory.mktemp("run")))
     model = _fresh_model(cfg)
-    history = train.train_model(cfg, model, tiny_split, verbose=0)
+    history = train.train_model(cfg, model, tiny_split)
     return cfg, model, history
 
 
@@ -60,7 +60,7 @@ def test_early_stopping_keeps_the_best_weights(tiny_cfg, tiny_split, tmp_path):
     """Training stops after `patience` epochs without improvement and restores the best."""
     cfg = tiny_cfg.replace(run_dir=str(tmp_path), epochs=60, patience=2, learning_rate=0.5)
     model = _fresh_model(cfg)
-    history = train.train_model(cfg, model, tiny_split, verbose=0)
+    history = train.train_model(cfg, model, tiny_split)
     assert len(history) < 60  # a huge learning rate makes validation loss stall quickly
     best = train.best_epoch(history)
     assert len(history) == best + cfg.patience
@@ -76,7 +76,7 @@ def test_end_to_end_training_runs_through_the_frozen_base(tiny_cfg, tiny_split, 
     cfg = tiny_cfg.replace(run_dir=str(tmp_path), feature_cache=False, epochs=2)
     model = _fresh_model(cfg)
     base_before = [w.numpy().copy() for w in model.get_layer("resnet50v2").weights]
-    history = train.train_model(cfg, model, tiny_split, verbose=0)
+    history = train.train_model(cfg, model, tiny_split)
     assert len(history) == 2 and not (tmp_path / "features").exists()
     for before, after in zip(base_before, model.get_layer("resnet50v2").weights):
         np.testing.assert_array_equal(before, after.numpy())
@@ -93,7 +93,7 @@ def test_same_seed_same_trained_model(tiny_cfg, tiny_split, tmp_path):
         cfg = tiny_cfg.replace(run_dir=str(tmp_path / f"run{attempt}"))
         seed_everything(cfg.seed)
         model = bcnb_model.load_model(start)
-        train.train_model(cfg, model, tiny_split, verbose=0)
+        train.train_model(cfg, model, tiny_split)
         kernels.append(model.get_layer("classifier").kernel.numpy())
     np.testing.assert_array_equal(kernels[0], kernels[1])
 
@@ -108,6 +108,6 @@ def test_class_weight_changes_training(tiny_cfg, tiny_split, tmp_path):
     losses = {}
     for choice in ("none", "balanced"):
         cfg = tiny_cfg.replace(run_dir=str(tmp_path / choice), class_weight=choice, epochs=2)
-        losses[choice] = train.train_model(cfg, _fresh_model(cfg), tiny_split, verbose=0)["loss"].tolist()
+        losses[choice] = train.train_model(cfg, _fresh_model(cfg), tiny_split)["loss"].tolist()
         assert train.load_training_summary(cfg.run_dir)["class_weight"] == choice
     assert losses["none"] != losses["balanced"]

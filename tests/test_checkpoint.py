@@ -1,0 +1,78 @@
+"""An interrupted training run resumes from its last checkpoint and ends the same."""
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from bcnb import model as bcnb_model
+from bcnb import train
+from bcnb.checkpoint import CHECKPOINT_FILE, TrainingState, run_fingerprint
+
+
+class Killed(Exception):
+    """Stands for the process dying after some epoch."""
+
+
+def _train(cfg, split, start, stop_after=None):
+    """Train from the saved start model; optionally die once ``stop_after`` epochs are done."""
+    keras.utils.set_random_seed(cfg.seed)
+    model = bcnb_model.load_model(start)
+    epochs_seen = []
+
+    def progress(line):
+        epochs_seen.append(line)
+        if stop_after and len(epochs_seen) == stop_after:
+            raise Killed
+
+    history = train.train_model(cfg, model, split, progress=progress)
+    return model, history
+
+
+@pytest.fixture
+def start(tiny_cfg, tmp_path):
+    keras.utils.set_random_seed(0)
+    return bcnb_model.save_model(bcnb_model.build_model(tiny_cfg.img_size, None), tmp_path / "initial.keras")
+
+
+def test_resumed_training_ends_like_an_uninterrupted_run(tiny_cfg, tiny_split, start, tmp_path):
+    cfg = tiny_cfg.replace(epochs=12, patience=4, learning_rate=0.05)
+    whole_model, whole = _train(cfg.replace(run_dir=str(tmp_path / "whole")), tiny_split, start)
+    resumed_cfg = cfg.replace(run_dir=str(tmp_path / "resumed"))
+    with pytest.raises(Killed):
+        _train(resumed_cfg, tiny_split, start, stop_after=5)
+    assert (tmp_path / "resumed" / CHECKPOINT_FILE).is_file()
+    resumed_model, resumed = _train(resumed_cfg, tiny_split, start)
+    pd.testing.assert_frame_equal(resumed, whole)
+    np.testing.assert_array_equal(
+        resumed_model.get_layer("classifier").kernel.numpy(),
+        whole_model.get_layer("classifier").kernel.numpy(),
+    )
+    assert not (tmp_path / "resumed" / CHECKPOINT_FILE).exists()  # finished: no checkpoint left
+
+
+def test_a_checkpoint_of_another_run_is_ignored(tiny_cfg, tiny_split, start, tmp_path):
+    cfg = tiny_cfg.replace(run_dir=str(tmp_path), epochs=3)
+    other = TrainingState(run_fingerprint(cfg.replace(seed=7).to_dict(), tiny_split), epoch=2)
+    other.save(tmp_path / CHECKPOINT_FILE)
+    _, history = _train(cfg, tiny_split, start)
+    assert len(history) == 3  # trained from epoch 1, not from the other run's epoch 3
+
+
+def test_a_damaged_checkpoint_is_ignored(tiny_cfg, tiny_split, tmp_path):
+    path = tmp_path / CHECKPOINT_FILE
+    path.parent.mkdir()
+    path.write_bytes(b"PK\x03\x04 cut short")
+    assert TrainingState.load(path, "anything") is None
+
+
+def test_state_round_trip(tmp_path):
+    arrays = {"variables": [np.ones((2, 1))], "optimizer": [np.zeros(3)], "best_weights": [np.ones(1)]}
+    state = TrainingState(
+        "f", epoch=3, best_loss=0.25, best_epoch=2, wait=1, history=[{"loss": 0.5}], **arrays
+    )
+    state.save(tmp_path / "s.npz")
+    loaded = TrainingState.load(tmp_path / "s.npz", "f")
+    assert (loaded.epoch, loaded.best_loss, loaded.wait, loaded.history) == (3, 0.25, 1, [{"loss": 0.5}])
+    np.testing.assert_array_equal(loaded.variables[0], np.ones((2, 1)))
+    assert TrainingState.load(tmp_path / "s.npz", "another run") is None
