@@ -97,10 +97,12 @@ def measure_training(img_size: int, batch_size: int, feature_cache: bool, epochs
         started = time.perf_counter()
         history = train.train_model(cfg, model, split)
         seconds = time.perf_counter() - started
+    last = history.iloc[-1]
     return {
         "seconds": seconds,
         "epochs": len(history),
-        "val_accuracy": float(history["val_accuracy"].iloc[-1]),
+        "val_accuracy": float(last["val_accuracy"]),
+        "val_loss": float(last["val_loss"]),
     }
 
 

@@ -36,10 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override one parameter (repeatable); wins over --config")  # fmt: skip
     run.add_argument("--notebooks", type=Path, help="folder holding the notebooks (default: the project's)")
     run.add_argument("--resume", action="store_true", help="continue an interrupted run into --out")
+    run.add_argument(
+        "--stop-after", metavar="NOTEBOOK", help="stop, unfinished, after this notebook (e.g. 02)"
+    )
     extract = commands.add_parser(
         "extract", help="compute one shard of a run's feature cache (run notebooks 01-02 first)"
     )
-    extract.add_argument("--out", required=True, type=Path, help="the run folder")
+    extract.add_argument(
+        "--out", required=True, type=Path, help="the run (finished, or stopped with --stop-after)"
+    )
     extract.add_argument("--shard", required=True, metavar="I/N", help="this process' share, e.g. 0/4")
     commands.add_parser("config", help="print every parameter with its default, as YAML")
     bench = commands.add_parser("bench", help="measure speed and memory of the fast path (minutes)")
@@ -80,12 +85,15 @@ def parse_shard(text: str) -> tuple[int, int]:
 def _extract(args: argparse.Namespace) -> int:
     try:
         shard, shards = parse_shard(args.shard)
-        cfg = Config.from_file(args.out / CONFIG_FILE, run_dir=str(args.out))
+        from bcnb.reproduce import run_folder
+
+        folder = run_folder(args.out)
+        cfg = Config.from_file(folder / CONFIG_FILE, run_dir=str(folder))
         from bcnb import datasets, features
         from bcnb import model as bcnb_model
 
-        split = datasets.load_split(args.out)
-        model = bcnb_model.load_model(args.out / bcnb_model.INITIAL_MODEL_FILE)
+        split = datasets.load_split(folder)
+        model = bcnb_model.load_model(folder / bcnb_model.INITIAL_MODEL_FILE)
     except (ValueError, FileNotFoundError) as error:
         return _fail(str(error), EXIT_BAD_INPUT)
     path = features.extract_shard(cfg, model, split, shard, shards)
@@ -113,13 +121,16 @@ def _reproduce(args: argparse.Namespace) -> int:
     try:
         cfg = config_from_args(args)
         notebooks = args.notebooks or NOTEBOOKS_DIR
-        out = reproduce(cfg, args.out, notebooks, progress=_say, progress_bar=True, resume=args.resume)
+        out = reproduce(cfg, args.out, notebooks, _say, True, args.resume, args.stop_after)
     except NotebookFailed as error:
         return _fail(str(error), EXIT_RUN_FAILED)
     except (ValueError, FileNotFoundError) as error:  # bad parameters, paths or weights
         return _fail(str(error), EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         return _fail("interrupted; the previous run folder, if any, is unchanged", 130)
+    if args.stop_after:
+        _say(f"stopped after {args.stop_after} as asked: {out}; continue with --resume")
+        return 0
     _say(f"done in {time.perf_counter() - started:.0f} s: {out} (see report.md)")
     return 0
 

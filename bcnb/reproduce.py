@@ -74,12 +74,16 @@ def reproduce(
     progress: Callable[[str], None] = lambda message: None,
     progress_bar: bool = False,
     resume: bool = False,
+    stop_after: str | None = None,
 ) -> Path:
     """Run every notebook on ``cfg`` and leave the results in ``out``; return ``out``.
 
     With ``resume``, an interrupted run's staging folder is kept: its split, model, feature
-    cache and training checkpoint are used again, so training continues where it stopped.
+    cache (shards included) and training checkpoint are used again, so training continues
+    where it stopped. ``stop_after`` (a notebook's name) ends the run there, unfinished, and
+    returns the staging folder, for ``bcnb extract --shard`` to fill before ``--resume``.
     """
+    last = notebook_named(stop_after) if stop_after else NOTEBOOKS[-1]
     out = Path(out).resolve()
     notebooks_dir = Path(notebooks_dir)
     missing = [name for name in NOTEBOOKS if not (notebooks_dir / name).is_file()]
@@ -103,8 +107,26 @@ def reproduce(
             progress(f"[{number}/{len(NOTEBOOKS)}] {name}")
             target = staging / "notebooks" / name
             _execute(notebooks_dir / name, target, cfg.replace(run_dir=str(staging)), progress_bar)
+            if name == last and stop_after:
+                return staging
     _swap_into_place(staging, out)
     return out
+
+
+def notebook_named(name: str) -> str:
+    """The notebook ``name`` stands for: "02_model", "02_model.ipynb" or "02"."""
+    matches = [notebook for notebook in NOTEBOOKS if notebook == name or notebook.split("_")[0] == name
+               or notebook.removesuffix(".ipynb") == name]  # fmt: skip
+    if not matches:
+        raise ValueError(f"--stop-after: expected one of {', '.join(NOTEBOOKS)}, got {name!r}")
+    return matches[0]
+
+
+def run_folder(out: str | Path) -> Path:
+    """A finished run folder, or else the unfinished (staging) one of the same name."""
+    out = Path(out).resolve()
+    staging = out.parent / f".{out.name}.partial"
+    return staging if not (out / CONFIG_FILE).is_file() and (staging / CONFIG_FILE).is_file() else out
 
 
 def check_resumable(staging: Path, cfg: Config) -> None:

@@ -265,3 +265,22 @@ def test_resume_refuses_other_parameters(tmp_path):
         _reproduce(tmp_path / "run", "--resume", "--set", "seed=3"), capture_output=True, text=True
     )
     assert result.returncode == 2 and "seed: 42 -> 3" in result.stderr
+
+
+@pytest.mark.slow
+def test_sharded_extraction_workflow(run, tmp_path):
+    """reproduce --stop-after 02, two `bcnb extract` shards, then --resume: the same run."""
+    out = tmp_path / "sharded"
+    sets = [arg for key, value in SMALL.items() for arg in ("--set", f"{key}={value}")]
+    command = [sys.executable, "-m", "bcnb", "reproduce", "--out", str(out), *sets]
+    first = subprocess.run([*command, "--stop-after", "02"], capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0 and "continue with --resume" in first.stderr, first.stderr[-2000:]
+    for shard in ("0/2", "1/2"):
+        extract = [sys.executable, "-m", "bcnb", "extract", "--out", str(out), "--shard", shard]
+        subprocess.run(extract, check=True, capture_output=True, timeout=900)
+    assert len(list((tmp_path / ".sharded.partial" / "features" / "shards").glob("all.*-of-2.npy"))) == 2
+    last = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=900)
+    assert last.returncode == 0, last.stderr[-2000:]
+    before, after = (json.loads((folder / "metrics.json").read_text()) for folder in (run[0], out))
+    assert after["confusion_matrix"] == before["confusion_matrix"]
+    assert after["test_loss"] == pytest.approx(before["test_loss"], rel=1e-3)
