@@ -24,6 +24,7 @@ import pandas as pd
 from bcnb.files import write_bytes_atomic
 
 CHECKPOINT_FILE = "checkpoint/training.npz"
+FINE_TUNE_CHECKPOINT_FILE = "checkpoint/fine_tune.npz"
 
 
 @dataclass
@@ -35,6 +36,7 @@ class TrainingState:
     best_loss: float = float("inf")
     best_epoch: int = 0
     wait: int = 0  # epochs since the best one
+    done: bool = False  # training ended (epochs used up or stopped early)
     history: list[dict] = field(default_factory=list)
     variables: list[np.ndarray] = field(default_factory=list)  # learning weights + dropout state
     optimizer: list[np.ndarray] = field(default_factory=list)

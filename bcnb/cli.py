@@ -29,13 +29,15 @@ class _OneLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="bcnb", description="Breast cancer histopathology notebooks.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
-    run = commands.add_parser("reproduce", help="run notebooks 01-04 headless into a run folder")
+    run = commands.add_parser("reproduce", help="run the notebooks headless into a run folder")
     run.add_argument("--out", required=True, type=Path, help="the run folder to create or replace")
     run.add_argument("--config", type=Path, help="YAML file of parameter: value pairs")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override one parameter (repeatable); wins over --config")  # fmt: skip
     run.add_argument("--notebooks", type=Path, help="folder holding the notebooks (default: the project's)")
     run.add_argument("--resume", action="store_true", help="continue an interrupted run into --out")
+    run.add_argument("--compare", action="store_true",
+                     help="also run 05: every backbone of compare_backbones on the same split")  # fmt: skip
     run.add_argument(
         "--stop-after", metavar="NOTEBOOK", help="stop, unfinished, after this notebook (e.g. 02)"
     )
@@ -46,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", required=True, type=Path, help="the run (finished, or stopped with --stop-after)"
     )
     extract.add_argument("--shard", required=True, metavar="I/N", help="this process' share, e.g. 0/4")
+    predict = commands.add_parser(
+        "predict", help="calibrated malignancy of new images with a finished run's model"
+    )
+    predict.add_argument("images", type=Path, metavar="IMAGE_OR_FOLDER")
+    predict.add_argument("--model", required=True, type=Path, help="a run's model.keras")
+    predict.add_argument("--cam-dir", type=Path, help="write a Grad-CAM overlay per image here")
+    predict.add_argument("--csv", type=Path, help="also write the table to this CSV file")
     commands.add_parser("config", help="print every parameter with its default, as YAML")
     bench = commands.add_parser("bench", help="measure speed and memory of the fast path (minutes)")
     bench.add_argument("--img-size", type=int, default=224)
@@ -71,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         return _bench(args)
     if args.command == "extract":
         return _extract(args)
+    if args.command == "predict":
+        return _predict(args)
     return _reproduce(args)
 
 
@@ -101,6 +112,29 @@ def _extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    """Print one line per image; refused files are named on stderr (exit status 2)."""
+    try:
+        from bcnb.predict import Predictor, find_images, predict_files
+
+        paths = find_images(args.images)
+        predictor = Predictor.from_run(args.model)
+    except (ValueError, FileNotFoundError) as error:
+        return _fail(str(error), EXIT_BAD_INPUT)
+    table = predict_files(predictor, paths, args.cam_dir)
+    for row in table.itertuples():
+        if row.refused:
+            _fail(f"{row.file}: refused, {row.refused}", EXIT_BAD_INPUT)
+        else:
+            print(f"{row.file}\t{row.label}\tmalignant {row.malignant}")
+    if args.csv:
+        from bcnb.files import write_text_atomic
+
+        write_text_atomic(args.csv, table.to_csv(index=False))
+    _say("calibrated probabilities; teaching and research only, never diagnosis")
+    return EXIT_BAD_INPUT if (table["refused"] != "").any() else 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from bcnb.bench import render, run_all
     from bcnb.files import write_text_atomic
@@ -121,7 +155,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     try:
         cfg = config_from_args(args)
         notebooks = args.notebooks or NOTEBOOKS_DIR
-        out = reproduce(cfg, args.out, notebooks, _say, True, args.resume, args.stop_after)
+        out = reproduce(cfg, args.out, notebooks, _say, True, args.resume, args.stop_after, args.compare)
     except NotebookFailed as error:
         return _fail(str(error), EXIT_RUN_FAILED)
     except (ValueError, FileNotFoundError) as error:  # bad parameters, paths or weights

@@ -25,6 +25,8 @@ PRECISIONS = ("float32", "mixed_bfloat16")
 STRATEGIES = ("auto", "mirrored")
 RESIZE_MODES = ("squash", "center_crop")
 MAGNIFICATIONS = ("all", "40X", "100X", "200X", "400X")
+BACKBONE_NAMES = ("resnet50v2", "vgg19", "densenet121", "efficientnetb0", "mobilenetv2")
+THRESHOLD_RULES = ("fixed", "youden", "sensitivity")
 CONFIG_FILE = "config.yaml"
 
 
@@ -51,7 +53,8 @@ class Config:
     img_size: int = 224
     resize: str = "squash"
     tiles_per_image: int = 0
-    # Model: the paper's ResNet50V2 transfer model.
+    # Model: the paper's ResNet50V2 transfer model, or the same head on another base.
+    backbone: str = "resnet50v2"  # or vgg19, densenet121, efficientnetb0, mobilenetv2
     weights: str = "imagenet"  # "imagenet", "none" or a path to a weights file
     allow_random_weights: bool = True
     dropout: float = 0.2
@@ -64,6 +67,26 @@ class Config:
     learning_rate: float = 1e-3
     patience: int = 10  # epochs without a better validation loss before stopping
     strategy: str = "auto"  # "auto": several GPUs are mirrored; "mirrored": every device
+    # Augmentation of training images, for epochs that see images (end to end, fine-tuning):
+    # flips and quarter turns, plus brightness, contrast and H&E stain jitter of these sizes.
+    augment: bool = False
+    augment_brightness: float = 0.1
+    augment_contrast: float = 0.1
+    augment_stain: float = 0.05
+    # Fine-tuning after the head: the top fine_tune_layers layers of the base learn too
+    # (BatchNormalization stays frozen). 0 trains the head only, as the paper does.
+    fine_tune_layers: int = 0
+    fine_tune_epochs: int = 10
+    fine_tune_learning_rate: float = 1e-5
+    # Evaluation: the decision threshold is chosen on the validation split ("fixed" is 0.5;
+    # "youden" maximises sensitivity + specificity; "sensitivity" reaches target_sensitivity).
+    threshold_rule: str = "youden"
+    target_sensitivity: float = 0.95
+    bootstrap_samples: int = 2000  # resamples of test patients for confidence intervals
+    # Notebook 05: the backbones compared on the same split.
+    compare_backbones: str = "resnet50v2,vgg19,densenet121,efficientnetb0,mobilenetv2"
+    # Notebook 06: a file or folder of new images ("" stands in a few of the run's test images).
+    predict_images: str = ""
     seed: int = 42
     run_dir: str = "../runs/notebooks"
 
@@ -110,9 +133,28 @@ class Config:
             yield f"learning_rate: expected a number in (0, 1], got {self.learning_rate}"
         yield from _at_least("patience", self.patience, 1)
         yield from _choice("strategy", self.strategy, STRATEGIES)
+        yield from _choice("backbone", self.backbone, BACKBONE_NAMES)
+        for name in ("augment_brightness", "augment_contrast", "augment_stain"):
+            yield from _between(name, getattr(self, name), 0.0, 0.5)
+        yield from _at_least("fine_tune_layers", self.fine_tune_layers, 0)
+        yield from _at_least("fine_tune_epochs", self.fine_tune_epochs, 1)
+        if not 0.0 < self.fine_tune_learning_rate <= 1.0:
+            yield f"fine_tune_learning_rate: expected a number in (0, 1], got {self.fine_tune_learning_rate}"
+        yield from _choice("threshold_rule", self.threshold_rule, THRESHOLD_RULES)
+        yield from _between("target_sensitivity", self.target_sensitivity, 0.5, 1.0)
+        yield from _at_least("bootstrap_samples", self.bootstrap_samples, 100)
+        for name in self.backbones_to_compare():
+            yield from _choice("compare_backbones", name, BACKBONE_NAMES)
         yield from _at_least("seed", self.seed, 0)
         if not self.run_dir.strip():
             yield "run_dir: expected a folder path, got an empty string"
+
+    def backbones_to_compare(self) -> list[str]:
+        return [name.strip() for name in self.compare_backbones.split(",") if name.strip()]
+
+    @property
+    def fine_tunes(self) -> bool:
+        return self.fine_tune_layers > 0
 
     # ------------------------------------------------------------------ building
     @classmethod

@@ -243,6 +243,12 @@ def read_image(path: str | Path) -> np.ndarray:
     return read_rgb(path)
 
 
+def load_images(cfg: Config, table: pd.DataFrame) -> np.ndarray:
+    """A few of ``table``'s images (or tiles) in memory, as the model takes them: for figures."""
+    return np.stack([load_for_model(path, cfg.img_size, cfg.resize, int(tiles), int(tile))
+                     for path, tile, tiles in zip(table["path"], *tiles_of(table))])  # fmt: skip
+
+
 def labels_of(table: pd.DataFrame) -> np.ndarray:
     """0 for benign, 1 for malignant."""
     return (table["label"] == CLASSES[1]).to_numpy(dtype=np.float32)
@@ -263,12 +269,14 @@ def make_dataset(
     resize: str = "squash",
     shuffle: bool = False,
     seed: int = 0,
+    augmentation=None,
 ):
     """A tf.data pipeline of (image, label) batches; images are float 0-255, img_size square.
 
     Files are decoded in parallel (Pillow, so any common format and mode works) and
     prefetched, so nothing holds the whole dataset in memory. The model scales pixels
-    itself, so the pipeline only converts to RGB and resizes or tiles.
+    itself, so the pipeline only converts to RGB and resizes or tiles. An
+    :class:`bcnb.augment.Augmentation` transforms each image by ``seed`` and its position.
     """
     import tensorflow as tf
 
@@ -287,6 +295,10 @@ def make_dataset(
         return tf.ensure_shape(image, (img_size, img_size, 3)), label
 
     ds = ds.map(load_batch_item, num_parallel_calls=tf.data.AUTOTUNE)
+    if augmentation is not None:
+        from bcnb.augment import augment_dataset
+
+        ds = augment_dataset(ds, augmentation, seed)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 

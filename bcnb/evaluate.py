@@ -128,12 +128,15 @@ def load_metrics(run_dir: str | Path) -> dict:
 
 
 def save_predictions(
-    test: pd.DataFrame, y_prob: np.ndarray, run_dir: str | Path, threshold: float = 0.5
+    test: pd.DataFrame, y_prob: np.ndarray, run_dir: str | Path, calibrated=None, threshold: float = 0.5
 ) -> Path:
-    """One row per test image: its label, the predicted probability and class."""
+    """One row per test image: its label, the model's probability, the calibrated one (if
+    given) and the predicted class at ``threshold`` on the calibrated probability."""
+    decided = y_prob if calibrated is None else calibrated
     table = test[["path", "label", "patient_id", "magnification"]].assign(
         malignant_probability=np.round(y_prob, 6),
-        predicted=np.where(y_prob >= threshold, "malignant", "benign"),
+        calibrated_probability=np.round(decided, 6),
+        predicted=np.where(decided >= threshold, "malignant", "benign"),
     )
     return write_text_atomic(Path(run_dir) / PREDICTIONS_FILE, table.to_csv(index=False))
 

@@ -1,11 +1,15 @@
-"""Stage 2, model: the paper's ResNet50V2 transfer model.
+"""Stage 2, model: the paper's transfer model, on ResNet50V2 or another pretrained base.
 
-    image (0-255) -> Rescaling to [-1, 1] -> ResNet50V2 base, frozen, training=False
+    image (0-255) -> preprocessing layer -> base, frozen, training=False
                   -> GlobalAveragePooling2D -> Dropout(0.2) -> Dense(1, sigmoid)
 
-The pixel scaling is a layer of the model (it is exactly what
-``keras.applications.resnet_v2.preprocess_input`` does), so a saved model takes raw images
-and loads with Keras' safe mode: no Lambda layers.
+The paper's base is ResNet50V2, whose preprocessing (exactly what
+``keras.applications.resnet_v2.preprocess_input`` does) is a Rescaling to [-1, 1]; other
+bases bring their own (:mod:`bcnb.backbones`). Being a layer of the model, it travels with
+a saved model, which takes raw images and loads with Keras' safe mode: no Lambda layers.
+
+Fine-tuning (:func:`unfreeze_top_layers`) later lets the top of the base learn, with every
+BatchNormalization layer kept frozen.
 """
 
 from __future__ import annotations
@@ -18,14 +22,11 @@ from pathlib import Path
 
 import keras
 
+from bcnb.backbones import get_backbone
 from bcnb.config import Config
 from bcnb.files import replace_from_writer, write_json_atomic
 from bcnb.seeds import seed_everything
 
-IMAGENET_FILE = "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"
-IMAGENET_URL = f"https://storage.googleapis.com/tensorflow/keras-applications/resnet/{IMAGENET_FILE}"
-# md5 of the file above, as recorded in keras/src/applications/resnet.py (WEIGHTS_HASHES).
-IMAGENET_MD5 = "fac2f116257151a9d068a22e544a4917"
 FEATURE_LAYER = "pool"
 WEIGHTS_FILE = "weights.json"
 INITIAL_MODEL_FILE = "model_initial.keras"
@@ -59,7 +60,7 @@ class WeightsInfo:
         rule = "!" * 78
         return (
             f"{rule}\n"
-            "WARNING: the ResNet50V2 base has RANDOM weights, not ImageNet weights.\n"
+            "WARNING: the pretrained base has RANDOM weights, not ImageNet weights.\n"
             f"Reason: {self.source}\n"
             "This run is NOT transfer learning; its numbers cannot be compared with the\n"
             "paper's 0.9344. See data_instructions.md to install the ImageNet weights file.\n"
@@ -74,12 +75,14 @@ def keras_home() -> Path:
     return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras").expanduser()
 
 
-def imagenet_weights_path() -> Path:
-    """Where the ImageNet weights file must be for offline use."""
-    return keras_home() / "models" / IMAGENET_FILE
+def imagenet_weights_path(backbone: str = "resnet50v2", img_size: int = 224) -> Path:
+    """Where a backbone's ImageNet weights file must be for offline use."""
+    return keras_home() / "models" / get_backbone(backbone).weights_file(img_size)
 
 
-def resolve_weights(weights: str, allow_random_weights: bool) -> tuple[str | None, WeightsInfo]:
+def resolve_weights(
+    weights: str, allow_random_weights: bool, backbone: str = "resnet50v2", img_size: int = 224
+) -> tuple[str | None, WeightsInfo]:
     """Turn the ``weights`` parameter into what Keras loads, plus an honest record of it.
 
     "imagenet" goes through Keras' own download and cache (so a file placed in the cache
@@ -92,17 +95,19 @@ def resolve_weights(weights: str, allow_random_weights: bool) -> tuple[str | Non
         if not path.is_file():
             raise FileNotFoundError(f"weights: file {path} does not exist")
         return str(path), WeightsInfo(weights, "file", str(path), True)
+    spec = get_backbone(backbone)
+    file_name = spec.weights_file(img_size)
     try:
         path = keras.utils.get_file(
-            IMAGENET_FILE, IMAGENET_URL, cache_dir=str(keras_home()), cache_subdir="models",
-            file_hash=IMAGENET_MD5,
+            file_name, spec.weights_url(img_size), cache_dir=str(keras_home()), cache_subdir="models",
+            file_hash=spec.md5,
         )  # fmt: skip
     except Exception as error:  # Keras raises a bare Exception when the download fails
         reason = f"ImageNet weights unavailable ({_first_line(error)})"
         if not allow_random_weights:
             raise WeightsUnavailableError(
-                f"weights: cannot get {IMAGENET_FILE}; for offline use, put it at "
-                f"{imagenet_weights_path()} (see data_instructions.md), or set "
+                f"weights: cannot get {file_name}; for offline use, put it at "
+                f"{imagenet_weights_path(backbone, img_size)} (see data_instructions.md), or set "
                 "allow_random_weights=true to run without pretraining"
             ) from None
         return None, WeightsInfo(weights, "random", reason, False)
@@ -114,9 +119,9 @@ def _first_line(error: Exception) -> str:
     return text[-1][:200] if text else error.__class__.__name__
 
 
-def build_base_model(img_size: int, weights: str | None) -> keras.Model:
-    """ResNet50V2 without its ImageNet classifier, frozen."""
-    base_model = keras.applications.ResNet50V2(
+def build_base_model(img_size: int, weights: str | None, backbone: str = "resnet50v2") -> keras.Model:
+    """The pretrained base without its ImageNet classifier, frozen."""
+    base_model = get_backbone(backbone).build(
         include_top=False, weights=weights, input_shape=(img_size, img_size, 3)
     )
     # Frozen: its weights are not updated by training.
@@ -125,7 +130,11 @@ def build_base_model(img_size: int, weights: str | None) -> keras.Model:
 
 
 def build_model(
-    img_size: int = 224, weights: str | None = None, dropout: float = 0.2, precision: str = "float32"
+    img_size: int = 224,
+    weights: str | None = None,
+    dropout: float = 0.2,
+    precision: str = "float32",
+    backbone: str = "resnet50v2",
 ) -> keras.Model:
     """The paper's transfer model; ``weights`` is what Keras loads (see resolve_weights).
 
@@ -135,10 +144,10 @@ def build_model(
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(precision)  # Keras applications take the global policy
     try:
-        base_model = build_base_model(img_size, weights)
+        base_model = build_base_model(img_size, weights, backbone)
         inputs = keras.Input(shape=(img_size, img_size, 3), name="image")
-        # ResNet50V2 expects pixels in [-1, 1]: x / 127.5 - 1.
-        x = keras.layers.Rescaling(1 / 127.5, offset=-1, name="preprocess")(inputs)
+        # The pixels as this base saw them in ImageNet training; ResNet50V2: x / 127.5 - 1.
+        x = get_backbone(backbone).preprocessing()(inputs)
         # training=False asks for inference mode: BatchNormalization normalising with its
         # ImageNet statistics, not the batch's. In Keras 3, fit() overrides it for nested
         # models (keras-team/keras#20285); what guarantees inference mode is the frozen base,
@@ -149,14 +158,14 @@ def build_model(
         outputs = keras.layers.Dense(1, activation="sigmoid", name="classifier", dtype="float32")(x)
     finally:
         keras.config.set_dtype_policy(previous)
-    return keras.Model(inputs, outputs, name="bcnb_resnet50v2")
+    return keras.Model(inputs, outputs, name=f"bcnb_{backbone}")
 
 
 def build_transfer_model(cfg: Config) -> tuple[keras.Model, WeightsInfo]:
     """Stage entry point: resolve the weights and build the model for ``cfg``."""
-    keras_weights, info = resolve_weights(cfg.weights, cfg.allow_random_weights)
+    keras_weights, info = resolve_weights(cfg.weights, cfg.allow_random_weights, cfg.backbone, cfg.img_size)
     seed_everything(cfg.seed)  # random weights, where used, depend on the seed
-    return build_model(cfg.img_size, keras_weights, cfg.dropout, cfg.precision), info
+    return build_model(cfg.img_size, keras_weights, cfg.dropout, cfg.precision, cfg.backbone), info
 
 
 def base_of(model: keras.Model) -> keras.Model:
@@ -188,6 +197,24 @@ def classifier_head(model: keras.Model) -> keras.Model:
     features = keras.Input(shape=(n_features,), name="features")
     x = model.get_layer("dropout")(features)
     return keras.Model(features, model.get_layer("classifier")(x), name="head")
+
+
+def unfreeze_top_layers(model: keras.Model, n_layers: int) -> list[str]:
+    """Let the top ``n_layers`` layers of the base learn; return the names of those that do.
+
+    Layers are counted from the base's output down, as in the Keras fine-tuning guide.
+    BatchNormalization layers stay frozen wherever they are: a frozen BN layer runs in
+    inference mode, keeping its ImageNet statistics, whereas an unfrozen one would switch
+    to the statistics of each small batch and wreck the features it feeds (the base's
+    training=False call alone does not prevent that in Keras 3, keras-team/keras#20285).
+    Compile the model again afterwards: trainability is read when the model is compiled.
+    """
+    base = base_of(model)
+    base.trainable = True  # a frozen model freezes every layer inside; open it, then choose
+    top = base.layers[len(base.layers) - n_layers :] if n_layers > 0 else []
+    for layer in base.layers:
+        layer.trainable = layer in top and not isinstance(layer, keras.layers.BatchNormalization)
+    return [layer.name for layer in base.layers if layer.trainable and layer.weights]
 
 
 def count_parameters(model: keras.Model) -> dict[str, int]:

@@ -15,6 +15,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
+from bcnb.calibrate import brier_score, reliability_table
 from bcnb.datasets import CLASSES, magnification_order, read_image
 from bcnb.files import replace_from_writer
 
@@ -53,15 +54,19 @@ def plot_montage(table: pd.DataFrame, per_class: int = 4, seed: int = 0) -> Figu
 
 
 def plot_history(history: pd.DataFrame) -> Figure:
-    """Training and validation curves of loss, accuracy and AUC; the kept epoch marked."""
+    """Training and validation curves of loss, accuracy and AUC; the kept epoch marked, and
+    where fine-tuning began, if it did."""
     names = [m for m in ("loss", "accuracy", "auc") if m in history]
     fig = Figure(figsize=(4.2 * len(names), 3.2), layout="tight")
     axes = fig.subplots(1, len(names), squeeze=False)
     best = int(history.loc[history["val_loss"].idxmin(), "epoch"])
+    tuned = history["epoch"][history.get("phase", pd.Series(dtype=str)) == "fine_tune"]
     for ax, name in zip(axes[0], names):
         ax.plot(history["epoch"], history[name], label="train")
         ax.plot(history["epoch"], history[f"val_{name}"], label="validation")
         ax.axvline(best, color="grey", linestyle=":", label=f"kept (epoch {best})")
+        if len(tuned):
+            ax.axvline(tuned.iloc[0] - 0.5, color="black", linestyle="--", label="fine-tuning starts")
         ax.set(title=name, xlabel="epoch")
     axes[0][0].legend()
     return fig
@@ -86,4 +91,68 @@ def plot_roc_curve(y_true: np.ndarray, y_prob: np.ndarray) -> Figure:
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="Test ROC curve")
     ax.legend(loc="lower right")
+    return fig
+
+
+def plot_reliability(
+    y_true: np.ndarray, prob_before: np.ndarray, prob_after: np.ndarray, bins: int = 10
+) -> Figure:
+    """Reliability diagram: predicted probability against the observed malignant share.
+
+    A calibrated model lies on the diagonal. The histogram below shows how many images each
+    stretch of the curve rests on: a bin of three images can wander far from it by chance.
+    """
+    fig = Figure(figsize=(4.4, 5.2), layout="tight")
+    curve, counts = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    curve.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
+    for name, prob in (("before", prob_before), ("after", prob_after)):
+        table = reliability_table(y_true, prob, bins)
+        table = table[table["n"] > 0]
+        label = f"{name} (Brier {brier_score(y_true, prob):.3f})"
+        curve.plot(table["mean_probability"], table["observed_malignant_share"], marker="o", label=label)
+        counts.hist(np.asarray(prob), bins=bins, range=(0, 1), histtype="step", label=name)
+    curve.set(ylabel="observed malignant share", title="Reliability", xlim=(0, 1), ylim=(0, 1))
+    curve.legend(loc="upper left", fontsize=8)
+    counts.set(xlabel="predicted malignant probability", ylabel="images")
+    return fig
+
+
+def plot_gradcam(examples: pd.DataFrame, images: list[np.ndarray], overlays: list[np.ndarray]) -> Figure:
+    """Each example twice: the image, then its Grad-CAM overlay, titled with the truth, the
+    prediction and its calibrated probability."""
+    columns = 4  # two examples per row
+    rows = max(1, -(-2 * len(examples) // columns))
+    fig = Figure(figsize=(2.4 * columns, 2.5 * rows), layout="tight")
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    for i, (example, image, heat) in enumerate(zip(examples.itertuples(), images, overlays)):
+        axes[2 * i].imshow(image)
+        axes[2 * i].set_title(f"true {example.label}\n{example.outcome}", fontsize=8)
+        axes[2 * i + 1].imshow(heat)
+        percent = f"{100 * example.calibrated_probability:.0f}%"
+        axes[2 * i + 1].set_title(f"called {example.predicted}\nmalignant {percent}", fontsize=8)
+    for ax in axes:
+        ax.axis("off")
+    return fig
+
+
+def plot_augmentations(original: np.ndarray, augmented: list[np.ndarray]) -> Figure:
+    """One image and augmented versions of it, side by side."""
+    fig = Figure(figsize=(2.2 * (1 + len(augmented)), 2.4), layout="tight")
+    axes = fig.subplots(1, 1 + len(augmented), squeeze=False)[0]
+    for i, (ax, image) in enumerate(zip(axes, [original, *augmented])):
+        ax.imshow(np.asarray(image).astype("uint8"))
+        ax.set_title("original" if i == 0 else f"augmented {i}", fontsize=8)
+        ax.axis("off")
+    return fig
+
+
+def plot_overlays(images: list, titles: list[str]) -> Figure:
+    """Images in a row, each with its title (e.g. Grad-CAM overlays of new images)."""
+    fig = Figure(figsize=(2.6 * max(1, len(images)), 2.8), layout="tight")
+    axes = fig.subplots(1, max(1, len(images)), squeeze=False)[0]
+    for ax, image, title in zip(axes, images, titles):
+        ax.imshow(image)
+        ax.set_title(title, fontsize=9)
+    for ax in axes:
+        ax.axis("off")
     return fig

@@ -35,24 +35,26 @@ def render_report(config: dict, dataset: dict, split: pd.DataFrame, training: di
     sections = [
         "# bcnb run report",
         f"> {DISCLAIMER}",
-        _weights_warning(metrics),
+        _weights_warning(config, metrics),
         "## Dataset",
         _dataset_section(config, dataset, split),
         "## Model and training",
         _training_section(config, training, metrics),
         "## Test results",
         _results_section(metrics),
+        "## The decision rule, chosen on validation" if "decision" in metrics else "",
+        _decision_section(metrics.get("decision")),
         "## What these numbers can and cannot tell",
         _limits_section(config, metrics),
     ]
     return "\n\n".join(s for s in sections if s) + "\n"
 
 
-def _weights_warning(metrics: dict) -> str:
+def _weights_warning(config: dict, metrics: dict) -> str:
     if metrics["weights_pretrained"]:
         return ""
     return (
-        "**WARNING: the ResNet50V2 base had RANDOM weights, not ImageNet weights "
+        f"**WARNING: the {_title(config)} base had RANDOM weights, not ImageNet weights "
         f"({metrics['weights_source']}). This run is not transfer learning, and its numbers "
         "cannot be compared with the paper's.**"
     )
@@ -91,16 +93,36 @@ def _training_section(config: dict, training: dict, metrics: dict) -> str:
         metrics["weights"], "RANDOM (not pretrained)"
     )
     size = config["img_size"]
-    return (
-        "- model: ResNet50V2 (frozen, training=False) -> GlobalAveragePooling2D -> "
-        f"Dropout({config['dropout']}) -> Dense(1, sigmoid), input {size}x{size}x3\n"
-        f"- weights used: {weights}\n"
+    lines = [
+        f"- model: {_title(config)} (frozen, training=False) -> GlobalAveragePooling2D -> "
+        f"Dropout({config['dropout']}) -> Dense(1, sigmoid), input {size}x{size}x3",
+        f"- weights used: {weights}",
         f"- training: {how}; Adam, learning rate {config['learning_rate']}, "
-        f"batch size {config['batch_size']}, class weights {training['class_weight']}\n"
+        f"batch size {config['batch_size']}, class weights {training['class_weight']}",
+    ]
+    if config["fine_tune_layers"]:
+        lines.append(
+            f"- fine-tuning (beyond the paper): top {config['fine_tune_layers']} layers of the base, "
+            f"{len(training['fine_tuned_layers'])} of them with weights (BatchNormalization frozen), "
+            f"learning rate {config['fine_tune_learning_rate']}, "
+            f"{training['fine_tune_epochs_run']} of {config['fine_tune_epochs']} epochs run"
+        )
+    if config["augment"]:
+        lines.append("- augmentation (epochs on images): flips, quarter turns, brightness "
+                     f"{config['augment_brightness']}, contrast {config['augment_contrast']}, "
+                     f"H&E stain {config['augment_stain']}")  # fmt: skip
+    lines.append(
         f"- epochs: {training['epochs_run']} run of {training['epochs_requested']} requested; "
         f"weights of epoch {training['best_epoch']} kept (lowest validation loss); "
         f"{training['seconds']:.0f} s"
     )
+    return "\n".join(lines)
+
+
+def _title(config: dict) -> str:
+    from bcnb.backbones import get_backbone  # imports Keras: only when a report is written
+
+    return get_backbone(config["backbone"]).title
 
 
 def _results_section(metrics: dict) -> str:
@@ -131,6 +153,30 @@ def _results_section(metrics: dict) -> str:
         + "\n\nConfusion matrix:\n\n"
         + _markdown_table(matrix)
         + _per_magnification_table(metrics.get("per_magnification", {}))
+    )
+
+
+def _decision_section(decision: dict | None) -> str:
+    if not decision:
+        return ""
+    from bcnb.decision import summary_table
+
+    rule = decision["threshold_rule"]
+    why = {
+        "fixed": "fixed at 0.5",
+        "youden": "maximising sensitivity + specificity (Youden's J)",
+        "sensitivity": f"the highest reaching sensitivity {decision['target_sensitivity']}",
+    }[rule]
+    calibration = decision["calibration"]
+    return (
+        f"Probabilities are calibrated by temperature scaling (T = {decision['temperature']:.2f}) and "
+        f"images called malignant from {decision['threshold']:.3f} on, a threshold {why}; both were "
+        f"chosen on the {decision['chosen_on']}, never on test. Intervals resample test patients "
+        f"({decision['bootstrap_samples']} times); 'per patient' scores the mean probability of "
+        f"each of the {decision['patient_level']['n_patients']} test patients.\n\n"
+        + _markdown_table(summary_table(decision).reset_index())
+        + f"\n\nTest Brier score {calibration['test_brier_before']:.3f} before calibration, "
+        f"{calibration['test_brier_after']:.3f} after (lower is better)."
     )
 
 

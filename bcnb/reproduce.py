@@ -17,7 +17,10 @@ from pathlib import Path
 from bcnb.config import CONFIG_FILE, Config
 from bcnb.datasets import dataset_path, load_dataset, split_by_patient
 
-NOTEBOOKS = ("01_data.ipynb", "02_model.ipynb", "03_train.ipynb", "04_evaluate.ipynb")
+NOTEBOOKS = ("01_data.ipynb", "02_model.ipynb", "03_train.ipynb", "04_evaluate.ipynb",
+             "05_compare_backbones.ipynb", "06_predict.ipynb")  # fmt: skip
+# 05 trains every backbone again: it runs only when asked for (bcnb reproduce --compare).
+COMPARISON = "05_compare_backbones.ipynb"
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 # What the kernels write outside the notebooks (TensorFlow's C++ log) goes to this file.
 KERNEL_LOG = "kernels.log"
@@ -27,7 +30,7 @@ class NotebookFailed(RuntimeError):
     """A notebook raised while papermill executed it."""
 
 
-def check_inputs(cfg: Config) -> None:
+def check_inputs(cfg: Config, compare: bool = False) -> None:
     """Fail before any notebook runs if the dataset, split or weights cannot work."""
     split_by_patient(load_dataset(cfg).table, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     if cfg.weights.lower() not in {"imagenet", "none"}:
@@ -37,7 +40,8 @@ def check_inputs(cfg: Config) -> None:
     elif cfg.weights.lower() == "imagenet" and not cfg.allow_random_weights:
         with _native_stderr_silenced():  # importing TensorFlow: only when needed
             from bcnb.model import resolve_weights
-        resolve_weights(cfg.weights, allow_random_weights=False)
+        for backbone in {cfg.backbone, *(cfg.backbones_to_compare() if compare else [])}:
+            resolve_weights(cfg.weights, False, backbone, cfg.img_size)
 
 
 @contextmanager
@@ -75,18 +79,22 @@ def reproduce(
     progress_bar: bool = False,
     resume: bool = False,
     stop_after: str | None = None,
+    compare: bool = False,
 ) -> Path:
-    """Run every notebook on ``cfg`` and leave the results in ``out``; return ``out``.
+    """Run the notebooks on ``cfg`` and leave the results in ``out``; return ``out``.
+
+    Every notebook but 05, which compares backbones and runs only with ``compare``.
 
     With ``resume``, an interrupted run's staging folder is kept: its split, model, feature
     cache (shards included) and training checkpoint are used again, so training continues
     where it stopped. ``stop_after`` (a notebook's name) ends the run there, unfinished, and
     returns the staging folder, for ``bcnb extract --shard`` to fill before ``--resume``.
     """
-    last = notebook_named(stop_after) if stop_after else NOTEBOOKS[-1]
+    chosen = [name for name in NOTEBOOKS if compare or name != COMPARISON]
+    last = notebook_named(stop_after) if stop_after else chosen[-1]
     out = Path(out).resolve()
     notebooks_dir = Path(notebooks_dir)
-    missing = [name for name in NOTEBOOKS if not (notebooks_dir / name).is_file()]
+    missing = [name for name in chosen if not (notebooks_dir / name).is_file()]
     if missing:
         raise FileNotFoundError(f"notebooks: {notebooks_dir} lacks {', '.join(missing)}")
     # Paths in the parameters must not depend on the kernels' working folder.
@@ -95,7 +103,7 @@ def reproduce(
     if cfg.weights.lower() not in {"imagenet", "none"}:
         cfg = cfg.replace(weights=str(Path(cfg.weights).expanduser().resolve()))
     progress("checking the dataset and parameters")
-    check_inputs(cfg)
+    check_inputs(cfg, compare)
     staging = out.parent / f".{out.name}.partial"
     if resume:
         check_resumable(staging, cfg)
@@ -103,8 +111,8 @@ def reproduce(
         shutil.rmtree(staging, ignore_errors=True)
     (staging / "notebooks").mkdir(parents=True, exist_ok=True)
     with _native_stderr_to(staging / "notebooks" / KERNEL_LOG):
-        for number, name in enumerate(NOTEBOOKS, start=1):
-            progress(f"[{number}/{len(NOTEBOOKS)}] {name}")
+        for number, name in enumerate(chosen, start=1):
+            progress(f"[{number}/{len(chosen)}] {name}")
             target = staging / "notebooks" / name
             _execute(notebooks_dir / name, target, cfg.replace(run_dir=str(staging)), progress_bar)
             if name == last and stop_after:

@@ -1,4 +1,4 @@
-"""Refresh notebooks/01-04: parameters cells from bcnb.Config, then the checked outputs.
+"""Refresh notebooks/01-06: parameters cells from bcnb.Config, then the checked outputs.
 
 Each notebook's `parameters` cell is rewritten to hold every Config field at its default.
 The notebooks are then executed with those defaults, and they keep the outputs of cells

@@ -7,7 +7,7 @@ import pytest
 
 from bcnb import model as bcnb_model
 from bcnb import train
-from bcnb.checkpoint import CHECKPOINT_FILE, TrainingState, run_fingerprint
+from bcnb.checkpoint import CHECKPOINT_FILE, FINE_TUNE_CHECKPOINT_FILE, TrainingState, run_fingerprint
 
 
 class Killed(Exception):
@@ -49,6 +49,28 @@ def test_resumed_training_ends_like_an_uninterrupted_run(tiny_cfg, tiny_split, s
         whole_model.get_layer("classifier").kernel.numpy(),
     )
     assert not (tmp_path / "resumed" / CHECKPOINT_FILE).exists()  # finished: no checkpoint left
+
+
+def test_resumed_fine_tuning_ends_like_an_uninterrupted_run(tiny_cfg, tiny_split, start, tmp_path):
+    """Killed in the second phase (augmented images, top of the base learning): the head's
+    finished checkpoint is reused as it is, and fine-tuning carries on from its own."""
+    cfg = tiny_cfg.replace(epochs=3, patience=10, fine_tune_layers=12, fine_tune_epochs=4,
+                           fine_tune_learning_rate=1e-3, augment=True)  # fmt: skip
+    whole_model, whole = _train(cfg.replace(run_dir=str(tmp_path / "whole")), tiny_split, start)
+    resumed_cfg = cfg.replace(run_dir=str(tmp_path / "resumed"))
+    with pytest.raises(Killed):
+        _train(resumed_cfg, tiny_split, start, stop_after=5)  # 3 head epochs, then 2 fine-tuning
+    assert (tmp_path / "resumed" / FINE_TUNE_CHECKPOINT_FILE).is_file()
+    resumed_model, resumed = _train(resumed_cfg, tiny_split, start)
+    pd.testing.assert_frame_equal(resumed, whole)
+    for resumed_kernel, whole_kernel in zip(_learned_kernels(resumed_model), _learned_kernels(whole_model)):
+        np.testing.assert_array_equal(resumed_kernel, whole_kernel)
+
+
+def _learned_kernels(model):
+    """A fine-tuned layer of the base, and the head."""
+    top = model.get_layer("resnet50v2").get_layer("conv5_block3_3_conv")
+    return [top.kernel.numpy(), model.get_layer("classifier").kernel.numpy()]
 
 
 def test_a_checkpoint_of_another_run_is_ignored(tiny_cfg, tiny_split, start, tmp_path):

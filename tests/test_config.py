@@ -35,6 +35,19 @@ BAD_VALUES = {
     "strategy": ("multi_worker", "strategy: expected one of auto, mirrored"),
     "seed": (-3, "seed"),
     "run_dir": ("", "run_dir"),
+    "backbone": ("resnet18", "backbone: expected one of resnet50v2, vgg19"),
+    "augment": ("no", "augment: expected bool"),
+    "augment_brightness": (0.8, "augment_brightness: expected a number between 0.0 and 0.5"),
+    "augment_contrast": (-0.1, "augment_contrast"),
+    "augment_stain": (0.6, "augment_stain"),
+    "fine_tune_layers": (-2, "fine_tune_layers"),
+    "fine_tune_epochs": (0, "fine_tune_epochs"),
+    "fine_tune_learning_rate": (0.0, "fine_tune_learning_rate"),
+    "threshold_rule": ("median", "threshold_rule: expected one of fixed, youden, sensitivity"),
+    "target_sensitivity": (0.2, "target_sensitivity"),
+    "bootstrap_samples": (10, "bootstrap_samples: expected an integer >= 100"),
+    "compare_backbones": ("vgg19,lenet", "compare_backbones: expected one of .* got 'lenet'"),
+    "predict_images": (3, "predict_images: expected str"),
 }
 
 

@@ -1,4 +1,5 @@
 import hashlib
+from dataclasses import replace
 
 import h5py
 import keras
@@ -6,6 +7,9 @@ import numpy as np
 import pytest
 
 from bcnb import model as bcnb_model
+from bcnb.backbones import BACKBONES
+
+RESNET_FILE = "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"  # Keras' name for it
 
 IMG = 32  # the smallest size ResNet50V2 accepts: fast, same layers and parameters
 
@@ -145,10 +149,10 @@ def test_imagenet_unavailable_falls_back_to_random_loudly(monkeypatch):
 def test_imagenet_unavailable_without_fallback_names_the_file_and_place(monkeypatch, tmp_path):
     monkeypatch.setattr(keras.utils, "get_file", _no_network)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    expected = tmp_path / "models" / bcnb_model.IMAGENET_FILE
+    expected = tmp_path / "models" / RESNET_FILE
     with pytest.raises(bcnb_model.WeightsUnavailableError, match=str(expected)) as error:
         bcnb_model.resolve_weights("imagenet", allow_random_weights=False)
-    assert bcnb_model.IMAGENET_FILE in str(error.value) and "data_instructions.md" in str(error.value)
+    assert RESNET_FILE in str(error.value) and "data_instructions.md" in str(error.value)
 
 
 def test_imagenet_weights_from_the_keras_cache_work_offline(monkeypatch, tmp_path):
@@ -159,14 +163,15 @@ def test_imagenet_weights_from_the_keras_cache_work_offline(monkeypatch, tmp_pat
     """
     keras.utils.set_random_seed(5)
     base = bcnb_model.build_base_model(IMG, None)
-    cached = tmp_path / "models" / bcnb_model.IMAGENET_FILE
+    cached = tmp_path / "models" / RESNET_FILE
     cached.parent.mkdir()
     from keras.src.legacy.saving import legacy_h5_format
 
     with h5py.File(cached, "w") as handle:
         legacy_h5_format.save_weights_to_hdf5_group(handle, base)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    monkeypatch.setattr(bcnb_model, "IMAGENET_MD5", hashlib.md5(cached.read_bytes()).hexdigest())
+    resnet = replace(BACKBONES["resnet50v2"], md5=hashlib.md5(cached.read_bytes()).hexdigest())
+    monkeypatch.setitem(BACKBONES, "resnet50v2", resnet)
     keras_weights, info = bcnb_model.resolve_weights("imagenet", allow_random_weights=False)
     assert info.used == "imagenet" and info.pretrained and keras_weights == str(cached)
     model = bcnb_model.build_model(IMG, keras_weights)
@@ -193,3 +198,38 @@ def test_mixed_bfloat16_computes_in_bf16_but_answers_in_float32():
     np.testing.assert_allclose(
         model.predict(images, verbose=0), float32.predict(images, verbose=0), atol=0.05
     )
+
+
+def test_fine_tuning_unfreezes_the_top_but_never_batchnorm():
+    """The top layers learn, BatchNormalization stays frozen with its statistics fixed."""
+    keras.utils.set_random_seed(7)
+    model = bcnb_model.build_model(IMG, weights=None)
+    base = model.get_layer("resnet50v2")
+    learning = bcnb_model.unfreeze_top_layers(model, 12)
+    top = base.layers[-12:]
+    assert learning == [layer.name for layer in top if layer.weights and not _is_bn(layer)]
+    assert "conv5_block3_3_conv" in learning and "post_bn" not in learning
+    assert all(not layer.trainable for layer in base.layers[:-12])
+    assert all(not layer.trainable for layer in base.layers if _is_bn(layer))
+    before_stats = _moving_statistics(model)
+    kernel = base.get_layer("conv5_block3_3_conv").kernel
+    frozen_kernel = base.get_layer("conv1_conv").kernel
+    before_kernel, before_frozen = kernel.numpy().copy(), frozen_kernel.numpy().copy()
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="binary_crossentropy")
+    images = np.random.default_rng(2).uniform(0, 255, (4, IMG, IMG, 3)).astype(np.float32)
+    model.train_on_batch(images, np.array([[0.0], [1.0], [0.0], [1.0]], dtype=np.float32))
+    for before, after in zip(before_stats, _moving_statistics(model)):
+        np.testing.assert_array_equal(before, after)
+    assert not np.allclose(before_kernel, kernel.numpy())  # the unfrozen top learned
+    np.testing.assert_array_equal(before_frozen, frozen_kernel.numpy())  # the rest did not
+
+
+def test_unfreezing_zero_layers_leaves_only_the_head():
+    keras.utils.set_random_seed(8)
+    model = bcnb_model.build_model(IMG, weights=None)
+    assert bcnb_model.unfreeze_top_layers(model, 0) == []
+    assert [w.path.split("/")[0] for w in model.trainable_weights] == ["classifier", "classifier"]
+
+
+def _is_bn(layer):
+    return isinstance(layer, keras.layers.BatchNormalization)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import nbformat
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -68,6 +69,11 @@ SMALL = {
     "epochs": 4,
     "weights": "none",
     "learning_rate": 0.03,
+    # Beyond the paper, so that the run covers them too: augmentation and fine-tuning.
+    "augment": True,
+    "fine_tune_layers": 10,
+    "fine_tune_epochs": 2,
+    "compare_backbones": "resnet50v2,mobilenetv2",
 }
 
 
@@ -75,6 +81,8 @@ RESULT_FILES = (
     "config.yaml", "split.csv", "model.keras", "history.csv", "training.json", "metrics.json",
     "report.md", "predictions.csv", "weights.json", "figures/roc_curve.png",
     "figures/confusion_matrix.png", "figures/learning_curves.png", "figures/montage.png",
+    "figures/reliability.png", "figures/grad_cam.png", "decision.json", "compare/backbones.csv",
+    "compare/paired.csv", "compare/mobilenetv2/model.keras",
 )  # fmt: skip
 
 
@@ -84,7 +92,7 @@ def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "small"
     sets = [arg for key, value in SMALL.items() for arg in ("--set", f"{key}={value}")]
     result = subprocess.run(
-        [sys.executable, "-m", "bcnb", "reproduce", "--out", str(out), *sets],
+        [sys.executable, "-m", "bcnb", "reproduce", "--out", str(out), "--compare", *sets],
         capture_output=True,
         text=True,
         timeout=900,
@@ -101,7 +109,7 @@ def test_reproduce_leaves_every_result_in_the_run_folder(run):
     assert set(NOTEBOOKS) <= {p.name for p in (out / "notebooks").iterdir()}
     assert not any(p.name.startswith(".") for p in out.parent.iterdir())  # no staging left
     for number, name in enumerate(NOTEBOOKS, start=1):
-        assert f"[{number}/4] {name}" in result.stderr  # progress, notebook by notebook
+        assert f"[{number}/6] {name}" in result.stderr  # progress, notebook by notebook
 
 
 @pytest.mark.slow
@@ -120,8 +128,18 @@ def test_metrics_agree_with_the_predictions_and_split(run):
     predictions = pd.read_csv(out / "predictions.csv")
     assert metrics["n_test_images"] == len(test) == len(predictions)
     assert metrics["n_test_patients"] == test["patient_id"].nunique()
-    correct = (predictions["label"] == predictions["predicted"]).mean()
+    at_half = np.where(predictions["malignant_probability"] >= 0.5, "malignant", "benign")
+    correct = (predictions["label"] == at_half).mean()
     assert metrics["test_accuracy"] == pytest.approx(correct, abs=1e-6)  # Keras' evaluate = our count
+    decided = metrics["decision"]  # at the threshold chosen on validation, on calibrated probabilities
+    assert (
+        (predictions["calibrated_probability"] >= decided["threshold"])
+        .eq(predictions["predicted"] == "malignant")
+        .all()
+    )
+    assert decided["image_level"]["accuracy"] == pytest.approx(
+        (predictions["label"] == predictions["predicted"]).mean()
+    )
     (tn, fp), (fn, tp) = metrics["confusion_matrix"]
     assert tn + fp == (test["label"] == "benign").sum() and fn + tp == (test["label"] == "malignant").sum()
     assert metrics["balanced_accuracy"] == pytest.approx((tp / (tp + fn) + tn / (tn + fp)) / 2)
@@ -155,7 +173,7 @@ def test_report_tells_what_was_run_and_what_it_means(run):
 def test_notebook_02_warns_loudly_about_random_weights(run):
     executed = nbformat.read(run[0] / "notebooks" / "02_model.ipynb", as_version=4)
     text = "".join(o.get("text", "") for c in _code_cells(executed) for o in c.outputs)
-    assert "WARNING: the ResNet50V2 base has RANDOM weights" in text
+    assert "WARNING: the pretrained base has RANDOM weights" in text
 
 
 @pytest.mark.slow
@@ -284,3 +302,63 @@ def test_sharded_extraction_workflow(run, tmp_path):
     before, after = (json.loads((folder / "metrics.json").read_text()) for folder in (run[0], out))
     assert after["confusion_matrix"] == before["confusion_matrix"]
     assert after["test_loss"] == pytest.approx(before["test_loss"], rel=1e-3)
+
+
+# --------------------------------------------------------------------------- beyond the paper
+@pytest.mark.slow
+def test_fine_tuning_ran_after_the_head(run):
+    out, _ = run
+    history = pd.read_csv(out / "history.csv")
+    assert history["phase"].tolist() == ["head"] * (len(history) - 2) + ["fine_tune"] * 2
+    training = json.loads((out / "training.json").read_text())
+    assert training["fine_tune_epochs_run"] == 2 and training["augment"] is True
+    assert training["fine_tuned_layers"] and not any("bn" in name for name in training["fine_tuned_layers"])
+    assert "fine-tuning (beyond the paper): top 10 layers" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_report_states_the_decision_rule_and_patient_intervals(run):
+    out, _ = run
+    report = (out / "report.md").read_text()
+    decided = json.loads((out / "decision.json").read_text())
+    assert decided["threshold_rule"] == "youden" and decided["chosen_on"].startswith("validation split")
+    assert f"images called malignant from {decided['threshold']:.3f} on" in report
+    assert "never on test" in report and "95% CI (patients resampled)" in report
+
+
+@pytest.mark.slow
+def test_backbone_comparison_on_the_same_split(run):
+    out, _ = run
+    table = pd.read_csv(out / "compare" / "backbones.csv", index_col="backbone")
+    assert table.index.tolist() == ["resnet50v2", "mobilenetv2"]
+    assert table.loc["mobilenetv2", "parameters (M)"] < table.loc["resnet50v2", "parameters (M)"]
+    assert (table["weights"] == "RANDOM").all()  # said in the table, as no ImageNet file is here
+    paired = pd.read_csv(out / "compare" / "paired.csv", index_col="backbone")
+    assert paired.index.tolist() == ["mobilenetv2"] and 0 <= paired.loc["mobilenetv2", "McNemar p"] <= 1
+    split = pd.read_csv(out / "split.csv")
+    for name in ("resnet50v2", "mobilenetv2"):  # every backbone trained on the main run's split
+        assert (pd.read_csv(out / "compare" / name / "history.csv")["epoch"] >= 1).all()
+        assert len(np.load(out / "compare" / name / "features" / "all.npy", mmap_mode="r")) == len(split)
+
+
+@pytest.mark.slow
+def test_bcnb_predict_on_the_run(run, tmp_path):
+    """The command line predicts like notebook 04 on test images and refuses a bad file."""
+    out, _ = run
+    predictions = pd.read_csv(out / "predictions.csv").head(3)
+    folder = tmp_path / "new"
+    folder.mkdir()
+    for i, path in enumerate(predictions["path"]):
+        (folder / f"{i}.png").write_bytes(open(path, "rb").read())
+    (folder / "broken.png").write_bytes(b"not an image")
+    command = [sys.executable, "-m", "bcnb", "predict", str(folder), "--model", str(out / "model.keras"),
+               "--csv", str(tmp_path / "p.csv"), "--cam-dir", str(tmp_path / "cams")]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2  # one file refused
+    assert "broken.png: refused, not an image" in result.stderr and "Traceback" not in result.stderr
+    table = pd.read_csv(tmp_path / "p.csv", keep_default_na=False).set_index("file")
+    for i, row in predictions.reset_index().iterrows():
+        got = table.loc[str(folder / f"{i}.png")]
+        assert got["label"] == row["predicted"]
+        assert float(got["probability"]) == pytest.approx(row["calibrated_probability"], abs=1e-3)
+    assert len(list((tmp_path / "cams").glob("*_gradcam.png"))) == 3

@@ -111,3 +111,39 @@ def test_class_weight_changes_training(tiny_cfg, tiny_split, tmp_path):
         losses[choice] = train.train_model(cfg, _fresh_model(cfg), tiny_split)["loss"].tolist()
         assert train.load_training_summary(cfg.run_dir)["class_weight"] == choice
     assert losses["none"] != losses["balanced"]
+
+
+def _moving_statistics(model):
+    return [w.numpy().copy() for w in model.weights if "moving_" in w.path]
+
+
+def test_fine_tuning_follows_the_head_and_keeps_batchnorm_fixed(tiny_cfg, tiny_split, tmp_path):
+    cfg = tiny_cfg.replace(run_dir=str(tmp_path), fine_tune_layers=12, fine_tune_epochs=3,
+                           fine_tune_learning_rate=1e-3, augment=True)  # fmt: skip
+    model = _fresh_model(cfg)
+    base = model.get_layer("resnet50v2")
+    statistics, top = _moving_statistics(model), base.get_layer("conv5_block3_3_conv").kernel
+    top_before = top.numpy().copy()
+    history = train.train_model(cfg, model, tiny_split)
+    assert history["phase"].tolist() == ["head"] * cfg.epochs + ["fine_tune"] * 3
+    summary = train.load_training_summary(cfg.run_dir)
+    assert "conv5_block3_3_conv" in summary["fine_tuned_layers"] and summary["fine_tune_epochs_run"] == 3
+    for before, after in zip(statistics, _moving_statistics(model)):
+        np.testing.assert_array_equal(before, after)
+    # The weights kept are the best epoch's: fine-tuned ones only if fine-tuning won.
+    fine_tuning_won = history.loc[history["val_loss"].idxmin(), "phase"] == "fine_tune"
+    assert np.array_equal(top_before, top.numpy()) != fine_tuning_won
+
+
+def test_a_finished_state_does_not_train_on():
+    """A run that stopped early and is resumed must not carry on past its stop."""
+    from bcnb.checkpoint import TrainingState
+
+    class Untrainable:
+        trainable_variables = []
+
+        def fit(self, *args, **kwargs):
+            raise AssertionError("a finished run trained again")
+
+    state = TrainingState("f", epoch=3, done=True, history=[{"val_loss": 1.0}] * 3)
+    assert train.fit(Untrainable(), lambda epoch: None, None, epochs=10, patience=2, state=state) is state

@@ -1,0 +1,76 @@
+"""Grad-CAM: where in the image the base's last convolutional maps pushed the decision.
+
+Selvaraju et al. (2017) weigh each feature map of the last convolutional block by the mean
+gradient of the class score with respect to it, sum, and keep the positive part. The score
+here is the logit of "malignant" for images called malignant, and its negative for images
+called benign, so the heat always shows the evidence *for the predicted class*.
+
+With this model's head (global average pooling, then one Dense unit) the gradient is the
+same at every position, so Grad-CAM equals the class activation map of Zhou et al. (2016);
+computing it by gradient keeps it right for any head.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+
+from bcnb.model import FEATURE_LAYER, base_of
+
+
+def gradcam(model: keras.Model, images: np.ndarray, called_malignant=None) -> tuple[np.ndarray, np.ndarray]:
+    """Heatmaps (N, H, W) in [0, 1] at the images' size, and the probabilities (N,).
+
+    ``images`` are raw 0-255 pixels, (N, H, W, 3), as the model takes them.
+    ``called_malignant`` (N booleans) says which class each heatmap explains; by default,
+    the class the probability favours (>= 0.5).
+    """
+    import tensorflow as tf
+
+    images = tf.convert_to_tensor(np.asarray(images, dtype="float32"))
+    maps = base_of(model)(model.get_layer("preprocess")(images), training=False)
+    maps = tf.cast(maps, tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(maps)
+        probability = _head(model, maps)
+        logit = tf.math.log(probability) - tf.math.log1p(-probability)
+        malignant = probability >= 0.5 if called_malignant is None else np.reshape(called_malignant, (-1, 1))
+        score = tf.where(malignant, logit, -logit)
+    weights = tf.reduce_mean(tape.gradient(score, maps), axis=(1, 2), keepdims=True)
+    heat = tf.nn.relu(tf.reduce_sum(weights * maps, axis=-1, keepdims=True))
+    heat = tf.image.resize(heat, images.shape[1:3], method="bilinear")[..., 0]
+    peak = tf.reduce_max(heat, axis=(1, 2), keepdims=True)
+    heat = tf.math.divide_no_nan(heat, peak)  # each map to [0, 1]; all-zero stays zero
+    return heat.numpy(), probability.numpy().reshape(-1)
+
+
+def _head(model: keras.Model, maps):
+    """The model from the base's maps to the probability (Dropout is idle at inference)."""
+    import tensorflow as tf
+
+    pooled = model.get_layer(FEATURE_LAYER)(maps)
+    probability = model.get_layer("classifier")(pooled)
+    # Clip so the logit stays finite for a probability that rounds to 0 or 1.
+    return tf.clip_by_value(tf.cast(probability, tf.float32), 1e-7, 1 - 1e-7)
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """The image with its heatmap laid over it in colour (uint8 RGB)."""
+    colour = colormaps["jet"](np.clip(heat, 0, 1))[..., :3] * 255
+    mixed = (1 - alpha) * np.asarray(image, dtype="float32") + alpha * colour
+    return np.clip(mixed, 0, 255).astype("uint8")
+
+
+def pick_examples(predictions: pd.DataFrame, per_group: int = 2, seed: int = 0) -> pd.DataFrame:
+    """Up to ``per_group`` test images for each of: true class x right or wrong.
+
+    ``predictions`` is predictions.csv's table (label, predicted). The four groups show what
+    the model looks at when it is right and when it is wrong, for each class.
+    """
+    right = predictions["label"] == predictions["predicted"]
+    table = predictions.assign(outcome=np.where(right, "right", "wrong"))
+    groups = table.groupby(["label", "outcome"], sort=True)
+    picked = [group.sample(min(per_group, len(group)), random_state=seed) for _, group in groups]
+    return pd.concat(picked).reset_index(drop=True) if picked else table.head(0)

@@ -1,0 +1,100 @@
+"""Stage 5, predict: a finished run's model and decision rule applied to new images.
+
+For each image: the calibrated probability of malignancy in percent, the label at the
+threshold chosen on validation (``decision.json``, written by notebook 04), and optionally a
+Grad-CAM overlay. Files that are not readable images are refused one by one with the reason;
+a model file is only loaded with Keras' safe mode on, so a file that would run arbitrary code
+(a Lambda layer) is refused too. Teaching and research only, never diagnosis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from bcnb.calibrate import as_percent
+from bcnb.config import CONFIG_FILE, Config
+from bcnb.decision import apply_decision, load_decision
+from bcnb.files import replace_from_writer
+from bcnb.gradcam import gradcam, overlay
+from bcnb.images import IMAGE_SUFFIXES, fit_to_square, read_rgb
+from bcnb.scan import inspect_file
+
+BATCH = 16
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """A trained model with the decision rule and image preparation of its run."""
+
+    model: keras.Model
+    rule: dict  # temperature and threshold, from decision.json
+    img_size: int
+    resize: str
+
+    @classmethod
+    def from_run(cls, model_path: str | Path) -> Predictor:
+        """Load ``model_path`` (a run's model.keras) and the decision rule beside it."""
+        path = Path(model_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"--model: {path} does not exist")
+        try:
+            model = keras.models.load_model(path, safe_mode=True)
+        except Exception as error:  # Keras raises many kinds; all mean "not loadable safely"
+            reason = " ".join(str(error).split())[:200]
+            raise ValueError(f"--model: {path} cannot be loaded in safe mode ({reason})") from None
+        rule = load_decision(path.parent)
+        config = path.parent / CONFIG_FILE
+        resize = Config.from_file(config).resize if config.is_file() else "squash"
+        return cls(model, rule, int(model.input_shape[1]), resize)
+
+
+def find_images(target: str | Path) -> list[Path]:
+    """The image files named by ``target``: one file, or every image under a folder."""
+    target = Path(target)
+    if target.is_file():
+        return [target]
+    if target.is_dir():
+        found = sorted(p for p in target.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not found:
+            raise ValueError(f"{target}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+        return found
+    raise FileNotFoundError(f"{target}: no such file or folder")
+
+
+def predict_files(predictor: Predictor, paths: list[Path], cam_dir: str | Path | None = None) -> pd.DataFrame:
+    """One row per file: its calibrated malignancy (probability and percent) and label, or
+    the reason it was refused. With ``cam_dir``, a Grad-CAM overlay PNG per image."""
+    problems = {path: inspect_file(path)[0] for path in paths}
+    readable = [path for path in paths if not problems[path]]
+    rows = [_refused(path, problems[path]) for path in paths if problems[path]]
+    for start in range(0, len(readable), BATCH):
+        batch = readable[start : start + BATCH]
+        images = np.stack([fit_to_square(read_rgb(p), predictor.img_size, predictor.resize) for p in batch])
+        probabilities = predictor.model.predict(images, verbose=0).reshape(-1)
+        calibrated, labels = apply_decision(predictor.rule, probabilities)
+        for path, probability, label in zip(batch, calibrated, labels):
+            rows.append({"file": str(path), "malignant": as_percent(probability),
+                         "probability": round(float(probability), 4), "label": label,
+                         "refused": ""})  # fmt: skip
+        if cam_dir is not None:
+            heat, _ = gradcam(predictor.model, images, called_malignant=labels == "malignant")
+            for row, path, image, cam in zip(rows[-len(batch) :], batch, images, heat):
+                # Numbered: two folders may hold files of the same name.
+                name = f"{paths.index(path):04d}_{path.stem}_gradcam.png"
+                row["grad_cam"] = str(save_overlay(overlay(image, cam), Path(cam_dir) / name))
+    order = {str(path): i for i, path in enumerate(paths)}
+    return pd.DataFrame(rows).sort_values("file", key=lambda names: names.map(order)).reset_index(drop=True)
+
+
+def _refused(path: Path, problem: str) -> dict:
+    return {"file": str(path), "malignant": "", "probability": np.nan, "label": "", "refused": problem}
+
+
+def save_overlay(pixels: np.ndarray, path: Path) -> Path:
+    return replace_from_writer(path, lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG"))

@@ -1,0 +1,69 @@
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from bcnb import gradcam
+from bcnb import model as bcnb_model
+
+IMG = 32
+
+
+@pytest.fixture(scope="module")
+def model():
+    keras.utils.set_random_seed(3)
+    return bcnb_model.build_model(IMG, None)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(0).uniform(0, 255, (3, IMG, IMG, 3)).astype("float32")
+
+
+def _class_activation_map(model, images, sign):
+    """CAM by hand (Zhou et al.): with pooling + one Dense unit, Grad-CAM must equal it."""
+    maps = bcnb_model.base_of(model)(model.get_layer("preprocess")(images), training=False).numpy()
+    weights = model.get_layer("classifier").kernel.numpy()[:, 0]
+    cam = np.maximum(sign * np.tensordot(maps, weights, axes=([3], [0])), 0)[..., None]
+    import tensorflow as tf
+
+    cam = tf.image.resize(cam, (IMG, IMG), method="bilinear").numpy()[..., 0]
+    peak = cam.max(axis=(1, 2), keepdims=True)
+    return np.divide(cam, peak, out=np.zeros_like(cam), where=peak > 0)
+
+
+@pytest.mark.parametrize("malignant", [True, False])
+def test_gradcam_equals_the_class_activation_map(model, images, malignant):
+    heat, probability = gradcam.gradcam(model, images, called_malignant=[malignant] * 3)
+    assert heat.shape == (3, IMG, IMG) and heat.min() >= 0 and heat.max() <= 1
+    np.testing.assert_allclose(probability, model.predict(images, verbose=0).reshape(-1), rtol=1e-4)
+    expected = _class_activation_map(model, images, 1 if malignant else -1)
+    np.testing.assert_allclose(heat, expected, atol=1e-4)
+
+
+def test_the_two_classes_light_up_different_places(model, images):
+    """Evidence for malignant and for benign come from opposite signs of the same sum."""
+    malignant, _ = gradcam.gradcam(model, images, called_malignant=[True] * 3)
+    benign, _ = gradcam.gradcam(model, images, called_malignant=[False] * 3)
+    assert not np.allclose(malignant, benign)
+
+
+def test_overlay_blends_the_heatmap_over_the_image():
+    image = np.full((4, 4, 3), 100, dtype="uint8")
+    heat = np.zeros((4, 4))
+    heat[0, 0] = 1.0
+    out = gradcam.overlay(image, heat, alpha=0.5)
+    assert out.dtype == np.uint8 and out.shape == (4, 4, 3)
+    np.testing.assert_array_equal(gradcam.overlay(image, heat, alpha=0.0), image)
+    assert out[0, 0, 0] > out[3, 3, 0]  # "jet" is red where the heat is highest
+
+
+def test_pick_examples_covers_right_and_wrong_of_each_class():
+    predictions = pd.DataFrame({
+        "label": ["benign"] * 4 + ["malignant"] * 4,
+        "predicted": ["benign"] * 3 + ["malignant"] * 3 + ["benign"] * 2,
+    })  # fmt: skip
+    picked = gradcam.pick_examples(predictions, per_group=2, seed=0)
+    counts = picked.groupby(["label", "outcome"]).size().to_dict()
+    expected = {("benign", "right"): 2, ("benign", "wrong"): 1, ("malignant", "right"): 2}
+    assert counts == {**expected, ("malignant", "wrong"): 2}

@@ -1,0 +1,82 @@
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from bcnb import Config, cli, decision
+from bcnb import model as bcnb_model
+from bcnb.images import fit_to_square, read_rgb
+from bcnb.predict import Predictor, find_images, predict_files
+
+IMG = 32
+RULE = {"temperature": 2.0, "threshold": 0.5, "threshold_rule": "fixed"}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A finished run as predict sees it: model.keras, decision.json and config.yaml."""
+    folder = tmp_path_factory.mktemp("run")
+    keras.utils.set_random_seed(4)
+    model = bcnb_model.build_model(IMG, None)
+    model.get_layer("classifier").bias.assign([0.3])
+    bcnb_model.save_model(model, folder / "model.keras")
+    decision.save_decision(RULE, folder)
+    Config(img_size=IMG, resize="center_crop").save(folder)
+    return folder
+
+
+@pytest.fixture
+def images(tmp_path):
+    folder = tmp_path / "new"
+    (folder / "deeper").mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for name in ("a.png", "deeper/b.jpg"):
+        Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(folder / name)
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.txt").write_text("not an image suffix: ignored")
+    return folder
+
+
+def test_predictions_are_the_calibrated_model_output(run_dir, images, tmp_path):
+    predictor = Predictor.from_run(run_dir / "model.keras")
+    assert (predictor.img_size, predictor.resize) == (IMG, "center_crop")  # from the run's config
+    paths = find_images(images)
+    assert [p.name for p in paths] == ["a.png", "b.jpg", "empty.png"]  # sorted by path
+    table = predict_files(predictor, paths, cam_dir=tmp_path / "cams").set_index("file")
+    assert table.loc[str(images / "empty.png"), "refused"] == "empty file (0 bytes)"
+    for path in paths[:2]:
+        pixels = fit_to_square(read_rgb(path), IMG, "center_crop")[None].astype("float32")
+        raw = float(predictor.model.predict(pixels, verbose=0)[0, 0])
+        expected = 1 / (1 + np.exp(-np.log(raw / (1 - raw)) / RULE["temperature"]))
+        row = table.loc[str(path)]
+        assert row["probability"] == pytest.approx(expected, abs=1e-4)
+        assert row["label"] == ("malignant" if expected >= 0.5 else "benign")
+        assert row["malignant"] == f"{round(100 * expected)}%"
+        assert Image.open(row["grad_cam"]).size == (IMG, IMG)
+
+
+def test_a_model_with_code_in_it_is_refused(tmp_path):
+    inputs = keras.Input((4,))
+    outputs = keras.layers.Lambda(lambda x: x * 2)(inputs)
+    keras.Model(inputs, outputs).save(tmp_path / "model.keras")
+    decision.save_decision(RULE, tmp_path)
+    with pytest.raises(ValueError, match="cannot be loaded in safe mode"):
+        Predictor.from_run(tmp_path / "model.keras")
+
+
+def test_command_line_refuses_bad_inputs_in_one_line(run_dir, images, tmp_path, capsys):
+    assert cli.main(["predict", str(images), "--model", str(tmp_path / "none.keras")]) == 2
+    assert "--model:" in capsys.readouterr().err
+    assert cli.main(["predict", str(tmp_path / "nowhere"), "--model", str(run_dir / "model.keras")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    (tmp_path / "nothing").mkdir()
+    assert cli.main(["predict", str(tmp_path / "nothing"), "--model", str(run_dir / "model.keras")]) == 2
+    assert "no image files" in capsys.readouterr().err
+
+
+def test_command_line_predicts_and_names_refused_files(run_dir, images, capsys):
+    assert cli.main(["predict", str(images), "--model", str(run_dir / "model.keras")]) == 2
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 2 and "malignant " in out
+    assert "empty.png: refused, empty file (0 bytes)" in err and "Traceback" not in err
+    assert cli.main(["predict", str(images / "a.png"), "--model", str(run_dir / "model.keras")]) == 0
