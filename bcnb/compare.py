@@ -43,6 +43,7 @@ def run_backbone(cfg: Config, name: str, split: pd.DataFrame) -> dict:
     rule = decision.decide(sub, val, p_val)
     measured = decision.measure_decision(sub, rule, val, p_val, test, p_test)
     decision.save_decision(rule, sub.run_dir)
+    bcnb_model.save_model(model, Path(sub.run_dir) / bcnb_model.MODEL_FILE)
     return {
         "backbone": name,
         "weights": weights.used,

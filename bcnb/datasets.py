@@ -280,11 +280,13 @@ def make_dataset(
     """
     import tensorflow as tf
 
+    if shuffle:
+        # The same permutation of the seed as the cached features' (FeatureBatches), so that
+        # training end to end and on cached features see the images in the same order.
+        table = table.iloc[np.random.default_rng(seed).permutation(len(table))]
     labels = labels_of(table).reshape(-1, 1)
     tile, tiles = tiles_of(table)
     ds = tf.data.Dataset.from_tensor_slices(((table["path"].to_numpy(dtype=str), tile, tiles), labels))
-    if shuffle:
-        ds = ds.shuffle(len(table), seed=seed, reshuffle_each_iteration=True)
 
     def load(path, tiles, tile):
         return load_for_model(path.decode(), img_size, resize, int(tiles), int(tile))

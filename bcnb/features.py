@@ -249,6 +249,7 @@ class FeatureBatches(keras.utils.PyDataset):
         return math.ceil(len(self.order) / self.batch_size)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        # Sorted, so the file is read front to back; the shuffle chose the batch's members.
-        chosen = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
+        # In the shuffled order, as the images would come end to end: Dropout's masks go by
+        # position in the batch, so the same order gives the same training, cache or not.
+        chosen = self.order[index * self.batch_size : (index + 1) * self.batch_size]
         return read_features(self.path, self.rows[chosen]), self.labels[chosen]

@@ -31,8 +31,8 @@ class NotebookFailed(RuntimeError):
 
 
 def check_inputs(cfg: Config, compare: bool = False) -> None:
-    """Fail before any notebook runs if the dataset, split or weights cannot work."""
-    split_by_patient(load_dataset(cfg).table, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    """Fail before any notebook runs if the weights, dataset or split cannot work (the
+    weights first: checking them takes no time, reading the dataset may)."""
     if cfg.weights.lower() not in {"imagenet", "none"}:
         path = Path(cfg.weights).expanduser()
         if not path.is_file():
@@ -42,6 +42,7 @@ def check_inputs(cfg: Config, compare: bool = False) -> None:
             from bcnb.model import resolve_weights
         for backbone in {cfg.backbone, *(cfg.backbones_to_compare() if compare else [])}:
             resolve_weights(cfg.weights, False, backbone, cfg.img_size)
+    split_by_patient(load_dataset(cfg).table, cfg.val_fraction, cfg.test_fraction, cfg.seed)
 
 
 @contextmanager

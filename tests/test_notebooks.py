@@ -66,7 +66,8 @@ SMALL = {
     "synthetic_images_per_patient": 1,
     "img_size": 32,
     "batch_size": 8,
-    "epochs": 4,
+    "epochs": 60,  # patience as long: enough epochs for a test to kill the run while it trains
+    "patience": 60,
     "weights": "none",
     "learning_rate": 0.03,
     # Beyond the paper, so that the run covers them too: augmentation and fine-tuning.
@@ -225,11 +226,8 @@ def test_a_failing_notebook_leaves_the_earlier_run_untouched(tmp_path):
     assert (out.parent / ".demo.partial" / "split.csv").is_file()  # 01 ran; its work is kept
 
 
-LONG = {**SMALL, "epochs": 80, "patience": 80}  # long enough to be killed while training
-
-
 def _reproduce(out, *extra):
-    sets = [arg for key, value in LONG.items() for arg in ("--set", f"{key}={value}")]
+    sets = [arg for key, value in SMALL.items() for arg in ("--set", f"{key}={value}")]
     return [sys.executable, "-m", "bcnb", "reproduce", "--out", str(out), *sets, *extra]
 
 
@@ -245,13 +243,12 @@ def _checkpoint_epoch(staging):
 
 
 @pytest.mark.slow
-def test_a_killed_run_resumes_and_ends_like_an_uninterrupted_one(tmp_path):
+def test_a_killed_run_resumes_and_ends_like_an_uninterrupted_one(run, tmp_path):
     import os
     import signal
     import time
 
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    subprocess.run(_reproduce(whole), check=True, capture_output=True, timeout=900)
+    whole, killed = run[0], tmp_path / "killed"  # the uninterrupted run: the same parameters
     victim = subprocess.Popen(_reproduce(killed), stderr=subprocess.DEVNULL, start_new_session=True)
     staging = tmp_path / ".killed.partial"
     deadline = time.monotonic() + 600
@@ -259,7 +256,7 @@ def test_a_killed_run_resumes_and_ends_like_an_uninterrupted_one(tmp_path):
         time.sleep(0.05)
     os.killpg(victim.pid, signal.SIGKILL)  # the kernel dies too, mid-training
     victim.wait()
-    assert 3 <= _checkpoint_epoch(staging) < 80, "the run was not killed during training"
+    assert 3 <= _checkpoint_epoch(staging) < SMALL["epochs"], "the run was not killed during training"
     assert not killed.exists()
     resumed = subprocess.run(_reproduce(killed, "--resume"), capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -278,7 +275,7 @@ def test_resume_needs_an_interrupted_run(tmp_path):
 def test_resume_refuses_other_parameters(tmp_path):
     staging = tmp_path / ".run.partial"
     staging.mkdir()
-    Config(**LONG).save(staging)
+    Config(**SMALL).save(staging)
     result = subprocess.run(
         _reproduce(tmp_path / "run", "--resume", "--set", "seed=3"), capture_output=True, text=True
     )

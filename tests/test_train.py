@@ -147,3 +147,16 @@ def test_a_finished_state_does_not_train_on():
 
     state = TrainingState("f", epoch=3, done=True, history=[{"val_loss": 1.0}] * 3)
     assert train.fit(Untrainable(), lambda epoch: None, None, epochs=10, patience=2, state=state) is state
+
+
+def test_end_to_end_and_cached_training_give_the_same_model(tiny_cfg, tiny_split, tmp_path):
+    """Same seed, same data order, same dropout masks: the two ways of training the head are
+    the same computation, up to float rounding of the features."""
+    kernels = []
+    for cache in (True, False):
+        cfg = tiny_cfg.replace(run_dir=str(tmp_path / str(cache)), feature_cache=cache, epochs=3)
+        model = _fresh_model(cfg)
+        history = train.train_model(cfg, model, tiny_split)
+        kernels.append((model.get_layer("classifier").kernel.numpy(), history["val_loss"].to_numpy()))
+    np.testing.assert_allclose(kernels[0][0], kernels[1][0], rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(kernels[0][1], kernels[1][1], rtol=1e-3)
