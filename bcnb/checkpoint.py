@@ -66,10 +66,10 @@ class TrainingState:
 
 
 def run_fingerprint(config: dict, split: pd.DataFrame) -> str:
-    """A hash of the parameters (the run folder aside) and the split table."""
-    digest = hashlib.sha256(
-        json.dumps({k: v for k, v in config.items() if k != "run_dir"}, sort_keys=True).encode()
-    )
+    """A hash of the parameters and the split table; where the run lives and whether its
+    notebooks show widgets change nothing in training, so they are left out."""
+    kept = {k: v for k, v in config.items() if k not in ("run_dir", "interactive")}
+    digest = hashlib.sha256(json.dumps(kept, sort_keys=True).encode())
     digest.update(split[["path", "label", "split"]].to_csv(index=False).encode())
     return digest.hexdigest()
 

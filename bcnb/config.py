@@ -87,6 +87,8 @@ class Config:
     compare_backbones: str = "resnet50v2,vgg19,densenet121,efficientnetb0,mobilenetv2"
     # Notebook 06: a file or folder of new images ("" stands in a few of the run's test images).
     predict_images: str = ""
+    # Widgets in JupyterLab; false shows their static equivalents (bcnb reproduce sets it).
+    interactive: bool = True
     seed: int = 42
     run_dir: str = "../runs/notebooks"
 

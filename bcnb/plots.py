@@ -22,6 +22,24 @@ from bcnb.files import replace_from_writer
 FIGURES_DIR = "figures"
 
 
+def show_figures_inline() -> None:
+    """In a notebook kernel, display a Figure that ends a cell as an image.
+
+    pyplot registers that display when it is imported; these figures are made without it,
+    so without this a notebook shows only their text form ("<Figure size ...>").
+    """
+    try:
+        from IPython import get_ipython
+        from matplotlib_inline.backend_inline import set_matplotlib_formats
+    except ImportError:  # plain Python: nothing displays figures anyway
+        return
+    if get_ipython() is not None:
+        set_matplotlib_formats("png")
+
+
+show_figures_inline()
+
+
 def save_figure(fig: Figure, run_dir: str | Path, name: str) -> Path:
     """Save ``fig`` as ``run_dir/figures/name.png`` (atomically)."""
     path = Path(run_dir) / FIGURES_DIR / f"{name}.png"

@@ -50,8 +50,13 @@ class Predictor:
             raise ValueError(f"--model: {path} cannot be loaded in safe mode ({reason})") from None
         rule = load_decision(path.parent)
         config = path.parent / CONFIG_FILE
-        resize = Config.from_file(config).resize if config.is_file() else "squash"
-        return cls(model, rule, int(model.input_shape[1]), resize)
+        cfg = Config.from_file(config) if config.is_file() else Config()
+        if cfg.tiles_per_image:  # its inputs were tiles; a squashed whole image is another input
+            raise ValueError(
+                f"--model: {path} was trained on tiles (tiles_per_image={cfg.tiles_per_image}); "
+                "bcnb predict takes models of whole images"
+            )
+        return cls(model, rule, int(model.input_shape[1]), cfg.resize)
 
 
 def find_images(target: str | Path) -> list[Path]:

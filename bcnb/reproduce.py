@@ -103,6 +103,8 @@ def reproduce(
         cfg = cfg.replace(dataset=str(dataset_path(cfg)))
     if cfg.weights.lower() not in {"imagenet", "none"}:
         cfg = cfg.replace(weights=str(Path(cfg.weights).expanduser().resolve()))
+    # Headless: no front end draws widgets, so the notebooks show their static equivalents.
+    cfg = cfg.replace(interactive=False)
     progress("checking the dataset and parameters")
     check_inputs(cfg, compare)
     staging = out.parent / f".{out.name}.partial"

@@ -52,3 +52,21 @@ def tiny_split(tiny_cfg):
 
     table = datasets.load_dataset(tiny_cfg).table
     return datasets.split_by_patient(table, tiny_cfg.val_fraction, tiny_cfg.test_fraction, tiny_cfg.seed)
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory):
+    """A finished run as bcnb predict sees it: model.keras, decision.json and config.yaml."""
+    import keras
+
+    from bcnb import Config, decision
+    from bcnb import model as bcnb_model
+
+    folder = tmp_path_factory.mktemp("finished_run")
+    keras.utils.set_random_seed(4)
+    model = bcnb_model.build_model(32, None)
+    model.get_layer("classifier").bias.assign([0.3])
+    bcnb_model.save_model(model, folder / "model.keras")
+    decision.save_decision({"temperature": 2.0, "threshold": 0.5, "threshold_rule": "fixed"}, folder)
+    Config(img_size=32, resize="center_crop").save(folder)
+    return folder

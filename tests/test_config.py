@@ -48,6 +48,7 @@ BAD_VALUES = {
     "bootstrap_samples": (10, "bootstrap_samples: expected an integer >= 100"),
     "compare_backbones": ("vgg19,lenet", "compare_backbones: expected one of .* got 'lenet'"),
     "predict_images": (3, "predict_images: expected str"),
+    "interactive": ("true", "interactive: expected bool"),
 }
 
 

@@ -117,7 +117,8 @@ def test_reproduce_leaves_every_result_in_the_run_folder(run):
 def test_config_records_the_parameters_used(run):
     out, _ = run
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert Config(**saved, run_dir=str(out)) == Config(**SMALL, run_dir=str(out))
+    # Headless, so the notebooks drew static figures instead of widgets.
+    assert Config(**saved, run_dir=str(out)) == Config(**SMALL, run_dir=str(out), interactive=False)
 
 
 @pytest.mark.slow
@@ -359,3 +360,14 @@ def test_bcnb_predict_on_the_run(run, tmp_path):
         assert got["label"] == row["predicted"]
         assert float(got["probability"]) == pytest.approx(row["calibrated_probability"], abs=1e-3)
     assert len(list((tmp_path / "cams").glob("*_gradcam.png"))) == 3
+
+
+@pytest.mark.slow
+def test_executed_notebooks_show_figures_and_no_widget_text(run):
+    """Headless, figures are images and the widgets' static twins stand in for them."""
+    for name in ("01_data.ipynb", "03_train.ipynb", "04_evaluate.ipynb", "06_predict.ipynb"):
+        executed = nbformat.read(run[0] / "notebooks" / name, as_version=4)
+        outputs = [o for c in _code_cells(executed) for o in c.outputs]
+        assert any("image/png" in o.get("data", {}) for o in outputs), name
+        text = json.dumps(outputs)
+        assert "HBox(" not in text and "VBox(" not in text and "<Figure size" not in text, name

@@ -4,25 +4,10 @@ import pytest
 from PIL import Image
 
 from bcnb import Config, cli, decision
-from bcnb import model as bcnb_model
 from bcnb.images import fit_to_square, read_rgb
 from bcnb.predict import Predictor, find_images, predict_files
 
-IMG = 32
-RULE = {"temperature": 2.0, "threshold": 0.5, "threshold_rule": "fixed"}
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A finished run as predict sees it: model.keras, decision.json and config.yaml."""
-    folder = tmp_path_factory.mktemp("run")
-    keras.utils.set_random_seed(4)
-    model = bcnb_model.build_model(IMG, None)
-    model.get_layer("classifier").bias.assign([0.3])
-    bcnb_model.save_model(model, folder / "model.keras")
-    decision.save_decision(RULE, folder)
-    Config(img_size=IMG, resize="center_crop").save(folder)
-    return folder
+IMG = 32  # the size of conftest's run_dir model
 
 
 @pytest.fixture
@@ -47,7 +32,8 @@ def test_predictions_are_the_calibrated_model_output(run_dir, images, tmp_path):
     for path in paths[:2]:
         pixels = fit_to_square(read_rgb(path), IMG, "center_crop")[None].astype("float32")
         raw = float(predictor.model.predict(pixels, verbose=0)[0, 0])
-        expected = 1 / (1 + np.exp(-np.log(raw / (1 - raw)) / RULE["temperature"]))
+        temperature = decision.load_decision(run_dir)["temperature"]
+        expected = 1 / (1 + np.exp(-np.log(raw / (1 - raw)) / temperature))
         row = table.loc[str(path)]
         assert row["probability"] == pytest.approx(expected, abs=1e-4)
         assert row["label"] == ("malignant" if expected >= 0.5 else "benign")
@@ -55,11 +41,11 @@ def test_predictions_are_the_calibrated_model_output(run_dir, images, tmp_path):
         assert Image.open(row["grad_cam"]).size == (IMG, IMG)
 
 
-def test_a_model_with_code_in_it_is_refused(tmp_path):
+def test_a_model_with_code_in_it_is_refused(run_dir, tmp_path):
     inputs = keras.Input((4,))
     outputs = keras.layers.Lambda(lambda x: x * 2)(inputs)
     keras.Model(inputs, outputs).save(tmp_path / "model.keras")
-    decision.save_decision(RULE, tmp_path)
+    (tmp_path / "decision.json").write_bytes((run_dir / "decision.json").read_bytes())
     with pytest.raises(ValueError, match="cannot be loaded in safe mode"):
         Predictor.from_run(tmp_path / "model.keras")
 
@@ -80,3 +66,11 @@ def test_command_line_predicts_and_names_refused_files(run_dir, images, capsys):
     assert len(out.splitlines()) == 2 and "malignant " in out
     assert "empty.png: refused, empty file (0 bytes)" in err and "Traceback" not in err
     assert cli.main(["predict", str(images / "a.png"), "--model", str(run_dir / "model.keras")]) == 0
+
+
+def test_a_model_trained_on_tiles_is_refused(run_dir, tmp_path):
+    for name in ("model.keras", "decision.json"):
+        (tmp_path / name).write_bytes((run_dir / name).read_bytes())
+    Config(img_size=IMG, tiles_per_image=4).save(tmp_path)
+    with pytest.raises(ValueError, match="trained on tiles"):
+        Predictor.from_run(tmp_path / "model.keras")

@@ -1,0 +1,213 @@
+"""Interactive widgets for the course in JupyterLab, each with a static twin.
+
+With ``interactive=True`` each function returns an ipywidgets box: controls whose changes
+redraw what they show. Headless runs (papermill, ``bcnb reproduce``, which sets the
+``interactive`` parameter to false) have no front end to draw widgets, and an executed
+notebook would only hold their text form ("HBox(children=...)"); there the same function
+returns a figure or a table for the parameters' values instead.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from bcnb.augment import Augmentation, apply_augmentation, augmentation_examples
+from bcnb.datasets import CLASSES, magnification_order, read_image
+
+
+def png_bytes(pixels: np.ndarray, width: int = 0) -> bytes:
+    """An RGB array as PNG bytes for an ipywidgets.Image, shrunk to ``width`` if given."""
+    image = Image.fromarray(np.asarray(pixels).astype("uint8"))
+    if width and image.width > width:
+        image = image.resize((width, round(image.height * width / image.width)))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------- dataset browser
+def matching_images(table: pd.DataFrame, label: str, patient: str = "", magnification: str = ""):
+    """The images of one class, narrowed to a patient and a magnification when given."""
+    rows = table[table["label"] == label]
+    if patient:
+        rows = rows[rows["patient_id"].astype(str) == str(patient)]
+    if magnification:
+        rows = rows[rows["magnification"] == magnification]
+    return rows
+
+
+def dataset_browser(table: pd.DataFrame, interactive: bool = True, label: str = CLASSES[1]):
+    """Pick a class, a patient and a magnification; see that patient's images.
+
+    Static: up to four images of the class's first patient, with their labels.
+    """
+    if not interactive:
+        from bcnb.plots import plot_overlays
+
+        rows = matching_images(table, label)
+        rows = matching_images(table, label, rows["patient_id"].iloc[0]).head(4)
+        titles = [f"{r.label}, patient {r.patient_id}, {r.magnification}" for r in rows.itertuples()]
+        return plot_overlays([read_image(path) for path in rows["path"]], titles)
+    import ipywidgets as widgets
+
+    classes = widgets.Dropdown(options=list(CLASSES), value=label, description="class")
+    patients = widgets.Dropdown(description="patient")
+    magnifications = widgets.Dropdown(description="magnification")
+    index = widgets.IntSlider(min=0, max=0, description="image")
+    picture, caption = widgets.Image(format="png"), widgets.Label()
+    caption.add_class("bcnb-caption")  # a handle for the browser test
+
+    def show(_=None):
+        rows = matching_images(table, classes.value, patients.value or "", magnifications.value or "")
+        index.max = max(0, len(rows) - 1)
+        row = rows.iloc[min(index.value, index.max)]
+        picture.value = png_bytes(read_image(row["path"]), width=460)
+        caption.value = f"{row['label']}, patient {row['patient_id']}, {row['magnification']}"
+
+    def choose(dropdown, options):
+        # New options keep the choice when it is still there, else take the first.
+        dropdown.options = options
+        if dropdown.value not in options:
+            dropdown.value = options[0]
+
+    def on_class(_=None):  # a class's patients: every choice offered has images
+        choose(patients, sorted(matching_images(table, classes.value)["patient_id"].astype(str).unique()))
+        on_patient()
+
+    def on_patient(_=None):  # a patient's magnifications
+        rows = matching_images(table, classes.value, patients.value or "")
+        choose(magnifications, magnification_order(rows["magnification"]))
+        show()
+
+    classes.observe(on_class, names="value")
+    patients.observe(on_patient, names="value")
+    for control in (magnifications, index):
+        control.observe(show, names="value")
+    on_class()
+    return widgets.VBox([widgets.HBox([classes, patients, magnifications]), index, picture, caption])
+
+
+# --------------------------------------------------------------------------- augmentation
+def augmentation_preview(image: np.ndarray, augmentation: Augmentation, interactive: bool = True, seed=0):
+    """One training image and an augmented version of it, the augmentation set by sliders.
+
+    Static: four random augmentations of the strength the parameters give.
+    """
+    if not interactive:
+        from bcnb.plots import plot_augmentations
+
+        return plot_augmentations(image, augmentation_examples(image, augmentation, n=4, seed=seed))
+    import ipywidgets as widgets
+
+    def factor(name):  # a multiplier around 1
+        return widgets.FloatSlider(value=1.0, min=0.6, max=1.4, step=0.05, description=name)
+
+    controls = {
+        "flip_left_right": widgets.Checkbox(description="flip left-right"),
+        "flip_up_down": widgets.Checkbox(description="flip up-down"),
+        "quarter_turns": widgets.IntSlider(min=0, max=3, description="quarter turns"),
+        "brightness_delta": widgets.FloatSlider(min=-0.3, max=0.3, step=0.02, description="brightness"),
+        "contrast_factor": factor("contrast"),
+        "haematoxylin": factor("haematoxylin"),
+        "eosin": factor("eosin"),
+    }
+    picture = widgets.Image(format="png")
+
+    def show(_=None):
+        values = {name: control.value for name, control in controls.items()}
+        alpha = (values.pop("haematoxylin"), values.pop("eosin"), 1.0)
+        changed = np.asarray(apply_augmentation(image, stain_alpha=alpha, **values))
+        picture.value = png_bytes(np.concatenate([image, changed], axis=1), width=640)
+
+    for control in controls.values():
+        control.observe(show, names="value")
+    show()
+    note = widgets.Label("left: the original; right: augmented")
+    return widgets.HBox([widgets.VBox(list(controls.values())), widgets.VBox([picture, note])])
+
+
+# --------------------------------------------------------------------------- threshold
+def threshold_table(y_true: np.ndarray, probability: np.ndarray, threshold: float) -> pd.DataFrame:
+    """Confusion counts and the rates a clinician asks about, at one threshold."""
+    y_true = np.asarray(y_true).astype(int)
+    called = np.asarray(probability) >= threshold
+    tp, fn = int(np.sum(called & (y_true == 1))), int(np.sum(~called & (y_true == 1)))
+    fp, tn = int(np.sum(called & (y_true == 0))), int(np.sum(~called & (y_true == 0)))
+    rates = {
+        "sensitivity": _share(tp, tp + fn),
+        "specificity": _share(tn, tn + fp),
+        "PPV (malignant when called so)": _share(tp, tp + fp),
+        "NPV (benign when called so)": _share(tn, tn + fn),
+    }
+    counts = {"true malignant called malignant": tp, "true malignant called benign": fn,
+              "true benign called malignant": fp, "true benign called benign": tn}  # fmt: skip
+    rows = {**{k: f"{v}" for k, v in counts.items()}, **{k: _percent(v) for k, v in rates.items()}}
+    return pd.Series(rows, name=f"threshold {threshold:.2f}").to_frame()
+
+
+def _share(numerator: int, denominator: int) -> float:
+    return numerator / denominator if denominator else float("nan")
+
+
+def _percent(value: float) -> str:
+    return "n/a" if np.isnan(value) else f"{100 * value:.1f}%"
+
+
+def threshold_explorer(y_true, probability, threshold: float, interactive: bool = True):
+    """Move the decision threshold; watch the errors trade against each other.
+
+    Static: the table at the chosen threshold beside the paper's 0.5.
+    """
+    if not interactive:
+        return pd.concat([threshold_table(y_true, probability, t) for t in (0.5, threshold)], axis=1)
+    import ipywidgets as widgets
+
+    slider = widgets.FloatSlider(value=threshold, min=0.0, max=1.0, step=0.01, description="threshold",
+                                 continuous_update=True)  # fmt: skip
+    table = widgets.HTML()
+
+    def show(_=None):
+        table.value = threshold_table(y_true, probability, slider.value).to_html()
+
+    slider.observe(show, names="value")
+    show()
+    return widgets.VBox([slider, table])
+
+
+# --------------------------------------------------------------------------- try an image
+def try_an_image(predictor, paths: list[Path] = (), interactive: bool = True):
+    """Upload an image: its calibrated probability of malignancy and Grad-CAM overlay.
+
+    Static: the same for ``paths``.
+    """
+    from bcnb.predict import predict_files
+
+    if not interactive:
+        return predict_files(predictor, list(paths))[["file", "malignant", "label", "refused"]]
+    import ipywidgets as widgets
+
+    upload = widgets.FileUpload(accept="image/*", multiple=False, description="image")
+    picture, verdict = widgets.Image(format="png"), widgets.HTML("Choose an image file.")
+    folder = Path(tempfile.mkdtemp(prefix="bcnb-upload-"))
+
+    def predict(_=None):
+        if not upload.value:
+            return
+        item = upload.value[0]
+        path = folder / Path(item["name"]).name
+        path.write_bytes(bytes(item["content"]))
+        row = predict_files(predictor, [path], cam_dir=folder).iloc[0]
+        if row["refused"]:
+            verdict.value = f"<b>{path.name}</b>: refused, {row['refused']}"
+            return
+        verdict.value = f"<b>{path.name}</b>: {row['label']}, malignant <b>{row['malignant']}</b>"
+        picture.value = Path(row["grad_cam"]).read_bytes()
+
+    upload.observe(predict, names="value")
+    return widgets.VBox([upload, verdict, picture])
