@@ -1,5 +1,5 @@
 # bcnb's two commands on a fresh machine with Python 3.11 (see README.md):
-#   make demo    set up .venv, then run notebooks 01-04 headless on the built-in dataset
+#   make demo    set up .venv, then run notebooks 01-04 and 06 headless on the built-in dataset
 #   make test    set up .venv, then lint and run the whole test suite (what CI runs)
 # and, for the course:
 #   make lab     open the notebooks in JupyterLab
