@@ -66,8 +66,8 @@ SMALL = {
     "synthetic_images_per_patient": 1,
     "img_size": 32,
     "batch_size": 8,
-    "epochs": 60,  # patience as long: enough epochs for a test to kill the run while it trains
-    "patience": 60,
+    "epochs": 30,  # patience as long: enough epochs for a test to kill the run while it trains
+    "patience": 30,
     "weights": "none",
     "learning_rate": 0.03,
     # Beyond the paper, so that the run covers them too: augmentation and fine-tuning.
@@ -367,7 +367,9 @@ def test_executed_notebooks_show_figures_and_no_widget_text(run):
     """Headless, figures are images and the widgets' static twins stand in for them."""
     for name in ("01_data.ipynb", "03_train.ipynb", "04_evaluate.ipynb", "06_predict.ipynb"):
         executed = nbformat.read(run[0] / "notebooks" / name, as_version=4)
-        outputs = [o for c in _code_cells(executed) for o in c.outputs]
-        assert any("image/png" in o.get("data", {}) for o in outputs), name
-        text = json.dumps(outputs)
-        assert "HBox(" not in text and "VBox(" not in text and "<Figure size" not in text, name
+        shown = [o.get("data", {}) for c in _code_cells(executed) for o in c.outputs]
+        assert any("image/png" in data for data in shown), name
+        for data in shown:
+            assert "application/vnd.jupyter.widget-view+json" not in data, name  # a widget, undrawn
+            if data.get("text/plain", "").startswith("<Figure size"):
+                assert "image/png" in data, name  # a figure shown only as its text form
