@@ -20,7 +20,7 @@ from bcnb import model as bcnb_model
 from bcnb.config import Config
 from bcnb.datasets import labels_of
 from bcnb.evaluate import predict_probabilities
-from bcnb.features import features_of, read_features
+from bcnb.features import ALL_FEATURES, FEATURES_DIR, features_of, read_features
 from bcnb.files import write_json_atomic
 from bcnb.train import train_model
 
@@ -76,7 +76,7 @@ def _probabilities(cfg: Config, model, split: pd.DataFrame, part: str) -> np.nda
     rows = np.flatnonzero(split["split"].to_numpy() == part)
     if cfg.fine_tunes:
         return predict_probabilities(model, split.iloc[rows], cfg.img_size, cfg.batch_size, cfg.resize)
-    features = read_features(Path(cfg.run_dir) / "features" / "all.npy", rows)
+    features = read_features(Path(cfg.run_dir) / FEATURES_DIR / ALL_FEATURES, rows)
     return bcnb_model.classifier_head(model).predict(features, verbose=0).reshape(-1)
 
 

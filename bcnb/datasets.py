@@ -8,7 +8,6 @@ The result of loading is an *image table*: one row per image with its ``path`` (
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from bcnb.config import Config
-from bcnb.files import write_json_atomic, write_text_atomic
+from bcnb.files import read_run_json, write_json_atomic, write_text_atomic
 from bcnb.images import load_for_model, read_rgb
 from bcnb.layouts import CLASSES, TABLE_COLUMNS, read_layout
 from bcnb.scan import find_bad_images, split_bad
@@ -67,10 +66,7 @@ def save_dataset_info(dataset: LoadedDataset, run_dir: str | Path) -> Path:
 
 
 def load_dataset_info(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / DATASET_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run notebook 01_data first")
-    return json.loads(path.read_text())
+    return read_run_json(run_dir, DATASET_FILE, "01_data")
 
 
 def _images_and_strays(candidates: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -14,7 +14,6 @@ applies to new images.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from bcnb import calibrate, stats
 from bcnb.config import Config
 from bcnb.datasets import labels_of
 from bcnb.evaluate import compute_metrics
-from bcnb.files import write_json_atomic
+from bcnb.files import read_run_json, write_json_atomic
 
 DECISION_FILE = "decision.json"
 
@@ -69,10 +68,7 @@ def save_decision(rule: dict, run_dir: str | Path) -> Path:
 
 
 def load_decision(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / DECISION_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run notebook 04_evaluate first")
-    return json.loads(path.read_text())
+    return read_run_json(run_dir, DECISION_FILE, "04_evaluate")
 
 
 def apply_decision(rule: dict, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

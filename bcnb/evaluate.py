@@ -7,7 +7,6 @@ reported beside accuracy, with the always-malignant baseline and an interval for
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pandas as pd
 from sklearn import metrics as skm
 
 from bcnb.datasets import labels_of, magnification_order, make_dataset
-from bcnb.files import write_json_atomic, write_text_atomic
+from bcnb.files import read_run_json, write_json_atomic, write_text_atomic
 
 # Prasuna et al.: model.evaluate(test_gen) -> loss 0.1723, accuracy 0.9344.
 PAPER = {"test_accuracy": 0.9344, "test_loss": 0.1723}
@@ -121,10 +120,7 @@ def _without_nan(value):
 
 
 def load_metrics(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run notebook 04_evaluate first")
-    return json.loads(path.read_text())
+    return read_run_json(run_dir, METRICS_FILE, "04_evaluate")
 
 
 def save_predictions(

@@ -56,3 +56,11 @@ def replace_from_writer(path: str | Path, write) -> Path:
         temporary.unlink(missing_ok=True)
         raise
     return path
+
+
+def read_run_json(run_dir: str | Path, name: str, notebook: str) -> Any:
+    """A JSON file a notebook left in the run folder; missing, the error names that notebook."""
+    path = Path(run_dir) / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run notebook {notebook} first")
+    return json.loads(path.read_text())

@@ -14,7 +14,6 @@ BatchNormalization layer kept frozen.
 
 from __future__ import annotations
 
-import json
 import os
 import weakref
 from dataclasses import asdict, dataclass
@@ -24,7 +23,7 @@ import keras
 
 from bcnb.backbones import get_backbone
 from bcnb.config import Config
-from bcnb.files import replace_from_writer, write_json_atomic
+from bcnb.files import read_run_json, replace_from_writer, write_json_atomic
 from bcnb.seeds import seed_everything
 
 FEATURE_LAYER = "pool"
@@ -241,7 +240,4 @@ def save_weights_info(info: WeightsInfo, run_dir: str | Path) -> Path:
 
 
 def load_weights_info(run_dir: str | Path) -> WeightsInfo:
-    path = Path(run_dir) / WEIGHTS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run notebook 02_model first")
-    return WeightsInfo(**json.loads(path.read_text()))
+    return WeightsInfo(**read_run_json(run_dir, WEIGHTS_FILE, "02_model"))

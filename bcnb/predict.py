@@ -75,6 +75,7 @@ def find_images(target: str | Path) -> list[Path]:
 def predict_files(predictor: Predictor, paths: list[Path], cam_dir: str | Path | None = None) -> pd.DataFrame:
     """One row per file: its calibrated malignancy (probability and percent) and label, or
     the reason it was refused. With ``cam_dir``, a Grad-CAM overlay PNG per image."""
+    position = {path: i for i, path in enumerate(paths)}
     problems = {path: inspect_file(path)[0] for path in paths}
     readable = [path for path in paths if not problems[path]]
     rows = [_refused(path, problems[path]) for path in paths if problems[path]]
@@ -91,9 +92,9 @@ def predict_files(predictor: Predictor, paths: list[Path], cam_dir: str | Path |
             heat, _ = gradcam(predictor.model, images, called_malignant=labels == "malignant")
             for row, path, image, cam in zip(rows[-len(batch) :], batch, images, heat):
                 # Numbered: two folders may hold files of the same name.
-                name = f"{paths.index(path):04d}_{path.stem}_gradcam.png"
+                name = f"{position[path]:04d}_{path.stem}_gradcam.png"
                 row["grad_cam"] = str(save_overlay(overlay(image, cam), Path(cam_dir) / name))
-    order = {str(path): i for i, path in enumerate(paths)}
+    order = {str(path): i for path, i in position.items()}
     return pd.DataFrame(rows).sort_values("file", key=lambda names: names.map(order)).reset_index(drop=True)
 
 

@@ -15,7 +15,6 @@ the head's best weights and keeps them unless the validation loss improves.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +35,7 @@ from bcnb.checkpoint import (
 from bcnb.config import Config
 from bcnb.datasets import image_dataset, labels_of, make_dataset
 from bcnb.features import FeatureBatches, features_of
-from bcnb.files import write_json_atomic, write_text_atomic
+from bcnb.files import read_run_json, write_json_atomic, write_text_atomic
 from bcnb.model import classifier_head, unfreeze_top_layers
 from bcnb.seeds import seed_everything
 
@@ -248,10 +247,7 @@ def save_history(
 
 
 def load_training_summary(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / TRAINING_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run notebook 03_train first")
-    return json.loads(path.read_text())
+    return read_run_json(run_dir, TRAINING_FILE, "03_train")
 
 
 def load_history(run_dir: str | Path) -> pd.DataFrame:
