@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override one parameter (repeatable); wins over --config")  # fmt: skip
     run.add_argument("--notebooks", type=Path, help="folder holding the notebooks (default: the project's)")
     run.add_argument("--resume", action="store_true", help="continue an interrupted run into --out")
+    run.add_argument("--only", action="append", metavar="NOTEBOOK",
+                     help="run this notebook again (e.g. 04; repeatable) in place on the finished run "
+                          "--out, with the parameters it was made with")  # fmt: skip
     run.add_argument("--compare", action="store_true",
                      help="also run 05: every backbone of compare_backbones on the same split")  # fmt: skip
     run.add_argument(
@@ -63,12 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def given_parameters(args: argparse.Namespace) -> dict:
+    """The parameters the command line sets: those the --config file names, then each --set."""
+    given = {}
+    if args.config:
+        from_file = Config.from_file(args.config)  # checks the file and each value
+        given = {name: getattr(from_file, name) for name in yaml.safe_load(args.config.read_text()) or {}}
+    return {**given, **dict(parse_override(text) for text in args.overrides)}
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     """Defaults, then the --config file, then each --set."""
-    overrides = dict(parse_override(text) for text in args.overrides)
-    if args.config:
-        return Config.from_file(args.config, **overrides)
-    return Config(**overrides)
+    return Config(**given_parameters(args))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,6 +130,8 @@ def _predict(args: argparse.Namespace) -> int:
         predictor = Predictor.from_run(args.model)
     except (ValueError, FileNotFoundError) as error:
         return _fail(str(error), EXIT_BAD_INPUT)
+    for note in predictor.notes():  # before the rows: what the answers can mean
+        _say(note)
     table = predict_files(predictor, paths, args.cam_dir)
     for row in table.itertuples():
         if row.refused:
@@ -131,7 +142,6 @@ def _predict(args: argparse.Namespace) -> int:
         from bcnb.files import write_text_atomic
 
         write_text_atomic(args.csv, table.to_csv(index=False))
-    _say("calibrated probabilities; teaching and research only, never diagnosis")
     return EXIT_BAD_INPUT if (table["refused"] != "").any() else 0
 
 
@@ -149,13 +159,19 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from bcnb.reproduce import NOTEBOOKS_DIR, NotebookFailed, reproduce
+    from bcnb.reproduce import NOTEBOOKS_DIR, NotebookFailed, reproduce, rerun
 
     started = time.perf_counter()
+    notebooks = args.notebooks or NOTEBOOKS_DIR
     try:
-        cfg = config_from_args(args)
-        notebooks = args.notebooks or NOTEBOOKS_DIR
-        out = reproduce(cfg, args.out, notebooks, _say, True, args.resume, args.stop_after, args.compare)
+        if args.only:
+            if args.resume or args.stop_after or args.compare:
+                raise ValueError("--only: runs notebooks of a finished run; it goes without --resume, "
+                                 "--stop-after and --compare")  # fmt: skip
+            out = rerun(args.out, args.only, given_parameters(args), notebooks, _say, True)
+        else:
+            cfg = config_from_args(args)
+            out = reproduce(cfg, args.out, notebooks, _say, True, args.resume, args.stop_after, args.compare)
     except NotebookFailed as error:
         return _fail(str(error), EXIT_RUN_FAILED)
     except (ValueError, FileNotFoundError) as error:  # bad parameters, paths or weights

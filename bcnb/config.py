@@ -1,8 +1,10 @@
 """One configuration object for a whole run.
 
-Each notebook's ``parameters`` cell holds flat literals named exactly like the fields of
-:class:`Config`; the next cell turns them into ``cfg``, which checks every value. The same
-object drives ``bcnb reproduce``, where ``--config FILE.yaml`` and ``--set key=value`` fill it.
+Each field belongs to the stage (notebook) that first uses it, listed in ``STAGES``: a
+notebook's ``parameters`` cell holds the flat literals of its own stage, named exactly like
+the fields of :class:`Config`, and the run's record (``config.yaml``, see
+:mod:`bcnb.runfolder`) supplies the rest. The same object drives ``bcnb reproduce``, where
+``--config FILE.yaml`` and ``--set key=value`` fill every field at once.
 """
 
 from __future__ import annotations
@@ -16,8 +18,6 @@ from typing import Any
 
 import yaml
 
-from bcnb.files import write_text_atomic
-
 LAYOUTS = ("auto", "breakhis", "idc", "folders", "csv")
 ON_BAD_IMAGE = ("error", "skip")
 CLASS_WEIGHTS = ("none", "balanced")
@@ -28,6 +28,24 @@ MAGNIFICATIONS = ("all", "40X", "100X", "200X", "400X")
 BACKBONE_NAMES = ("resnet50v2", "vgg19", "densenet121", "efficientnetb0", "mobilenetv2")
 THRESHOLD_RULES = ("fixed", "youden", "sensitivity")
 CONFIG_FILE = "config.yaml"
+
+# Which stage first uses each parameter: its notebook's parameters cell holds it, and that
+# notebook records it in the run folder (bcnb reproduce records every stage it runs at once).
+STAGES = {
+    "data": ("dataset", "layout", "positive_class", "patient_pattern", "magnification", "on_bad_image",
+             "max_images", "val_fraction", "test_fraction", "synthetic_patients",
+             "synthetic_images_per_patient", "synthetic_difficulty", "tiles_per_image", "seed"),
+    "model": ("img_size", "resize", "backbone", "weights", "allow_random_weights", "dropout", "precision"),
+    "train": ("feature_cache", "class_weight", "batch_size", "epochs", "learning_rate", "patience",
+              "strategy", "augment", "augment_brightness", "augment_contrast", "augment_stain",
+              "fine_tune_layers", "fine_tune_epochs", "fine_tune_learning_rate"),
+    "evaluate": ("threshold_rule", "target_sensitivity", "bootstrap_samples"),
+    "compare": ("compare_backbones",),
+    "predict": ("predict_images",),
+}  # fmt: skip
+# Parameters that change how a run is shown or used, never what it is: a notebook may run
+# on a finished run folder with other values of these.
+PRESENTATION = ("interactive", "predict_images", "run_dir")
 
 
 @dataclass(frozen=True)
@@ -100,6 +118,9 @@ class Config:
                 object.__setattr__(self, field.name, float(getattr(self, field.name)))
         if self.magnification.isdigit():  # "40" means "40X"
             object.__setattr__(self, "magnification", f"{self.magnification}X")
+        # Backbones as papers write them (ResNet50V2, VGG19) name the same bases.
+        object.__setattr__(self, "backbone", self.backbone.strip().lower())
+        object.__setattr__(self, "compare_backbones", ",".join(self.backbones_to_compare()))
         for problem in self._problems():
             raise ValueError(problem)
 
@@ -152,21 +173,13 @@ class Config:
             yield "run_dir: expected a folder path, got an empty string"
 
     def backbones_to_compare(self) -> list[str]:
-        return [name.strip() for name in self.compare_backbones.split(",") if name.strip()]
+        return [name.strip().lower() for name in self.compare_backbones.split(",") if name.strip()]
 
     @property
     def fine_tunes(self) -> bool:
         return self.fine_tune_layers > 0
 
     # ------------------------------------------------------------------ building
-    @classmethod
-    def from_parameters(cls, namespace: Mapping[str, Any]) -> Config:
-        """Build from a notebook's variables (``globals()``), taking only Config's fields."""
-        missing = [name for name in field_names() if name not in namespace]
-        if missing:
-            raise ValueError(f"parameters cell lacks {', '.join(missing)}")
-        return cls(**{name: namespace[name] for name in field_names()})
-
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> Config:
         """Load a YAML file of ``field: value`` pairs; ``overrides`` win over the file."""
@@ -190,19 +203,19 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def save(self, run_dir: str | Path | None = None) -> Path:
-        """Write ``config.yaml`` into the run folder and return its path.
-
-        ``run_dir`` itself is left out: the file lives in the folder it describes, and a
-        run folder may be moved or renamed after the run.
-        """
-        run_dir = Path(run_dir or self.run_dir)
-        values = {k: v for k, v in self.to_dict().items() if k != "run_dir"}
-        return write_text_atomic(run_dir / CONFIG_FILE, yaml.safe_dump(values, sort_keys=False))
-
 
 def field_names() -> list[str]:
     return [field.name for field in fields(Config)]
+
+
+def stage_of(name: str) -> str:
+    """The stage (notebook) that first uses parameter ``name``; "" for run_dir and interactive."""
+    return next((stage for stage, names in STAGES.items() if name in names), "")
+
+
+def defines_the_run(name: str) -> bool:
+    """False for parameters that only change how a run is shown (see PRESENTATION)."""
+    return name not in PRESENTATION
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -34,8 +34,8 @@ def gradcam(model: keras.Model, images: np.ndarray, called_malignant=None) -> tu
     maps = tf.cast(maps, tf.float32)
     with tf.GradientTape() as tape:
         tape.watch(maps)
-        probability = _head(model, maps)
-        logit = tf.math.log(probability) - tf.math.log1p(-probability)
+        logit = _logit(model, maps)
+        probability = tf.sigmoid(logit)
         malignant = probability >= 0.5 if called_malignant is None else np.reshape(called_malignant, (-1, 1))
         score = tf.where(malignant, logit, -logit)
     weights = tf.reduce_mean(tape.gradient(score, maps), axis=(1, 2), keepdims=True)
@@ -46,14 +46,19 @@ def gradcam(model: keras.Model, images: np.ndarray, called_malignant=None) -> tu
     return heat.numpy(), probability.numpy().reshape(-1)
 
 
-def _head(model: keras.Model, maps):
-    """The model from the base's maps to the probability (Dropout is idle at inference)."""
+def _logit(model: keras.Model, maps):
+    """The classifier's logit from the base's maps: the pooled features times the Dense
+    kernel, plus its bias (Dropout is idle at inference).
+
+    Computed directly rather than recovered from the probability: a float32 sigmoid rounds to
+    1.0 from a logit of about 17 on, common for a trained head, and a clipped probability
+    passes no gradient back, which would leave the heatmap all zeros.
+    """
     import tensorflow as tf
 
-    pooled = model.get_layer(FEATURE_LAYER)(maps)
-    probability = model.get_layer("classifier")(pooled)
-    # Clip so the logit stays finite for a probability that rounds to 0 or 1.
-    return tf.clip_by_value(tf.cast(probability, tf.float32), 1e-7, 1 - 1e-7)
+    pooled = tf.cast(model.get_layer(FEATURE_LAYER)(maps), tf.float32)
+    classifier = model.get_layer("classifier")
+    return tf.matmul(pooled, tf.cast(classifier.kernel, tf.float32)) + tf.cast(classifier.bias, tf.float32)
 
 
 def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:

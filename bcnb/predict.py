@@ -23,9 +23,12 @@ from bcnb.decision import apply_decision, load_decision
 from bcnb.files import replace_from_writer
 from bcnb.gradcam import gradcam, overlay
 from bcnb.images import IMAGE_SUFFIXES, fit_to_square, read_rgb
+from bcnb.model import WEIGHTS_FILE, WeightsInfo, load_weights_info
+from bcnb.report import DISCLAIMER
 from bcnb.scan import inspect_file
 
 BATCH = 16
+UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,8 @@ class Predictor:
     rule: dict  # temperature and threshold, from decision.json
     img_size: int
     resize: str
+    weights: WeightsInfo | None = None  # the base's weights (weights.json); None: unknown
+    trained_on: str = UNKNOWN  # the run's dataset: "synthetic" or its path
 
     @classmethod
     def from_run(cls, model_path: str | Path) -> Predictor:
@@ -56,7 +61,38 @@ class Predictor:
                 f"--model: {path} was trained on tiles (tiles_per_image={cfg.tiles_per_image}); "
                 "bcnb predict takes models of whole images"
             )
-        return cls(model, rule, int(model.input_shape[1]), cfg.resize)
+        weights = load_weights_info(path.parent) if (path.parent / WEIGHTS_FILE).is_file() else None
+        trained_on = cfg.dataset if config.is_file() else UNKNOWN
+        return cls(model, rule, int(model.input_shape[1]), cfg.resize, weights, trained_on)
+
+    def notes(self) -> list[str]:
+        """One line each: where the model's base and training data came from, when that
+        limits what its answers mean, then the disclaimer."""
+        return [line for line in (self._weights_note(), self._data_note(), DISCLAIMER) if line]
+
+    def banner(self) -> str:
+        """The weights as notebooks 02 and 04 show them, the note on the data, the disclaimer."""
+        weights = (self.weights.warning() or self.weights.summary()) if self.weights else self._weights_note()
+        return "\n".join(line for line in (weights, self._data_note(), DISCLAIMER) if line)
+
+    def _weights_note(self) -> str:
+        if self.weights is None:
+            return f"WARNING: no {WEIGHTS_FILE} beside the model: whether its base was pretrained is unknown"
+        if not self.weights.pretrained:
+            why = self.weights.source
+            return f"WARNING: the base had RANDOM weights, not ImageNet weights ({why}): no transfer learning"
+        return ""
+
+    def _data_note(self) -> str:
+        if self.trained_on == "synthetic":
+            return "WARNING: trained on bcnb's built-in generated images, not real tissue"
+        if self.trained_on == UNKNOWN:
+            return f"WARNING: no {CONFIG_FILE} beside the model: what it was trained on is unknown"
+        return ""
+
+    def provenance(self) -> dict[str, str]:
+        """The columns every prediction carries: the base's weights and the training data."""
+        return {"weights": self.weights.used if self.weights else UNKNOWN, "trained_on": self.trained_on}
 
 
 def find_images(target: str | Path) -> list[Path]:
@@ -78,7 +114,7 @@ def predict_files(predictor: Predictor, paths: list[Path], cam_dir: str | Path |
     position = {path: i for i, path in enumerate(paths)}
     problems = {path: inspect_file(path)[0] for path in paths}
     readable = [path for path in paths if not problems[path]]
-    rows = [_refused(path, problems[path]) for path in paths if problems[path]]
+    rows = [{**_refused(path, problems[path]), **predictor.provenance()} for path in paths if problems[path]]
     for start in range(0, len(readable), BATCH):
         batch = readable[start : start + BATCH]
         images = np.stack([fit_to_square(read_rgb(p), predictor.img_size, predictor.resize) for p in batch])
@@ -87,7 +123,7 @@ def predict_files(predictor: Predictor, paths: list[Path], cam_dir: str | Path |
         for path, probability, label in zip(batch, calibrated, labels):
             rows.append({"file": str(path), "malignant": as_percent(probability),
                          "probability": round(float(probability), 4), "label": label,
-                         "refused": ""})  # fmt: skip
+                         "refused": "", **predictor.provenance()})  # fmt: skip
         if cam_dir is not None:
             heat, _ = gradcam(predictor.model, images, called_malignant=labels == "malignant")
             for row, path, image, cam in zip(rows[-len(batch) :], batch, images, heat):

@@ -84,11 +84,9 @@ def _dataset_section(config: dict, dataset: dict, split: pd.DataFrame) -> str:
 
 
 def _training_section(config: dict, training: dict, metrics: dict) -> str:
-    how = (
-        "the head on cached base features"
-        if training["feature_cache"]
-        else "end to end through the frozen base"
-    )
+    """The model as recorded by 02 (config.yaml) and training as 03 recorded it (training.json)."""
+    cached = training["feature_cache"]
+    how = "the head on cached base features" if cached else "end to end through the frozen base"
     weights = {"imagenet": "ImageNet", "file": f"file {metrics['weights_source']}"}.get(
         metrics["weights"], "RANDOM (not pretrained)"
     )
@@ -97,24 +95,26 @@ def _training_section(config: dict, training: dict, metrics: dict) -> str:
         f"- model: {_title(config)} (frozen, training=False) -> GlobalAveragePooling2D -> "
         f"Dropout({config['dropout']}) -> Dense(1, sigmoid), input {size}x{size}x3",
         f"- weights used: {weights}",
-        f"- training: {how}; Adam, learning rate {config['learning_rate']}, "
-        f"batch size {config['batch_size']}, class weights {training['class_weight']}",
+        f"- training: {how}; {training['optimizer']}, learning rate {training['learning_rate']}, "
+        f"batch size {training['batch_size']}, class weights {training['class_weight']}",
     ]
-    if config["fine_tune_layers"]:
+    if training["fine_tune_layers"]:
         lines.append(
-            f"- fine-tuning (beyond the paper): top {config['fine_tune_layers']} layers of the base, "
+            f"- fine-tuning (beyond the paper): top {training['fine_tune_layers']} layers of the base, "
             f"{len(training['fine_tuned_layers'])} of them with weights (BatchNormalization frozen), "
-            f"learning rate {config['fine_tune_learning_rate']}, "
-            f"{training['fine_tune_epochs_run']} of {config['fine_tune_epochs']} epochs run"
+            f"learning rate {training['fine_tune_learning_rate']}, "
+            f"{training['fine_tune_epochs_run']} of {training['fine_tune_epochs_requested']} epochs run"
         )
-    if config["augment"]:
-        lines.append("- augmentation (epochs on images): flips, quarter turns, brightness "
-                     f"{config['augment_brightness']}, contrast {config['augment_contrast']}, "
-                     f"H&E stain {config['augment_stain']}")  # fmt: skip
+    if training["augment"]:
+        sizes = training["augmentation"]
+        lines.append(
+            "- augmentation (epochs on images): flips, quarter turns, brightness "
+            f"{sizes['brightness']}, contrast {sizes['contrast']}, H&E stain {sizes['stain']}"
+        )
     lines.append(
-        f"- epochs: {training['epochs_run']} run of {training['epochs_requested']} requested; "
-        f"weights of epoch {training['best_epoch']} kept (lowest validation loss); "
-        f"{training['seconds']:.0f} s"
+        f"- epochs: {training['epochs_run']} run of {training['epochs_requested']} requested "
+        f"(early stopping, patience {training['patience']}); weights of epoch {training['best_epoch']} "
+        f"kept (lowest validation loss); {training['seconds']:.0f} s"
     )
     return "\n".join(lines)
 
@@ -138,7 +138,11 @@ def _results_section(metrics: dict) -> str:
         ("sensitivity (malignant recall)", _number(metrics["sensitivity"]), "not reported"),
         ("specificity (benign recall)", _number(metrics["specificity"]), "not reported"),
         ("ROC AUC", _number(metrics["roc_auc"]), "not reported"),
-        ("always-malignant baseline accuracy", _number(metrics["always_malignant_accuracy"]), "-"),
+        (
+            f"always-{metrics['majority_class']} baseline accuracy (the majority class)",
+            _number(metrics["majority_class_accuracy"]),
+            "-",
+        ),
     ]
     table = pd.DataFrame(rows, columns=["metric", "this run", "paper"])
     (tn, fp), (fn, tp) = metrics["confusion_matrix"]
@@ -201,8 +205,8 @@ def _limits_section(config: dict, metrics: dict) -> str:
         f"{metrics['n_test_patients']} test patients the real uncertainty is wider. The paper's "
         "0.9344 comes from about 61 test images (roughly +-6 points) on a split it does not "
         "describe: differences of a few points between the two are noise.",
-        "- A model that always answers malignant would score "
-        f"{metrics['always_malignant_accuracy']:.3f} here; balanced accuracy, sensitivity and "
+        f"- A model that always answers {metrics['majority_class']}, the larger class of this test split, "
+        f"would score {metrics['majority_class_accuracy']:.3f} here; balanced accuracy, sensitivity and "
         "specificity show what accuracy hides.",
     ]
     if config["dataset"] == "synthetic":

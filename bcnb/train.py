@@ -231,19 +231,37 @@ def best_epoch(history: pd.DataFrame) -> int:
 def save_history(
     history: pd.DataFrame, run_dir: Path, cfg: Config, seconds: float, fine_tuned: list[str] = ()
 ) -> None:
+    """history.csv, and training.json: what training used and what it did (the report's source)."""
     write_text_atomic(run_dir / HISTORY_FILE, history.to_csv(index=False))
-    summary = {
+    write_json_atomic(run_dir / TRAINING_FILE, training_summary(history, cfg, seconds, fine_tuned))
+
+
+def training_summary(history: pd.DataFrame, cfg: Config, seconds: float, fine_tuned: list[str] = ()) -> dict:
+    """What training used (optimizer, learning rate, ...) and what it did (epochs, best epoch)."""
+    return {
+        "optimizer": "Adam",
+        "loss": "binary cross-entropy",
+        "learning_rate": cfg.learning_rate,
+        "batch_size": cfg.batch_size,
         "epochs_requested": cfg.epochs,
+        "patience": cfg.patience,
         "epochs_run": len(history),
         "best_epoch": best_epoch(history),
         "feature_cache": cfg.feature_cache,
         "class_weight": cfg.class_weight,
         "augment": cfg.augment,
+        "augmentation": {
+            "brightness": cfg.augment_brightness,
+            "contrast": cfg.augment_contrast,
+            "stain": cfg.augment_stain,
+        },
+        "fine_tune_layers": cfg.fine_tune_layers,
+        "fine_tune_learning_rate": cfg.fine_tune_learning_rate,
+        "fine_tune_epochs_requested": cfg.fine_tune_epochs if cfg.fine_tunes else 0,
         "fine_tune_epochs_run": int((history["phase"] == "fine_tune").sum()),
         "fine_tuned_layers": list(fine_tuned),  # layers of the base that learned (BN excluded)
         "seconds": round(seconds, 2),
     }
-    write_json_atomic(run_dir / TRAINING_FILE, summary)
 
 
 def load_training_summary(run_dir: str | Path) -> dict:

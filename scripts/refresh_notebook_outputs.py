@@ -1,6 +1,8 @@
 """Refresh notebooks/01-06: parameters cells from bcnb.Config, then the checked outputs.
 
-Each notebook's `parameters` cell is rewritten to hold every Config field at its default.
+Each notebook's `parameters` cell is rewritten to hold the Config fields of its own stage
+(config.STAGES) at their defaults, with `interactive` where the notebook shows widgets, and
+`run_dir`.
 The notebooks are then executed with those defaults, and they keep the outputs of cells
 marked `# NBVAL_CHECK_OUTPUT` (small, deterministic facts that nbval compares in CI) and
 nothing else: no figures, no logs. Run it after changing a notebook, Config, or anything
@@ -18,14 +20,18 @@ import nbformat
 from nbclient import NotebookClient
 
 from bcnb import Config
+from bcnb.config import STAGES
+from bcnb.reproduce import STAGE_OF_NOTEBOOK
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
 
 
-def parameters_source() -> str:
+def parameters_source(stage: str, shows_widgets: bool) -> str:
+    names = [*STAGES[stage], *(["interactive"] if shows_widgets else []), "run_dir"]
+    defaults = Config().to_dict()
     lines = ["# Parameters: papermill and `bcnb reproduce` replace these values."]
-    lines += [f"{name} = {_literal(value)}" for name, value in Config().to_dict().items()]
+    lines += [f"{name} = {_literal(defaults[name])}" for name in names]
     return "\n".join(lines)
 
 
@@ -37,7 +43,8 @@ def _literal(value) -> str:
 def refresh(path: Path) -> None:
     notebook = nbformat.read(path, as_version=4)
     parameters = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
-    parameters[0].source = parameters_source()
+    code = "".join(cell.source for cell in notebook.cells if cell.cell_type == "code")
+    parameters[0].source = parameters_source(STAGE_OF_NOTEBOOK[path.name], "cfg.interactive" in code)
     NotebookClient(
         notebook, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
     ).execute()
@@ -53,6 +60,10 @@ def refresh(path: Path) -> None:
 
 
 if __name__ == "__main__":
+    # The notebooks' default run folder: a run made with other parameters would be refused.
+    previous = NOTEBOOKS.parent / "runs" / "notebooks"
+    if previous.exists():
+        raise SystemExit(f"{previous} exists: remove it first (the notebooks run at their defaults afresh)")
     for notebook_path in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")):
         print(f"executing {notebook_path.name}", flush=True)
         refresh(notebook_path)

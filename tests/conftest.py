@@ -61,6 +61,7 @@ def run_dir(tmp_path_factory):
 
     from bcnb import Config, decision
     from bcnb import model as bcnb_model
+    from bcnb.runfolder import record_all
 
     folder = tmp_path_factory.mktemp("finished_run")
     keras.utils.set_random_seed(4)
@@ -68,5 +69,5 @@ def run_dir(tmp_path_factory):
     model.get_layer("classifier").bias.assign([0.3])
     bcnb_model.save_model(model, folder / "model.keras")
     decision.save_decision({"temperature": 2.0, "threshold": 0.5, "threshold_rule": "fixed"}, folder)
-    Config(img_size=32, resize="center_crop").save(folder)
+    record_all(folder, Config(img_size=32, resize="center_crop"))
     return folder

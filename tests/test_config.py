@@ -1,9 +1,8 @@
 from dataclasses import fields
 
 import pytest
-import yaml
 
-from bcnb.config import Config, field_names, parse_override
+from bcnb.config import PRESENTATION, STAGES, Config, defines_the_run, field_names, parse_override, stage_of
 
 # One bad value per field, with a word the error message must contain.
 BAD_VALUES = {
@@ -84,16 +83,19 @@ def test_config_is_frozen():
         Config().epochs = 3
 
 
-def test_from_parameters_takes_only_config_fields():
-    namespace = {**Config().to_dict(), "epochs": 7, "unrelated": object()}
-    assert Config.from_parameters(namespace).epochs == 7
+def test_every_parameter_belongs_to_one_stage_or_only_changes_presentation():
+    staged = [name for names in STAGES.values() for name in names]
+    assert len(staged) == len(set(staged))
+    assert set(staged) | set(PRESENTATION) == set(field_names())
+    assert stage_of("learning_rate") == "train" and stage_of("run_dir") == ""
+    assert not defines_the_run("interactive") and defines_the_run("seed")
 
 
-def test_from_parameters_names_missing_parameters():
-    namespace = Config().to_dict()
-    del namespace["seed"]
-    with pytest.raises(ValueError, match="lacks seed"):
-        Config.from_parameters(namespace)
+@pytest.mark.parametrize("written", ["VGG19", "ResNet50V2", " densenet121 ", "EfficientNetB0", "MobileNetV2"])
+def test_backbones_may_be_named_as_papers_write_them(written):
+    cfg = Config(backbone=written, compare_backbones=f"{written}, VGG19")
+    assert cfg.backbone == written.strip().lower()
+    assert cfg.backbones_to_compare() == [written.strip().lower(), "vgg19"]
 
 
 @pytest.mark.parametrize(
@@ -123,14 +125,6 @@ def test_parse_override_types_values(text, expected):
 def test_parse_override_errors(text, message):
     with pytest.raises(ValueError, match=message):
         parse_override(text)
-
-
-def test_save_and_load_round_trip(tmp_path):
-    cfg = Config(epochs=3, dataset="data/x.csv", run_dir=str(tmp_path))
-    path = cfg.save()
-    saved = yaml.safe_load(path.read_text())
-    assert "run_dir" not in saved  # the file lives in the run folder it describes
-    assert Config.from_file(path, run_dir=str(tmp_path)) == cfg
 
 
 def test_from_file_overrides_win(tmp_path):

@@ -80,8 +80,19 @@ def test_summary_holds_every_required_field():
     assert required <= set(summary)
     assert (summary["n_test_images"], summary["n_test_patients"]) == (6, 3)
     assert summary["paper_test_accuracy"] == 0.9344 and summary["weights"] == "random"
-    assert summary["always_malignant_accuracy"] == pytest.approx(4 / 6)
+    assert summary["majority_class"] == "malignant"
+    assert summary["majority_class_accuracy"] == pytest.approx(4 / 6)
     assert summary["confusion_matrix"] == [[1, 1], [1, 3]]
+
+
+@pytest.mark.parametrize(
+    "labels,expected",
+    [([0, 0, 0, 1], ("benign", 0.75)), ([1, 1, 0], ("malignant", 2 / 3)), ([0, 1], ("malignant", 0.5))],
+)
+def test_the_baseline_is_the_larger_class_of_the_test_split(labels, expected):
+    """IDC patches are mostly benign: the trivial model there is always-benign."""
+    found = evaluate.majority_class_baseline(np.array(labels))
+    assert (found["majority_class"], found["majority_class_accuracy"]) == pytest.approx(expected)
 
 
 def test_predictions_file(tmp_path):

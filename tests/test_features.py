@@ -140,9 +140,10 @@ def test_last_partial_batch_gives_the_same_features(setup):
 def _run_folder(tiny_cfg, tiny_split, folder):
     """What notebooks 01 and 02 leave: config, split, untrained model."""
     from bcnb import datasets
+    from bcnb.runfolder import record_all
 
     cfg = tiny_cfg.replace(run_dir=str(folder))
-    cfg.save()
+    record_all(folder, cfg)
     datasets.save_split(tiny_split, folder)
     keras.utils.set_random_seed(0)
     bcnb_model.save_model(bcnb_model.build_model(cfg.img_size, None), folder / bcnb_model.INITIAL_MODEL_FILE)

@@ -41,6 +41,24 @@ def test_gradcam_equals_the_class_activation_map(model, images, malignant):
     np.testing.assert_allclose(heat, expected, atol=1e-4)
 
 
+@pytest.mark.parametrize("bias", [30.0, -30.0])
+def test_a_saturated_probability_still_gives_a_heatmap(images, bias):
+    """A logit of +-30 saturates the float32 sigmoid (1.0, or 1e-13, far below any clipping);
+    the heatmap comes from the logit itself, so it still shows where the evidence is."""
+    keras.utils.set_random_seed(3)
+    saturated = bcnb_model.build_model(IMG, None)
+    classifier = saturated.get_layer("classifier")
+    # Every feature (a ReLU output, never negative) speaks for the predicted class.
+    classifier.kernel.assign(np.sign(bias) * np.abs(classifier.kernel.numpy()))
+    classifier.bias.assign([bias])
+    probability = saturated.predict(images, verbose=0).ravel()
+    assert (probability == 1.0).all() if bias > 0 else (probability < 1e-7).all()
+    heat, probability = gradcam.gradcam(saturated, images)  # explains the class it predicts
+    assert (heat.max(axis=(1, 2)) == 1).all()  # every map non-zero, scaled to its peak
+    expected = _class_activation_map(saturated, images, 1 if bias > 0 else -1)
+    np.testing.assert_allclose(heat, expected, atol=1e-4)
+
+
 def test_the_two_classes_light_up_different_places(model, images):
     """Evidence for malignant and for benign come from opposite signs of the same sum."""
     malignant, _ = gradcam.gradcam(model, images, called_malignant=[True] * 3)

@@ -12,7 +12,9 @@ import pytest
 import yaml
 
 from bcnb import Config
-from bcnb.reproduce import NOTEBOOKS, NOTEBOOKS_DIR
+from bcnb.config import STAGES
+from bcnb.reproduce import NOTEBOOKS, NOTEBOOKS_DIR, STAGE_OF_NOTEBOOK
+from bcnb.runfolder import record_all
 
 
 def _notebook(name):
@@ -24,14 +26,19 @@ def _code_cells(notebook):
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_parameters_cell_matches_config_fields_and_defaults(name):
+def test_parameters_cell_holds_its_own_stage_at_config_defaults(name):
+    """Each lesson's knobs are those of its step (plus run_dir, and interactive where it
+    shows widgets); the rest reach it through the run's record."""
     first = _code_cells(_notebook(name))[0]
     assert first.metadata.get("tags") == ["parameters"]
     values = {}
     for statement in ast.parse(first.source).body:
         assert isinstance(statement, ast.Assign), "the parameters cell holds assignments only"
         values[statement.targets[0].id] = ast.literal_eval(statement.value)  # flat literals only
-    assert values == Config().to_dict()
+    assert set(values) - {"interactive", "run_dir"} == set(STAGES[STAGE_OF_NOTEBOOK[name]])
+    assert "run_dir" in values
+    defaults = Config().to_dict()
+    assert values == {key: defaults[key] for key in values}
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -178,23 +185,74 @@ def test_notebook_02_warns_loudly_about_random_weights(run):
     assert "WARNING: the pretrained base has RANDOM weights" in text
 
 
+def _snapshot(folder):
+    """Every file of a folder with its bytes' hash and modification time."""
+    import hashlib
+
+    files = [path for path in sorted(folder.rglob("*")) if path.is_file()]
+    return {path: (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns) for path in files}
+
+
 @pytest.mark.slow
 def test_a_notebook_reruns_alone_on_the_run_folder(run, tmp_path):
-    """Notebooks talk only through the run folder: 04 alone gives the same metrics."""
+    """Notebooks talk only through the run folder: 04 alone gives the same metrics, and a
+    parameter that only changes presentation (interactive) leaves the record as it was."""
     import papermill
 
     out, _ = run
     before = json.loads((out / "metrics.json").read_text())
-    parameters = Config(**SMALL, run_dir=str(out)).to_dict()
+    record = (out / "config.yaml").read_bytes()
     papermill.execute_notebook(
         str(NOTEBOOKS_DIR / "04_evaluate.ipynb"),
         str(tmp_path / "04.ipynb"),
-        parameters=parameters,
+        parameters={"run_dir": str(out), "interactive": True},
         progress_bar=False,
     )
     after = json.loads((out / "metrics.json").read_text())
     assert after["confusion_matrix"] == before["confusion_matrix"]
     assert after["test_loss"] == pytest.approx(before["test_loss"], rel=1e-5)
+    assert (out / "config.yaml").read_bytes() == record
+
+
+@pytest.mark.slow
+def test_a_notebook_with_another_run_parameter_is_refused_and_changes_nothing(run, tmp_path):
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    out, _ = run
+    before = _snapshot(out)
+    command = ["reproduce", "--out", str(out), "--only", "04", "--set", "learning_rate=0.5"]
+    result = subprocess.run([sys.executable, "-m", "bcnb", *command], capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "learning_rate=0.03 (not 0.5)" in line and "--out NEW" in line
+    parameters = {"run_dir": str(out), "learning_rate": 0.5}  # as papermill or JupyterLab would set it
+    with pytest.raises(PapermillExecutionError, match="RecordMismatch") as refused:
+        papermill.execute_notebook(
+            str(NOTEBOOKS_DIR / "04_evaluate.ipynb"), str(tmp_path / "04.ipynb"), parameters=parameters
+        )
+    assert "learning_rate=0.03 (not 0.5)" in str(refused.value)
+    assert _snapshot(out) == before
+
+
+@pytest.mark.slow
+def test_only_reruns_a_notebook_in_place_with_the_runs_parameters(run, tmp_path):
+    """bcnb reproduce --only 06: new images predicted by the finished run, the executed
+    notebook replaced, the record untouched."""
+    out, _ = run
+    images = tmp_path / "new"
+    images.mkdir()
+    for i, path in enumerate(pd.read_csv(out / "predictions.csv")["path"].head(2)):
+        (images / f"new{i}.png").write_bytes(open(path, "rb").read())
+    record = (out / "config.yaml").read_bytes()
+    command = ["reproduce", "--out", str(out), "--only", "06", "--set", f"predict_images={images}"]
+    result = subprocess.run([sys.executable, "-m", "bcnb", *command], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    executed = nbformat.read(out / "notebooks" / "06_predict.ipynb", as_version=4)
+    shown = "".join(str(o) for c in _code_cells(executed) for o in c.outputs)
+    assert "new0.png" in shown and "new1.png" in shown
+    assert (out / "config.yaml").read_bytes() == record
+    assert not list((out / "notebooks").glob(".*running*"))
 
 
 @pytest.mark.slow
@@ -243,31 +301,6 @@ def _checkpoint_epoch(staging):
         return 0
 
 
-@pytest.mark.slow
-def test_a_killed_run_resumes_and_ends_like_an_uninterrupted_one(run, tmp_path):
-    import os
-    import signal
-    import time
-
-    whole, killed = run[0], tmp_path / "killed"  # the uninterrupted run: the same parameters
-    victim = subprocess.Popen(_reproduce(killed), stderr=subprocess.DEVNULL, start_new_session=True)
-    staging = tmp_path / ".killed.partial"
-    deadline = time.monotonic() + 600
-    while _checkpoint_epoch(staging) < 3 and victim.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.killpg(victim.pid, signal.SIGKILL)  # the kernel dies too, mid-training
-    victim.wait()
-    assert 3 <= _checkpoint_epoch(staging) < SMALL["epochs"], "the run was not killed during training"
-    assert not killed.exists()
-    resumed = subprocess.run(_reproduce(killed, "--resume"), capture_output=True, text=True, timeout=900)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    for name in ("history.csv", "split.csv"):
-        assert (killed / name).read_text() == (whole / name).read_text(), name
-    before, after = (json.loads((folder / "metrics.json").read_text()) for folder in (whole, killed))
-    assert after["confusion_matrix"] == before["confusion_matrix"]
-    assert after["test_loss"] == pytest.approx(before["test_loss"], rel=1e-6)
-
-
 def test_resume_needs_an_interrupted_run(tmp_path):
     result = subprocess.run(_reproduce(tmp_path / "run", "--resume"), capture_output=True, text=True)
     assert result.returncode == 2 and "--resume: no interrupted run to resume" in result.stderr
@@ -276,7 +309,7 @@ def test_resume_needs_an_interrupted_run(tmp_path):
 def test_resume_refuses_other_parameters(tmp_path):
     staging = tmp_path / ".run.partial"
     staging.mkdir()
-    Config(**SMALL).save(staging)
+    record_all(staging, Config(**SMALL))
     result = subprocess.run(
         _reproduce(tmp_path / "run", "--resume", "--set", "seed=3"), capture_output=True, text=True
     )
@@ -284,20 +317,43 @@ def test_resume_refuses_other_parameters(tmp_path):
 
 
 @pytest.mark.slow
-def test_sharded_extraction_workflow(run, tmp_path):
-    """reproduce --stop-after 02, two `bcnb extract` shards, then --resume: the same run."""
-    out = tmp_path / "sharded"
-    sets = [arg for key, value in SMALL.items() for arg in ("--set", f"{key}={value}")]
-    command = [sys.executable, "-m", "bcnb", "reproduce", "--out", str(out), *sets]
-    first = subprocess.run([*command, "--stop-after", "02"], capture_output=True, text=True, timeout=900)
+def test_sharded_extraction_and_a_killed_training_end_like_an_uninterrupted_run(run, tmp_path):
+    """reproduce --stop-after 02, two `bcnb extract` shards, then --resume, killed while it
+    trains (a second writer is refused meanwhile), then --resume again: the same run as one
+    uninterrupted `bcnb reproduce` (the `run` fixture, same parameters)."""
+    import os
+    import signal
+    import time
+
+    whole, out, staging = run[0], tmp_path / "resumed", tmp_path / ".resumed.partial"
+    first = subprocess.run(_reproduce(out, "--stop-after", "02"), capture_output=True, text=True, timeout=900)
     assert first.returncode == 0 and "continue with --resume" in first.stderr, first.stderr[-2000:]
     for shard in ("0/2", "1/2"):
         extract = [sys.executable, "-m", "bcnb", "extract", "--out", str(out), "--shard", shard]
         subprocess.run(extract, check=True, capture_output=True, timeout=900)
-    assert len(list((tmp_path / ".sharded.partial" / "features" / "shards").glob("all.*-of-2.npy"))) == 2
-    last = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=900)
-    assert last.returncode == 0, last.stderr[-2000:]
-    before, after = (json.loads((folder / "metrics.json").read_text()) for folder in (run[0], out))
+    assert len(list((staging / "features" / "shards").glob("all.*-of-2.npy"))) == 2
+
+    victim = subprocess.Popen(_reproduce(out, "--resume"), stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while _checkpoint_epoch(staging) < 3 and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(victim.pid, signal.SIGSTOP)  # frozen mid-training, still holding the run folder
+    second = subprocess.run(_reproduce(out, "--set", "seed=2"), capture_output=True, text=True)
+    assert second.returncode == 2
+    assert f"{out} is being written by bcnb reproduce (process {victim.pid}" in second.stderr
+    os.killpg(victim.pid, signal.SIGKILL)  # the kernel dies too; its lock goes with it
+    victim.wait()
+    assert 3 <= _checkpoint_epoch(staging) < SMALL["epochs"], "the run was not killed during training"
+    assert not out.exists()
+
+    resumed = subprocess.run(_reproduce(out, "--resume"), capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert (out / "split.csv").read_text() == (whole / "split.csv").read_text()
+    # Shards batch the images differently, so features may differ in their last bits.
+    history, expected = (pd.read_csv(folder / "history.csv") for folder in (out, whole))
+    assert history["phase"].tolist() == expected["phase"].tolist()
+    np.testing.assert_allclose(history["val_loss"], expected["val_loss"], rtol=1e-3)
+    before, after = (json.loads((folder / "metrics.json").read_text()) for folder in (whole, out))
     assert after["confusion_matrix"] == before["confusion_matrix"]
     assert after["test_loss"] == pytest.approx(before["test_loss"], rel=1e-3)
 
@@ -360,6 +416,19 @@ def test_bcnb_predict_on_the_run(run, tmp_path):
         assert got["label"] == row["predicted"]
         assert float(got["probability"]) == pytest.approx(row["calibrated_probability"], abs=1e-3)
     assert len(list((tmp_path / "cams").glob("*_gradcam.png"))) == 3
+    # Before the rows: where the model comes from, when that limits what it can say.
+    notes = result.stderr.split(str(folder))[0]
+    assert "RANDOM weights" in notes and "generated images, not real tissue" in notes
+    assert "never for diagnosis" in notes
+    assert set(table["weights"]) == {"random"} and set(table["trained_on"]) == {"synthetic"}
+
+
+@pytest.mark.slow
+def test_notebook_06_shows_where_the_model_comes_from(run):
+    executed = nbformat.read(run[0] / "notebooks" / "06_predict.ipynb", as_version=4)
+    text = "".join(o.get("text", "") for c in _code_cells(executed) for o in c.outputs)
+    assert "WARNING: the pretrained base has RANDOM weights" in text  # as 02 and 04 show it
+    assert "generated images, not real tissue" in text and "never for diagnosis" in text
 
 
 @pytest.mark.slow
@@ -373,3 +442,47 @@ def test_executed_notebooks_show_figures_and_no_widget_text(run):
             assert "application/vnd.jupyter.widget-view+json" not in data, name  # a widget, undrawn
             if data.get("text/plain", "").startswith("<Figure size"):
                 assert "image/png" in data, name  # a figure shown only as its text form
+
+
+# --------------------------------------------------------------------------- every backbone
+def _run_here(name, **parameters):
+    """Run a notebook's code cells in this process, with ``parameters`` injected after its
+    parameters cell as papermill would: the notebooks' own code, without a kernel start."""
+    import matplotlib.pyplot as plt
+
+    namespace = {}
+    for cell in _code_cells(_notebook(name)):
+        exec(compile(cell.source, name, "exec"), namespace)
+        if "parameters" in cell.metadata.get("tags", []):
+            namespace.update(parameters)
+    plt.close("all")
+    return namespace
+
+
+@pytest.fixture(scope="module")
+def data_stage(tmp_path_factory):
+    """Notebook 01 on a small built-in dataset: the run folder every backbone starts from."""
+    folder = tmp_path_factory.mktemp("backbones") / "data"
+    _run_here("01_data.ipynb", run_dir=str(folder), interactive=False, synthetic_patients=12,
+              synthetic_images_per_patient=1)  # fmt: skip
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("written", ["VGG19", "densenet121", "EfficientNetB0", "mobilenetv2"])  # and the run
+def test_every_backbone_runs_through_notebooks_02_to_06(data_stage, written, tmp_path):
+    import shutil
+
+    from bcnb.backbones import get_backbone
+
+    folder = tmp_path / "run"
+    shutil.copytree(data_stage, folder)
+    _run_here("02_model.ipynb", run_dir=str(folder), backbone=written, img_size=32, weights="none")
+    _run_here("03_train.ipynb", run_dir=str(folder), interactive=False, epochs=2, batch_size=8)
+    _run_here("04_evaluate.ipynb", run_dir=str(folder), interactive=False, bootstrap_samples=100)
+    shown = _run_here("06_predict.ipynb", run_dir=str(folder), interactive=False)
+    name = written.lower()
+    assert yaml.safe_load((folder / "config.yaml").read_text())["backbone"] == name
+    assert f"- model: {get_backbone(name).title} (frozen" in (folder / "report.md").read_text()
+    assert json.loads((folder / "metrics.json").read_text())["n_test_images"] > 0
+    assert len(shown["table"]) == 4 and len(list((folder / "predictions").glob("*_gradcam.png"))) == 4

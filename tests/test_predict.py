@@ -6,6 +6,7 @@ from PIL import Image
 from bcnb import Config, cli, decision
 from bcnb.images import fit_to_square, read_rgb
 from bcnb.predict import Predictor, find_images, predict_files
+from bcnb.runfolder import record_all
 
 IMG = 32  # the size of conftest's run_dir model
 
@@ -71,6 +72,6 @@ def test_command_line_predicts_and_names_refused_files(run_dir, images, capsys):
 def test_a_model_trained_on_tiles_is_refused(run_dir, tmp_path):
     for name in ("model.keras", "decision.json"):
         (tmp_path / name).write_bytes((run_dir / name).read_bytes())
-    Config(img_size=IMG, tiles_per_image=4).save(tmp_path)
+    record_all(tmp_path, Config(img_size=IMG, tiles_per_image=4))
     with pytest.raises(ValueError, match="trained on tiles"):
         Predictor.from_run(tmp_path / "model.keras")

@@ -2,18 +2,14 @@ import pandas as pd
 
 from bcnb import Config
 from bcnb.report import DISCLAIMER, render_report
+from bcnb.train import training_summary
 
 CONFIG = {**Config().to_dict(), "dataset": "/data/BreaKHis_v1", "magnification": "40X"}
 DATASET = {"source": "/data/BreaKHis_v1", "layout": "breakhis", "notes": ["layout: detected breakhis"],
            "patient_level": True, "n_images": 7909, "n_bad_files": 0}  # fmt: skip
-TRAINING = {
-    "epochs_requested": 100,
-    "epochs_run": 31,
-    "best_epoch": 21,
-    "feature_cache": True,
-    "class_weight": "none",
-    "seconds": 12.3,
-}
+HISTORY = pd.DataFrame({"epoch": range(1, 32), "val_loss": [abs(e - 21) + 0.1 for e in range(1, 32)],
+                        "phase": "head"})  # fmt: skip
+TRAINING = training_summary(HISTORY, Config(), seconds=12.3)
 SPLIT = pd.DataFrame(
     {
         "path": [f"{i}.png" for i in range(8)],
@@ -29,7 +25,8 @@ def _metrics(**changes):
         "test_accuracy": 0.95, "test_loss": 0.15, "test_accuracy_95ci": [0.9, 0.98],
         "balanced_accuracy": 0.94,
         "sensitivity": 0.97, "specificity": 0.91, "roc_auc": 0.98, "confusion_matrix": [[20, 2], [1, 37]],
-        "threshold": 0.5, "always_malignant_accuracy": 0.63, "n_test_images": 60, "n_test_patients": 16,
+        "threshold": 0.5, "majority_class": "malignant", "majority_class_accuracy": 0.63,
+        "n_test_images": 60, "n_test_patients": 16,
         "weights": "imagenet", "weights_pretrained": True, "weights_source": "/root/.keras/models/x.h5",
         "paper_test_accuracy": 0.9344, "paper_test_loss": 0.1723,
     }  # fmt: skip
@@ -39,7 +36,8 @@ def _metrics(**changes):
 def test_pretrained_run_has_no_warning_and_states_the_method():
     report = render_report(CONFIG, DATASET, SPLIT, TRAINING, _metrics())
     assert "RANDOM" not in report and "weights used: ImageNet" in report
-    assert "31 run of 100 requested; weights of epoch 21 kept" in report
+    assert "31 run of 100 requested (early stopping, patience 10); weights of epoch 21 kept" in report
+    assert "always-malignant baseline accuracy (the majority class) | 0.6300" in report
     assert "0.9500 (95% CI 0.900-0.980) | 0.9344" in report
     assert DISCLAIMER in report and "generated, not real tissue" not in report
 
@@ -71,3 +69,19 @@ def test_bad_files_image_level_split_and_magnifications_are_reported():
     assert "3 bad file(s) left out" in report and "bad_images.csv" in report
     assert "split: BY IMAGE (no patient ids)" in report and "- no patient ids: ..." in report
     assert "| 40X | 30 | 0.9000 | 0.8500 | n/a |" in report
+
+
+def test_training_is_reported_as_training_recorded_it():
+    """The model and training section comes from training.json, not from parameters a
+    later notebook might hold."""
+    training = training_summary(HISTORY, Config(learning_rate=0.03, batch_size=8, fine_tune_layers=4), 5.0)
+    report = render_report(CONFIG, DATASET, SPLIT, training, _metrics())
+    assert "Adam, learning rate 0.03, batch size 8" in report
+    assert "fine-tuning (beyond the paper): top 4 layers" in report
+
+
+def test_a_benign_majority_is_named():
+    report = render_report(CONFIG, DATASET, SPLIT, TRAINING,
+                           _metrics(majority_class="benign", majority_class_accuracy=0.72))  # fmt: skip
+    assert "always-benign baseline accuracy (the majority class) | 0.7200" in report
+    assert "always answers benign, the larger class of this test split, would score 0.720" in report
