@@ -1,4 +1,4 @@
-"""Training-time augmentation of histopathology tiles, as TensorFlow ops for tf.data.
+"""Training-time augmentation of histopathology tiles, as TensorFlow ops.
 
 Every change is one a second slide of the same tumour could plausibly show:
 
@@ -195,30 +195,6 @@ def random_augment(image, seed, augmentation: Augmentation) -> tf.Tensor:
     augmented = apply_augmentation(image, **values)
     # A traced rot90 with a drawn k loses the static shape; the image keeps its own.
     return tf.ensure_shape(augmented, image.shape) if image.shape.is_fully_defined() else augmented
-
-
-# Seeds of later epochs start this far along, so that epochs never share an element seed.
-EPOCH_STRIDE = 2**32
-
-
-def augment_dataset(dataset, augmentation: Augmentation, seed: int, epoch=0):
-    """Augment a dataset of unbatched (image, label) pairs; element i gets seed [seed, i].
-
-    Put it after decoding and before batching. The element seeds follow the position in the
-    stream, so without an ``epoch`` every pass sees the same augmented images; passing the
-    epoch (an int or a scalar tensor, e.g. from ``Dataset.range(epochs).flat_map``) gives
-    each epoch its own draws, seeds [seed, epoch * 2**32 + i], reproducible on resume.
-    """
-    if augmentation.is_identity:
-        return dataset
-    first = tf.cast(epoch, tf.int64) * EPOCH_STRIDE
-
-    def augment_pair(index, pair):
-        image, label = pair
-        element_seed = tf.stack([tf.constant(seed, tf.int64), first + index])
-        return random_augment(image, element_seed, augmentation), label
-
-    return dataset.enumerate().map(augment_pair, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def augmentation_examples(image, augmentation: Augmentation, n: int = 4, seed: int = 0) -> list[np.ndarray]:

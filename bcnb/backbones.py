@@ -10,7 +10,8 @@ was): a saved model takes raw 0-255 pixels whatever its base, and loads in safe 
     densenet121               (x / 255 - mean) / std per channel    ("torch" mode)
     efficientnetb0            none: the Keras model rescales inside itself
 
-VGG19 was the best of the networks compared by Saber et al. (2021), which the paper cites.
+The paper cites Saber et al. (IEEE Access, 2021), who compared such networks on mammograms
+(MIAS) and found VGG16 best; the paper reports it as VGG19, the deeper sibling offered here.
 """
 
 from __future__ import annotations

@@ -163,15 +163,16 @@ def _reproduce(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     notebooks = args.notebooks or NOTEBOOKS_DIR
+    live = sys.stderr.isatty()  # papermill's cell-by-cell bar in a terminal; none in a log file
     try:
         if args.only:
             if args.resume or args.stop_after or args.compare:
                 raise ValueError("--only: runs notebooks of a finished run; it goes without --resume, "
                                  "--stop-after and --compare")  # fmt: skip
-            out = rerun(args.out, args.only, given_parameters(args), notebooks, _say, True)
+            out = rerun(args.out, args.only, given_parameters(args), notebooks, _say, live)
         else:
             cfg = config_from_args(args)
-            out = reproduce(cfg, args.out, notebooks, _say, True, args.resume, args.stop_after, args.compare)
+            out = reproduce(cfg, args.out, notebooks, _say, live, args.resume, args.stop_after, args.compare)
     except NotebookFailed as error:
         return _fail(str(error), EXIT_RUN_FAILED)
     except (ValueError, FileNotFoundError) as error:  # bad parameters, paths or weights

@@ -19,7 +19,7 @@ from bcnb import decision, stats
 from bcnb import model as bcnb_model
 from bcnb.config import Config
 from bcnb.datasets import labels_of
-from bcnb.evaluate import predict_probabilities
+from bcnb.evaluate import compute_metrics, predict_probabilities
 from bcnb.features import ALL_FEATURES, FEATURES_DIR, features_of, read_features
 from bcnb.files import write_json_atomic
 from bcnb.train import train_model
@@ -51,9 +51,15 @@ def run_backbone(cfg: Config, name: str, split: pd.DataFrame) -> dict:
         "parameters": bcnb_model.count_parameters(model)["total"],
         "images_per_second": speed,
         "epochs_run": len(history),
+        # What a choice between backbones may look at: the validation split, never test.
+        "validation": {"loss": float(history["val_loss"].min()), "roc_auc": _roc_auc(val, p_val)},
         "measured": measured,
         "test_probability": decision.apply_decision(rule, p_test)[0],  # calibrated
     }
+
+
+def _roc_auc(table: pd.DataFrame, probability: np.ndarray) -> float:
+    return compute_metrics(labels_of(table), probability)["roc_auc"]
 
 
 def _extraction_speed(cfg: Config, model, split: pd.DataFrame) -> float:
@@ -81,7 +87,8 @@ def _probabilities(cfg: Config, model, split: pd.DataFrame, part: str) -> np.nda
 
 
 def comparison_table(results: list[dict]) -> pd.DataFrame:
-    """One row per backbone: size, speed, and test metrics with 95% patient-bootstrap CIs."""
+    """One row per backbone: size, speed, the validation figures to choose by, and test metrics
+    with 95% patient-bootstrap CIs (to report, not to choose by)."""
     rows = []
     for result in results:
         measured = result["measured"]
@@ -90,10 +97,12 @@ def comparison_table(results: list[dict]) -> pd.DataFrame:
             "weights": result["weights"] if result["pretrained"] else "RANDOM",
             "parameters (M)": round(result["parameters"] / 1e6, 1),
             "images/s": round(result["images_per_second"], 1),
+            "val loss": round(result["validation"]["loss"], 4),
+            "val ROC AUC": round(result["validation"]["roc_auc"], 3),
         }
         for name in ("accuracy", "balanced_accuracy", "roc_auc"):
             low, high = measured["image_level_95ci_by_patient"][name]
-            row[name] = f"{measured['image_level'][name]:.3f} ({low:.3f}-{high:.3f})"
+            row[f"test {name}"] = f"{measured['image_level'][name]:.3f} ({low:.3f}-{high:.3f})"
         rows.append(row)
     return pd.DataFrame(rows).set_index("backbone")
 

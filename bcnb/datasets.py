@@ -258,28 +258,17 @@ def tiles_of(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return table["tile"].to_numpy(dtype=np.int64), table["tiles"].to_numpy(dtype=np.int64)
 
 
-def make_dataset(
-    table: pd.DataFrame,
-    img_size: int,
-    batch_size: int,
-    resize: str = "squash",
-    shuffle: bool = False,
-    seed: int = 0,
-    augmentation=None,
-):
-    """A tf.data pipeline of (image, label) batches; images are float 0-255, img_size square.
+def make_dataset(table: pd.DataFrame, img_size: int, batch_size: int, resize: str = "squash"):
+    """A tf.data pipeline of (image, label) batches in table order; images are float 0-255,
+    img_size square (for feature extraction and evaluation; training uses
+    :class:`bcnb.train.ImageBatches`, whose order changes with the epoch).
 
     Files are decoded in parallel (Pillow, so any common format and mode works) and
     prefetched, so nothing holds the whole dataset in memory. The model scales pixels
-    itself, so the pipeline only converts to RGB and resizes or tiles. An
-    :class:`bcnb.augment.Augmentation` transforms each image by ``seed`` and its position.
+    itself, so the pipeline only converts to RGB and resizes or tiles.
     """
     import tensorflow as tf
 
-    if shuffle:
-        # The same permutation of the seed as the cached features' (FeatureBatches), so that
-        # training end to end and on cached features see the images in the same order.
-        table = table.iloc[np.random.default_rng(seed).permutation(len(table))]
     labels = labels_of(table).reshape(-1, 1)
     tile, tiles = tiles_of(table)
     ds = tf.data.Dataset.from_tensor_slices(((table["path"].to_numpy(dtype=str), tile, tiles), labels))
@@ -293,13 +282,9 @@ def make_dataset(
         return tf.ensure_shape(image, (img_size, img_size, 3)), label
 
     ds = ds.map(load_batch_item, num_parallel_calls=tf.data.AUTOTUNE)
-    if augmentation is not None:
-        from bcnb.augment import augment_dataset
-
-        ds = augment_dataset(ds, augmentation, seed)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def image_dataset(cfg: Config, table: pd.DataFrame, shuffle: bool = False):
+def image_dataset(cfg: Config, table: pd.DataFrame):
     """Stage entry point: the pipeline of ``table``'s images with cfg's size, resize and batch."""
-    return make_dataset(table, cfg.img_size, cfg.batch_size, cfg.resize, shuffle, cfg.seed)
+    return make_dataset(table, cfg.img_size, cfg.batch_size, cfg.resize)

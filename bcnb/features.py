@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -220,36 +219,3 @@ def features_of(cfg: Config, model: keras.Model, split: pd.DataFrame) -> Path:
     path = Path(cfg.run_dir) / FEATURES_DIR / ALL_FEATURES
     batch_size = max(cfg.batch_size, EXTRACTION_BATCH)
     return cached_features(model, split, cfg.img_size, batch_size, path, cfg.resize)
-
-
-class FeatureBatches(keras.utils.PyDataset):
-    """(features, labels) batches read from some rows of a feature file.
-
-    With ``shuffle``, the order is a permutation drawn from ``seed`` alone: training makes
-    one of these per epoch with seed + epoch, so an epoch's order does not depend on what
-    ran before it (which a resumed run needs).
-    """
-
-    def __init__(
-        self,
-        path: Path,
-        labels: np.ndarray,
-        batch_size: int,
-        shuffle: bool = False,
-        seed: int = 0,
-        rows: np.ndarray | None = None,
-    ):
-        super().__init__()
-        self.path, self.labels, self.batch_size = path, labels.reshape(-1, 1), batch_size
-        self.rows = np.arange(len(labels)) if rows is None else np.asarray(rows)  # file row of each label
-        shuffled = np.random.default_rng(seed).permutation(len(labels))
-        self.order = shuffled if shuffle else np.arange(len(labels))
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.order) / self.batch_size)
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        # In the shuffled order, as the images would come end to end: Dropout's masks go by
-        # position in the batch, so the same order gives the same training, cache or not.
-        chosen = self.order[index * self.batch_size : (index + 1) * self.batch_size]
-        return read_features(self.path, self.rows[chosen]), self.labels[chosen]

@@ -63,10 +63,17 @@ class WeightsInfo:
             f"Reason: {self.source}\n"
             "This run is NOT transfer learning; its numbers cannot be compared with the\n"
             "paper's 0.9344. See data_instructions.md to install the ImageNet weights file.\n"
-            "Random features are tiny, so the head learns slowly at learning_rate=0.001;\n"
-            "configs/demo.yaml uses 0.03.\n"
             f"{rule}"
         )
+
+    def learning_rate_note(self, learning_rate: float) -> str:
+        """What a random base means for this run's learning rate ("" when pretrained)."""
+        if self.pretrained:
+            return ""
+        why = "The base has random weights: their features are tiny, so the head learns slowly"
+        if learning_rate < 0.01:
+            return f"{why} at this run's learning_rate={learning_rate} (configs/demo.yaml uses 0.03)."
+        return f"{why} at 0.001; this run trains it at learning_rate={learning_rate}."
 
 
 def keras_home() -> Path:

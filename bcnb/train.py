@@ -1,21 +1,26 @@
-"""Stage 3, training: fit the classifier head, fast on cached features or end to end.
+"""Stage 3, training: the inputs that ``fit`` needs, and the same ``fit`` as notebook 03.
 
-With the base frozen, called with ``training=False`` and no augmentation, the base is a
-fixed function of the image. So its pooled features can be computed once, stored
-(:mod:`bcnb.features`), and the head (Dropout + Dense) trained on them: the same model as
-training through the base, ``epochs`` times fewer passes through ResNet50V2. The paper
-remarks that training a classifier by feature extraction is the faster method;
-``feature_cache=false`` trains end to end through the frozen base instead, as the Keras
-transfer-learning guide does.
+Notebook 03 writes the paper's lines out: ``compile(Adam, binary cross-entropy, accuracy)``
+and ``fit(train, validation_data=val, epochs=..., callbacks=[EarlyStopping, ...])``. This
+module gives those lines their inputs and keeps what is easy to get wrong:
 
-Fine-tuning (``fine_tune_layers > 0``) is a second phase beyond the paper: the top of the
-base learns too, at a low learning rate, from (optionally augmented) images; it starts from
-the head's best weights and keeps them unless the validation loss improves.
+- **Cached features.** With the base frozen, called with ``training=False`` and no
+  augmentation, it is a fixed function of the image: its pooled features are computed once
+  (:mod:`bcnb.features`) and the head (Dropout + Dense) trains on them, the same model as
+  training through the base, ``epochs`` times fewer passes through ResNet50V2 (the paper:
+  "training a classifier by feature extraction is a faster method"). Both ways run the same
+  ``fit`` on different inputs (:func:`training_inputs`), in the same order.
+- **The order of each epoch** depends on the pair (seed, epoch) alone, so a resumed run sees
+  what an uninterrupted one saw, and runs with neighbouring seeds share no draws.
+- **Resuming** a killed run (:class:`bcnb.checkpoint.ResumeTraining`).
+
+:func:`train_model` is those steps in one call, for notebook 05, the tests and anyone who
+wants the result without the lesson; a test keeps it equal to notebook 03.
 """
 
 from __future__ import annotations
 
-import time
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,36 +28,160 @@ import keras
 import numpy as np
 import pandas as pd
 
-from bcnb.augment import Augmentation
-from bcnb.checkpoint import (
-    CHECKPOINT_FILE,
-    FINE_TUNE_CHECKPOINT_FILE,
-    TrainingState,
-    capture,
-    restore,
-    run_fingerprint,
-)
+from bcnb.augment import Augmentation, random_augment
+from bcnb.checkpoint import CHECKPOINT_FILE, FINE_TUNE_CHECKPOINT_FILE, ResumeTraining, run_fingerprint
 from bcnb.config import Config
-from bcnb.datasets import image_dataset, labels_of, make_dataset
-from bcnb.features import FeatureBatches, features_of
+from bcnb.datasets import labels_of, tiles_of
+from bcnb.features import features_of, read_features
 from bcnb.files import read_run_json, write_json_atomic, write_text_atomic
+from bcnb.images import load_for_model
 from bcnb.model import classifier_head, unfreeze_top_layers
 from bcnb.seeds import seed_everything
 
 HISTORY_FILE = "history.csv"
 TRAINING_FILE = "training.json"
+PHASES = {"head": CHECKPOINT_FILE, "fine_tune": FINE_TUNE_CHECKPOINT_FILE}
 
 
-def compile_for_training(model: keras.Model, learning_rate: float) -> None:
-    """Adam on binary cross-entropy, tracking accuracy and ROC AUC."""
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-        loss=keras.losses.BinaryCrossentropy(),
-        metrics=[keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")],
+# --------------------------------------------------------------------------- batches
+def epoch_order(n: int, seed: int, epoch: int, stream: int = 0) -> np.ndarray:
+    """The order of ``n`` training examples in one epoch, drawn from (seed, stream, epoch)
+    alone: seed 42's epoch 1 is not seed 43's epoch 0. ``stream`` keeps phases apart."""
+    return np.random.default_rng([seed, stream, epoch]).permutation(n)
+
+
+class EpochBatches(keras.utils.PyDataset):
+    """Batches of some rows, shuffled per epoch by :func:`epoch_order` (or in table order).
+
+    ``epoch`` is set before each epoch by :class:`bcnb.checkpoint.ResumeTraining`. Training
+    on cached features and end to end use the same order: Dropout's masks go by position in
+    the batch, so the same order gives the same training, cache or not.
+    """
+
+    def __init__(
+        self, labels: np.ndarray, batch_size: int, shuffle: bool = False, seed: int = 0, stream: int = 0
+    ):
+        super().__init__()
+        self.labels = np.asarray(labels, dtype=np.float32).reshape(-1, 1)
+        self.batch_size, self.shuffle, self.seed, self.stream = batch_size, shuffle, seed, stream
+        self.epoch = 0
+        self._order: tuple[int | None, np.ndarray] = (None, np.arange(0))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    def positions(self, index: int) -> np.ndarray:
+        """Which of the rows (0 .. n-1) make batch ``index`` of the current epoch."""
+        if self._order[0] != self.epoch:  # drawn once per epoch
+            n = len(self.labels)
+            order = epoch_order(n, self.seed, self.epoch, self.stream) if self.shuffle else np.arange(n)
+            self._order = (self.epoch, order)
+        return self._order[1][index * self.batch_size : (index + 1) * self.batch_size]
+
+    def __getitem__(self, index: int):
+        chosen = self.positions(index)
+        return self.inputs(chosen), self.labels[chosen]
+
+    def inputs(self, positions: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class FeatureBatches(EpochBatches):
+    """(features, labels) batches read from some rows of a cached feature file."""
+
+    def __init__(self, path: Path, rows: np.ndarray, labels: np.ndarray, batch_size: int, **order):
+        super().__init__(labels, batch_size, **order)
+        self.path, self.rows = Path(path), np.asarray(rows)
+
+    def inputs(self, positions: np.ndarray) -> np.ndarray:
+        return read_features(self.path, self.rows[positions])
+
+
+class ImageBatches(EpochBatches):
+    """(images, labels) batches of a table's images, as the model takes them (0-255 pixels),
+    augmented when asked with draws seeded by (seed, stream, epoch) and the position."""
+
+    def __init__(
+        self,
+        table: pd.DataFrame,
+        img_size: int,
+        resize: str,
+        batch_size: int,
+        augmentation: Augmentation | None = None,
+        **order,
+    ):
+        super().__init__(labels_of(table), batch_size, **order)
+        tile, tiles = tiles_of(table)
+        self.sources = list(zip(table["path"], tiles, tile))
+        self.img_size, self.resize, self.augmentation = img_size, resize, augmentation
+
+    def inputs(self, positions: np.ndarray) -> np.ndarray:
+        images = [
+            load_for_model(path, self.img_size, self.resize, int(tiles), int(tile))
+            for path, tiles, tile in (self.sources[p] for p in positions)
+        ]
+        if self.augmentation is None:
+            return np.stack(images)
+        key = int(np.random.default_rng([self.seed, self.stream, self.epoch]).integers(2**31))
+        return np.stack(
+            [
+                random_augment(image, [key, int(p)], self.augmentation).numpy()
+                for image, p in zip(images, positions)
+            ]
+        )
+
+
+# --------------------------------------------------------------------------- inputs
+def training_inputs(cfg: Config, model: keras.Model, split: pd.DataFrame):
+    """What ``fit`` trains and on what: (trainee, train_data, val_data).
+
+    With ``feature_cache`` the trainee is the head, sharing the model's Dropout and Dense
+    layers (training it trains the model), and the data are the cached features of each
+    image (computed now if they are not cached yet); otherwise the trainee is the whole
+    model and the data are images, which pass through the frozen base on every epoch.
+    """
+    train, val = split[split["split"] == "train"], split[split["split"] == "val"]
+    if not cfg.feature_cache:
+        return model, *image_inputs(cfg, train, val, augment=cfg.augment)
+    path = features_of(cfg, model, split)
+    rows = {name: np.flatnonzero(split["split"].to_numpy() == name) for name in ("train", "val")}
+    train_data = FeatureBatches(
+        path, rows["train"], labels_of(train), cfg.batch_size, shuffle=True, seed=cfg.seed
     )
+    val_data = FeatureBatches(path, rows["val"], labels_of(val), cfg.batch_size)
+    return classifier_head(model), train_data, val_data
 
 
-# --------------------------------------------------------------------------- fitting
+def image_inputs(cfg: Config, train: pd.DataFrame, val: pd.DataFrame, augment: bool = False, stream: int = 0):
+    """(train_data, val_data) of images; ``augment`` transforms the training images."""
+    augmentation = Augmentation.from_config(cfg) if augment else None
+    train_data = ImageBatches(
+        train,
+        cfg.img_size,
+        cfg.resize,
+        cfg.batch_size,
+        augmentation,
+        shuffle=True,
+        seed=cfg.seed,
+        stream=stream,
+    )
+    return train_data, ImageBatches(val, cfg.img_size, cfg.resize, cfg.batch_size)
+
+
+def fine_tuning_inputs(cfg: Config, split: pd.DataFrame):
+    """(train_data, val_data) for fine-tuning: images, augmented when ``cfg.augment``, in an
+    order of their own (stream 1), since the base itself now learns from them."""
+    train, val = split[split["split"] == "train"], split[split["split"] == "val"]
+    return image_inputs(cfg, train, val, augment=cfg.augment, stream=1)
+
+
+def class_weights(cfg: Config, split: pd.DataFrame) -> dict[int, float] | None:
+    """``fit``'s class_weight: None, or each class weighed by the inverse of its share."""
+    if cfg.class_weight != "balanced":
+        return None
+    return balanced_class_weight(labels_of(split[split["split"] == "train"]))
+
+
 def balanced_class_weight(labels: np.ndarray) -> dict[int, float]:
     """Weights that make each class count equally in the loss: n / (2 * n_class).
 
@@ -63,159 +192,126 @@ def balanced_class_weight(labels: np.ndarray) -> dict[int, float]:
     return {cls: len(labels) / (2 * count) for cls, count in enumerate(counts) if count}
 
 
-def fit(
-    trainee: keras.Model,
-    train_data: Callable[[int], object],
-    val_data,
-    epochs: int,
-    patience: int,
-    state: TrainingState,
-    checkpoint: Path | None = None,
-    class_weight: dict[int, float] | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> TrainingState:
-    """Train epoch by epoch, with early stopping, from ``state`` (a fresh or a resumed one).
+def resume_training(
+    cfg: Config, split: pd.DataFrame, phase: str, early_stopping, train_data, must_beat: float | None = None
+) -> ResumeTraining:
+    """The phase's resuming callback, with its checkpoint in the run folder."""
+    epochs = cfg.epochs if phase == "head" else cfg.fine_tune_epochs
+    path = Path(cfg.run_dir) / PHASES[phase]
+    fingerprint = run_fingerprint(cfg.to_dict(), split)
+    return ResumeTraining(path, fingerprint, epochs, early_stopping, train_data, must_beat)
 
-    ``trainee`` is compiled: the head on cached features, or the whole model on images (the
-    frozen base then runs forward on every epoch); either way only the Dense layer learns.
-    ``train_data(epoch)`` gives that epoch's batches, shuffled by the seed and the epoch's
-    number alone. After each epoch the state is saved to ``checkpoint``; when training ends
-    the best epoch's weights are put back (what Keras' EarlyStopping does, kept here so that
-    its bookkeeping survives an interruption).
-    """
-    for epoch in range(state.epoch, epochs if not state.done else 0):
-        logs = trainee.fit(train_data(epoch), validation_data=val_data, epochs=1, verbose=0,
-                           shuffle=False, class_weight=class_weight).history  # fmt: skip
-        row = {name: float(values[-1]) for name, values in logs.items()}
-        state.history.append(row)
-        state.epoch = epoch + 1
-        state.wait += 1
-        if row["val_loss"] < state.best_loss:
-            state.best_loss, state.best_epoch, state.wait = row["val_loss"], epoch + 1, 0
-            state.best_weights = [np.array(v.numpy()) for v in trainee.trainable_variables]
-        if progress:
-            progress(f"epoch {epoch + 1}/{epochs}: " + " - ".join(f"{k} {v:.4f}" for k, v in row.items()))
-        if checkpoint:
-            capture(state, trainee)
-            state.save(checkpoint)
-        if state.wait >= patience and epoch > 0:
-            break
-    if not state.done:
-        state.done = True  # a resumed run must not train on past an early stop
-        if checkpoint:
-            state.save(checkpoint)
-    for variable, value in zip(trainee.trainable_variables, state.best_weights):
-        variable.assign(value)
-    return state
+
+class EpochLines(keras.callbacks.Callback):
+    """One line per epoch to ``say`` (print, a log): what fit(verbose=2) prints, without the
+    "Epoch i/N" line and carriage returns that flood files and headless notebooks."""
+
+    def __init__(self, epochs: int, say: Callable[[str], None] = print, prefix: str = ""):
+        super().__init__()
+        self.epochs, self.say, self.prefix = epochs, say, prefix
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.say(f"{self.prefix}epoch {epoch + 1}/{self.epochs}: {metrics_line(logs)}")
+
+
+def metrics_line(logs: dict | None) -> str:
+    """An epoch's losses and metrics as Keras logs them: "loss 0.4120 - accuracy 0.8125 - ..."."""
+    return " - ".join(f"{name} {value:.4f}" for name, value in (logs or {}).items())
+
+
+# --------------------------------------------------------------------------- training
+def compile_for_training(model: keras.Model, learning_rate: float) -> None:
+    """The paper's compile: Adam on binary cross-entropy, reporting accuracy."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss=keras.losses.BinaryCrossentropy(),
+        metrics=[keras.metrics.BinaryAccuracy(name="accuracy")],
+    )
+
+
+def fit_phase(
+    cfg: Config,
+    split: pd.DataFrame,
+    phase: str,
+    trainee: keras.Model,
+    train_data,
+    val_data,
+    must_beat: float | None = None,
+    callbacks: list = (),
+) -> ResumeTraining:
+    """One compiled trainee's ``fit``, with early stopping and resuming, as notebook 03 writes it."""
+    early_stopping = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=cfg.patience, restore_best_weights=True
+    )
+    resume = resume_training(cfg, split, phase, early_stopping, train_data, must_beat)
+    trainee.fit(
+        train_data,
+        validation_data=val_data,
+        epochs=cfg.epochs if phase == "head" else cfg.fine_tune_epochs,
+        initial_epoch=resume.initial_epoch,
+        shuffle=False,  # the batches come shuffled by (seed, epoch): Keras must not reorder them
+        class_weight=class_weights(cfg, split),
+        callbacks=[early_stopping, resume, *callbacks],
+        verbose=0,
+    )
+    return resume
 
 
 def train_model(
     cfg: Config, model: keras.Model, split: pd.DataFrame, progress: Callable[[str], None] | None = None
 ) -> pd.DataFrame:
-    """Stage entry point: train ``model`` on the split's train and val images.
+    """Stage entry point: notebook 03's training in one call; returns the history.
 
-    The head first; then, with ``fine_tune_layers``, the top of the base as well. Resumes
-    from the run folder's checkpoints when they are of this very run. Writes
-    ``history.csv`` and ``training.json`` (features too, with ``feature_cache``) and returns
-    the history, one row per epoch, with the phase of each. ``progress`` receives one line
-    per epoch.
+    The head first; then, with ``fine_tune_layers``, the top of the base as well, from the
+    head's best epoch, keeping its own weights only if they beat that epoch's validation
+    loss. Resumes from the run folder's checkpoints when they are of this very run. Writes
+    ``history.csv`` and ``training.json`` (features too, with ``feature_cache``);
+    ``progress`` receives one line per epoch.
     """
-    run_dir = Path(cfg.run_dir)
-    train = split[split["split"] == "train"]
-    class_weight = balanced_class_weight(labels_of(train)) if cfg.class_weight == "balanced" else None
-    fingerprint = run_fingerprint(cfg.to_dict(), split)
-    started = time.perf_counter()
-    trainee, train_data, val_data = _training_data(cfg, model, split)
+    trainee, train_data, val_data = training_inputs(cfg, model, split)
     seed_everything(cfg.seed)  # the same dropout, cache or not
     compile_for_training(trainee, cfg.learning_rate)
-    head = _run_phase(trainee, train_data, val_data, cfg.epochs, cfg, run_dir / CHECKPOINT_FILE,
-                      TrainingState(fingerprint), class_weight, progress)  # fmt: skip
-    history = [{**row, "phase": "head"} for row in head.history]
+    lines = [EpochLines(cfg.epochs, progress)] if progress else []
+    phases = [fit_phase(cfg, split, "head", trainee, train_data, val_data, callbacks=lines)]
     fine_tuned = []
     if cfg.fine_tunes:
         fine_tuned = unfreeze_top_layers(model, cfg.fine_tune_layers)
-        tuned = fine_tune(cfg, model, split, head, class_weight, progress)
-        history += [{**row, "phase": "fine_tune"} for row in tuned.history]
-    seconds = time.perf_counter() - started
-    # The full model gets the same loss and metrics, so evaluate() reports them. Building
-    # its optimizer now lets the saved model load without a "skipping optimizer" warning.
+        compile_for_training(model, cfg.fine_tune_learning_rate)
+        lines = [EpochLines(cfg.fine_tune_epochs, progress, "fine-tuning ")] if progress else []
+        tune_data, val_images = fine_tuning_inputs(cfg, split)
+        phases.append(
+            fit_phase(
+                cfg,
+                split,
+                "fine_tune",
+                model,
+                tune_data,
+                val_images,
+                must_beat=phases[0].best_loss,
+                callbacks=lines,
+            )
+        )
+    return finish_training(cfg, model, phases, fine_tuned)
+
+
+def finish_training(
+    cfg: Config, model: keras.Model, phases: list[ResumeTraining], fine_tuned: list[str] = ()
+) -> pd.DataFrame:
+    """After the last ``fit``: compile the full model as the paper did (so that ``evaluate``
+    reports its loss and accuracy), save the history and what training used, and remove the
+    checkpoints (finished: a re-run trains afresh). Returns the history of every phase."""
     compile_for_training(model, cfg.fine_tune_learning_rate if cfg.fine_tunes else cfg.learning_rate)
-    model.optimizer.build(model.trainable_variables)
-    frame = history_frame(history)
-    save_history(frame, run_dir, cfg, seconds, fine_tuned)
-    for name in (CHECKPOINT_FILE, FINE_TUNE_CHECKPOINT_FILE):
-        (run_dir / name).unlink(missing_ok=True)  # finished: a re-run trains afresh
-    return frame
+    model.optimizer.build(model.trainable_variables)  # so the saved model loads without a warning
+    rows = [{**row, "phase": phase} for phase, done in zip(PHASES, phases) for row in done.history]
+    history = history_frame(rows)
+    run_dir = Path(cfg.run_dir)
+    save_history(history, run_dir, cfg, sum(done.state.seconds for done in phases), fine_tuned)
+    for name in PHASES.values():
+        (run_dir / name).unlink(missing_ok=True)
+    return history
 
 
-def fine_tune(
-    cfg: Config,
-    model: keras.Model,
-    split: pd.DataFrame,
-    head: TrainingState,
-    class_weight: dict[int, float] | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> TrainingState:
-    """The second phase: the whole model (top of the base unfrozen) learns from images.
-
-    Call after :func:`bcnb.model.unfreeze_top_layers`. It starts from the head's best
-    epoch, whose validation loss it must beat for any of its epochs to be kept.
-    """
-    compile_for_training(model, cfg.fine_tune_learning_rate)
-    train, val = split[split["split"] == "train"], split[split["split"] == "val"]
-    start = TrainingState(head.fingerprint, best_loss=head.best_loss,
-                          best_weights=[np.array(v.numpy()) for v in model.trainable_variables])  # fmt: skip
-    say = (lambda line: progress(f"fine-tuning {line}")) if progress else None
-    return _run_phase(model, _image_epochs(cfg, train, cfg.seed + 1_000_000), image_dataset(cfg, val),
-                      cfg.fine_tune_epochs, cfg, Path(cfg.run_dir) / FINE_TUNE_CHECKPOINT_FILE, start,
-                      class_weight, say)  # fmt: skip
-
-
-def _run_phase(trainee, train_data, val_data, epochs, cfg, checkpoint, fresh, class_weight, progress):
-    """Fit ``trainee`` (compiled) from its checkpoint of this run if there is one, else from
-    ``fresh``."""
-    trainee.optimizer.build(trainee.trainable_variables)
-    state = TrainingState.load(checkpoint, fresh.fingerprint)
-    if state:
-        restore(state, trainee)
-    return fit(trainee, train_data, val_data, epochs, cfg.patience, state or fresh, checkpoint,
-               class_weight, progress)  # fmt: skip
-
-
-def _image_epochs(cfg: Config, table: pd.DataFrame, seed: int) -> Callable[[int], object]:
-    """train_data(epoch) over images: shuffled, and augmented when asked, by seed + epoch."""
-    augmentation = Augmentation.from_config(cfg) if cfg.augment else None
-
-    def images(epoch: int):
-        return make_dataset(table, cfg.img_size, cfg.batch_size, cfg.resize, True, seed + epoch, augmentation)
-
-    return images
-
-
-def _training_data(cfg: Config, model: keras.Model, split: pd.DataFrame):
-    """What trains the head, on what: (trainee, train_data(epoch) -> batches, val_data).
-
-    With the feature cache, the head learns from features/all.npy (augmentation cannot
-    apply: the features are those of the original images); without, the whole model
-    learns from images. Each epoch's shuffle is seeded by seed + epoch.
-    """
-    train, val = split[split["split"] == "train"], split[split["split"] == "val"]
-    if not cfg.feature_cache:
-        return model, _image_epochs(cfg, train, cfg.seed), image_dataset(cfg, val)
-    path = features_of(cfg, model, split)
-    rows = {name: np.flatnonzero(split["split"].to_numpy() == name) for name in ("train", "val")}
-
-    def features(epoch: int):
-        return FeatureBatches(path, labels_of(train), cfg.batch_size, True, cfg.seed + epoch, rows["train"])
-
-    # The head shares the model's Dropout and Dense layers: training it trains the model.
-    return (
-        classifier_head(model),
-        features,
-        FeatureBatches(path, labels_of(val), cfg.batch_size, rows=rows["val"]),
-    )
-
-
+# --------------------------------------------------------------------------- records
 def history_frame(history: list[dict]) -> pd.DataFrame:
     """One row per epoch (numbered from 1) with every loss and metric Keras logged."""
     frame = pd.DataFrame(history)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import io
 import tempfile
+import time
 from pathlib import Path
 
+import keras
 import numpy as np
 import pandas as pd
 from PIL import Image
@@ -211,3 +213,57 @@ def try_an_image(predictor, paths: list[Path] = (), interactive: bool = True):
 
     upload.observe(predict, names="value")
     return widgets.VBox([upload, verdict, picture])
+
+
+# --------------------------------------------------------------------------- training progress
+def training_progress(epochs: int, interactive: bool = True, title: str = ""):
+    """A callback for ``fit(..., verbose=0)`` that shows its progress.
+
+    In JupyterLab a live bar over the epochs with the current epoch, batch and the last
+    epoch's metrics. Static (papermill, log files): one line per epoch, with none of the
+    carriage returns that Keras' own progress bar floods a log with (keras-team/keras#13716).
+    """
+    from bcnb.train import EpochLines
+
+    if not interactive:
+        return EpochLines(epochs, print, title)
+    return LiveProgress(epochs, title)
+
+
+class LiveProgress(keras.callbacks.Callback):
+    """A bar over the epochs and a line of text, redrawn as ``fit`` runs (JupyterLab)."""
+
+    REDRAW_SECONDS = 0.25  # between two redraws within an epoch: widget messages cost time
+
+    def __init__(self, epochs: int, title: str = ""):
+        super().__init__()
+        import ipywidgets as widgets
+
+        self.epochs, self.title = epochs, title
+        self.bar = widgets.IntProgress(min=0, max=epochs, description=title or "epochs")
+        self.text = widgets.Label("starting")
+        self.view = widgets.HBox([self.bar, self.text])
+        self.last_epoch, self.epoch, self._drawn = "", 0, 0.0
+
+    def on_train_begin(self, logs=None):
+        from IPython.display import display
+
+        display(self.view)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch, self.bar.value = epoch, epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if time.monotonic() - self._drawn > self.REDRAW_SECONDS:
+            steps = self.params.get("steps") or "?"
+            self.text.value = (
+                f"epoch {self.epoch + 1}/{self.epochs}, batch {batch + 1}/{steps} {self.last_epoch}"
+            )
+            self._drawn = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        from bcnb.train import metrics_line
+
+        self.last_epoch = f"| epoch {epoch + 1}: {metrics_line(logs)}"
+        self.bar.value = epoch + 1
+        self.text.value = self.last_epoch[2:]

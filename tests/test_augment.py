@@ -21,15 +21,6 @@ def _tile(size=16, seed=0, low=0, high=256):
     return pixels.astype(np.float32)
 
 
-def _pairs(n=6, size=16):
-    images = np.stack([_tile(size, seed=i) for i in range(n)])
-    return tf.data.Dataset.from_tensor_slices((images, np.arange(n, dtype=np.float32)))
-
-
-def _images(dataset) -> np.ndarray:
-    return np.stack([image.numpy() for image, _ in dataset])
-
-
 # --------------------------------------------------------------------------- stains
 def test_stain_round_trip_is_within_one_grey_level():
     every_level = np.arange(256, dtype=np.float32)
@@ -135,8 +126,6 @@ def test_identity_augmentation_returns_the_input():
     np.testing.assert_array_equal(random_augment(image, tf.constant([0, 0]), NOTHING).numpy(), image)
     np.testing.assert_array_equal(apply_augmentation(image).numpy(), image)
     assert NOTHING.is_identity and not Augmentation().is_identity
-    dataset = _pairs()
-    assert augment.augment_dataset(dataset, NOTHING, seed=1) is dataset
 
 
 def test_same_seed_same_image_other_seed_other_image():
@@ -145,32 +134,6 @@ def test_same_seed_same_image_other_seed_other_image():
     np.testing.assert_array_equal(first.numpy(), again.numpy())
     other = random_augment(image, tf.constant([7, 2]), STRONG)
     assert not np.array_equal(first.numpy(), other.numpy())
-
-
-def test_dataset_map_repeats_by_seed():
-    once = _images(augment.augment_dataset(_pairs(), STRONG, seed=5))
-    twice = _images(augment.augment_dataset(_pairs(), STRONG, seed=5))
-    other = _images(augment.augment_dataset(_pairs(), STRONG, seed=6))
-    np.testing.assert_array_equal(once, twice)
-    assert not np.array_equal(once, other)
-    originals = _images(_pairs())
-    assert all(not np.array_equal(a, b) for a, b in zip(once, originals))
-
-
-def test_dataset_map_matches_eager_draws_and_keeps_labels():
-    augmented = list(augment.augment_dataset(_pairs(n=3), STRONG, seed=5))
-    for index, (image, label) in enumerate(augmented):
-        eager = random_augment(_tile(seed=index), tf.constant([5, index]), STRONG)
-        np.testing.assert_allclose(image.numpy(), eager.numpy(), atol=1e-3)
-        assert label.numpy() == index and image.shape == (16, 16, 3)
-
-
-def test_epochs_get_their_own_draws():
-    epoch0 = _images(augment.augment_dataset(_pairs(n=3), STRONG, seed=5))
-    epoch1 = _images(augment.augment_dataset(_pairs(n=3), STRONG, seed=5, epoch=1))
-    assert not np.array_equal(epoch0, epoch1)
-    flat = tf.data.Dataset.range(2).flat_map(lambda e: augment.augment_dataset(_pairs(n=3), STRONG, 5, e))
-    np.testing.assert_array_equal(_images(flat), np.concatenate([epoch0, epoch1]))
 
 
 def test_augmentation_examples_are_uint8_and_distinct():

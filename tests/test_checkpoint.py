@@ -7,7 +7,13 @@ import pytest
 
 from bcnb import model as bcnb_model
 from bcnb import train
-from bcnb.checkpoint import CHECKPOINT_FILE, FINE_TUNE_CHECKPOINT_FILE, TrainingState, run_fingerprint
+from bcnb.checkpoint import (
+    CHECKPOINT_FILE,
+    FINE_TUNE_CHECKPOINT_FILE,
+    ResumeTraining,
+    TrainingState,
+    run_fingerprint,
+)
 
 
 class Killed(Exception):
@@ -86,6 +92,17 @@ def test_a_damaged_checkpoint_is_ignored(tiny_cfg, tiny_split, tmp_path):
     path.parent.mkdir()
     path.write_bytes(b"PK\x03\x04 cut short")
     assert TrainingState.load(path, "anything") is None
+
+
+def test_a_finished_phase_does_not_train_on(tmp_path):
+    """A phase that stopped early and is started again runs no epoch at all."""
+    TrainingState("f", epoch=3, done=True, history=[{"val_loss": 1.0}] * 3).save(tmp_path / "s.npz")
+    resume = ResumeTraining(
+        tmp_path / "s.npz", "f", epochs=10, early_stopping=keras.callbacks.EarlyStopping()
+    )
+    assert resume.initial_epoch == 10 and len(resume.history) == 3
+    fresh = ResumeTraining(tmp_path / "none.npz", "f", epochs=10, early_stopping=None)
+    assert fresh.initial_epoch == 0 and fresh.history == []
 
 
 def test_state_round_trip(tmp_path):

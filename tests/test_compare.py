@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from bcnb import compare
@@ -30,6 +31,12 @@ def test_tables_show_every_backbone_and_pairs_against_the_paper(results, tiny_sp
     table = compare.comparison_table(found)
     assert table.index.tolist() == ["resnet50v2", "mobilenetv2"]
     assert (table["weights"] == "RANDOM").all()
+    # What a choice may look at (validation) beside what is reported (test).
+    for result in found:
+        history = pd.read_csv(Path(compare.backbone_config(cfg, result["backbone"]).run_dir) / "history.csv")
+        assert table.loc[result["backbone"], "val loss"] == pytest.approx(history["val_loss"].min(), abs=1e-4)
+        assert 0 <= table.loc[result["backbone"], "val ROC AUC"] <= 1
+    assert list(table.columns).index("val loss") < list(table.columns).index("test balanced_accuracy")
     paired = compare.paired_table(found, tiny_split[tiny_split["split"] == "test"], n_boot=200)
     assert paired.index.tolist() == ["mobilenetv2"]
     assert 0 <= paired.loc["mobilenetv2", "McNemar p"] <= 1

@@ -20,8 +20,7 @@ SCRIPT = textwrap.dedent(
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
-    from bcnb import distribute, features, train
-    from bcnb.checkpoint import TrainingState
+    from bcnb import distribute, train
     from bcnb import model as bcnb_model
     from bcnb.seeds import seed_everything
 
@@ -39,11 +38,10 @@ SCRIPT = textwrap.dedent(
             # dropout 0: each replica would draw its own dropout masks
             model = bcnb_model.build_model(32, None, dropout=0.0)
             head = bcnb_model.classifier_head(model)
-            def train_data(epoch):
-                return features.FeatureBatches(folder / "all.npy", y[:64], 16, True, epoch, np.arange(64))
-            val_data = features.FeatureBatches(folder / "all.npy", y[64:], 16, rows=np.arange(64, 96))
+            train_data = train.FeatureBatches(folder / "all.npy", np.arange(64), y[:64], 16, shuffle=True)
+            val_data = train.FeatureBatches(folder / "all.npy", np.arange(64, 96), y[64:], 16)
             train.compile_for_training(head, 0.01)
-            train.fit(head, train_data, val_data, epochs=3, patience=3, state=TrainingState("test"))
+            head.fit(train_data, validation_data=val_data, epochs=3, shuffle=False, verbose=0)
         kernels[name] = model.get_layer("classifier").kernel.numpy()
         replicas[name] = strategy.num_replicas_in_sync
     print(json.dumps({
@@ -73,3 +71,19 @@ def test_auto_on_one_device_is_the_default_strategy():
 
     assert tf.config.list_logical_devices("GPU") == [] or pytest.skip("this test assumes no GPU (as in CI)")
     assert make_strategy(Config().strategy) is tf.distribute.get_strategy()
+
+
+def test_tensorflow_start_up_noise_is_filtered_and_the_rest_kept():
+    """C++ lines about absent GPUs go; anything else written meanwhile still reaches stderr."""
+    script = textwrap.dedent(
+        """
+        import os
+        from bcnb.distribute import _native_stderr_filtered, START_UP_NOISE
+        with _native_stderr_filtered(START_UP_NOISE):
+            os.write(2, b"E0000 cuda_platform.cc:52] failed call to cuInit: UNKNOWN ERROR (303)\\n")
+            os.write(2, b"W0000 a real warning\\n")
+        os.write(2, b"after\\n")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stderr == "W0000 a real warning\nafter\n"

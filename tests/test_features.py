@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from bcnb import features
+from bcnb import features, train
 from bcnb import model as bcnb_model
 
 
@@ -104,8 +104,8 @@ def test_feature_batches_cover_every_row_once_in_a_seeded_order(setup):
     everything = features.read_features(path)
     orders = []
     for seed in (0, 1, 0):
-        batches = features.FeatureBatches(
-            path, labels.astype(np.float32), batch_size=3, shuffle=True, seed=seed
+        batches = train.FeatureBatches(
+            path, np.arange(len(part)), labels.astype(np.float32), batch_size=3, shuffle=True, seed=seed
         )
         assert len(batches) == -(-len(part) // 3)
         seen = []
@@ -123,7 +123,7 @@ def test_feature_batches_read_only_their_rows(setup):
     model, part, path = setup
     _cache(model, part, path)
     rows = np.array([4, 1, 6])
-    batches = features.FeatureBatches(path, np.array([1.0, 0.0, 1.0]), batch_size=2, rows=rows)
+    batches = train.FeatureBatches(path, rows, np.array([1.0, 0.0, 1.0]), batch_size=2)
     x0, y0 = batches[0]
     x1, y1 = batches[1]
     np.testing.assert_array_equal(np.concatenate([x0, x1]), features.read_features(path, rows))

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import keras
 import nbformat
 import numpy as np
 import pandas as pd
@@ -442,6 +443,10 @@ def test_executed_notebooks_show_figures_and_no_widget_text(run):
             assert "application/vnd.jupyter.widget-view+json" not in data, name  # a widget, undrawn
             if data.get("text/plain", "").startswith("<Figure size"):
                 assert "image/png" in data, name  # a figure shown only as its text form
+    for name in NOTEBOOKS:  # no red lines a student can do nothing about (TensorFlow's start-up)
+        executed = nbformat.read(run[0] / "notebooks" / name, as_version=4)
+        streams = [o for c in _code_cells(executed) for o in c.outputs if o.get("name") == "stderr"]
+        assert not streams, (name, [o.text[:200] for o in streams])
 
 
 # --------------------------------------------------------------------------- every backbone
@@ -466,6 +471,67 @@ def data_stage(tmp_path_factory):
     _run_here("01_data.ipynb", run_dir=str(folder), interactive=False, synthetic_patients=12,
               synthetic_images_per_patient=1)  # fmt: skip
     return folder
+
+
+def _layers(model):
+    """Each layer's type, name, configuration and parameter count, nested bases included."""
+    return [
+        (type(layer).__name__, layer.name, layer.get_config(), layer.count_params()) for layer in model.layers
+    ]
+
+
+@pytest.fixture(scope="module")
+def model_stage(data_stage, tmp_path_factory):
+    """Notebook 02 (32x32, random weights) on a copy of the data stage: its namespace and folder."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("lesson") / "run"
+    shutil.copytree(data_stage, folder)
+    keras.backend.clear_session()  # Keras numbers unnamed layers by what the process built before
+    return _run_here("02_model.ipynb", run_dir=str(folder), img_size=32, weights="none"), folder
+
+
+@pytest.mark.slow
+def test_notebook_02_builds_the_model_of_build_model(model_stage):
+    """The layers the lesson writes out and bcnb.model.build_model (used by 05, predict and
+    the command line) are the same model, layer for layer, down to the weights."""
+    from bcnb import model as bcnb_model
+    from bcnb.seeds import seed_everything
+
+    shown, folder = model_stage
+    cfg = shown["cfg"]
+    keras.backend.clear_session()  # as the lesson's notebook started
+    seed_everything(cfg.seed)
+    built = bcnb_model.build_model(cfg.img_size, None, cfg.dropout, cfg.precision, cfg.backbone)
+    assert _layers(shown["model"]) == _layers(built)
+    assert bcnb_model.count_parameters(shown["model"]) == bcnb_model.count_parameters(built)
+    for ours, theirs in zip(shown["model"].weights, built.weights):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+
+
+@pytest.mark.slow
+def test_notebook_03_trains_like_train_model(model_stage, tmp_path):
+    """The compile and fit the lesson writes out give what bcnb.train.train_model gives."""
+    import shutil
+
+    from bcnb import datasets, train
+    from bcnb import model as bcnb_model
+    from bcnb.seeds import seed_everything
+
+    _, prepared = model_stage
+    lesson, library = tmp_path / "lesson", tmp_path / "library"
+    shutil.copytree(prepared, lesson)
+    shutil.copytree(prepared, library)
+    shown = _run_here("03_train.ipynb", run_dir=str(lesson), interactive=False, epochs=6, learning_rate=0.03)
+    cfg = Config.from_file(lesson / "config.yaml", run_dir=str(library))
+    seed_everything(cfg.seed)
+    model = bcnb_model.load_model(library / bcnb_model.INITIAL_MODEL_FILE)
+    history = train.train_model(cfg, model, datasets.load_split(library))
+    pd.testing.assert_frame_equal(pd.read_csv(lesson / "history.csv"), history, check_dtype=False)
+    np.testing.assert_array_equal(
+        shown["model"].get_layer("classifier").kernel.numpy(), model.get_layer("classifier").kernel.numpy()
+    )
+    assert len(history) == 6 and not (lesson / "checkpoint" / "training.npz").exists()
 
 
 @pytest.mark.slow

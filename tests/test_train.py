@@ -44,7 +44,7 @@ def test_cached_feature_training_gives_the_full_model(trained, tiny_split):
 def test_history_and_training_summary_are_saved(trained):
     cfg, _, history = trained
     assert list(history.columns[:1]) == ["epoch"] and len(history) == cfg.epochs
-    assert {"loss", "accuracy", "auc", "val_loss", "val_accuracy", "val_auc"} <= set(history.columns)
+    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(history.columns)  # the paper's metric
     pd.testing.assert_frame_equal(train.load_history(cfg.run_dir), history, check_dtype=False)
     summary = train.load_training_summary(cfg.run_dir)
     assert summary["epochs_run"] == len(history) and summary["feature_cache"] is True
@@ -75,10 +75,10 @@ def test_early_stopping_keeps_the_best_weights(tiny_cfg, tiny_split, tmp_path):
 def test_end_to_end_training_runs_through_the_frozen_base(tiny_cfg, tiny_split, tmp_path):
     cfg = tiny_cfg.replace(run_dir=str(tmp_path), feature_cache=False, epochs=2)
     model = _fresh_model(cfg)
-    base_before = [w.numpy().copy() for w in model.get_layer("resnet50v2").weights]
+    base_before = [w.numpy().copy() for w in bcnb_model.base_of(model).weights]
     history = train.train_model(cfg, model, tiny_split)
     assert len(history) == 2 and not (tmp_path / "features").exists()
-    for before, after in zip(base_before, model.get_layer("resnet50v2").weights):
+    for before, after in zip(base_before, bcnb_model.base_of(model).weights):
         np.testing.assert_array_equal(before, after.numpy())
 
 
@@ -121,7 +121,7 @@ def test_fine_tuning_follows_the_head_and_keeps_batchnorm_fixed(tiny_cfg, tiny_s
     cfg = tiny_cfg.replace(run_dir=str(tmp_path), fine_tune_layers=12, fine_tune_epochs=3,
                            fine_tune_learning_rate=1e-3, augment=True)  # fmt: skip
     model = _fresh_model(cfg)
-    base = model.get_layer("resnet50v2")
+    base = bcnb_model.base_of(model)
     statistics, top = _moving_statistics(model), base.get_layer("conv5_block3_3_conv").kernel
     top_before = top.numpy().copy()
     history = train.train_model(cfg, model, tiny_split)
@@ -135,18 +135,43 @@ def test_fine_tuning_follows_the_head_and_keeps_batchnorm_fixed(tiny_cfg, tiny_s
     assert np.array_equal(top_before, top.numpy()) != fine_tuning_won
 
 
-def test_a_finished_state_does_not_train_on():
-    """A run that stopped early and is resumed must not carry on past its stop."""
-    from bcnb.checkpoint import TrainingState
+def test_each_epoch_has_its_own_order_and_neighbouring_seeds_share_none():
+    """Seeded by the pair (seed, epoch): seed 42's epoch 1 is not seed 43's epoch 0."""
+    orders = {
+        (seed, epoch): train.epoch_order(50, seed, epoch).tolist() for seed in (42, 43) for epoch in range(4)
+    }
+    assert len({tuple(order) for order in orders.values()}) == len(orders)
+    assert orders[(42, 2)] == train.epoch_order(50, 42, 2).tolist()  # the pair alone decides
+    assert train.epoch_order(50, 42, 2, stream=1).tolist() != orders[(42, 2)]  # fine-tuning's own
 
-    class Untrainable:
-        trainable_variables = []
 
-        def fit(self, *args, **kwargs):
-            raise AssertionError("a finished run trained again")
+def test_feature_and_image_batches_come_in_the_same_order(tiny_cfg, tiny_split, tmp_path):
+    """Both ways of training see the same images in the same order, epoch by epoch."""
+    cfg = tiny_cfg.replace(run_dir=str(tmp_path))
+    model = _fresh_model(cfg)
+    trainee, features, _ = train.training_inputs(cfg, model, tiny_split)
+    _, images, _ = train.training_inputs(cfg.replace(feature_cache=False), model, tiny_split)
+    for epoch in (0, 3):
+        features.epoch = images.epoch = epoch
+        for index in range(len(features)):
+            x_features, y_features = features[index]
+            x_images, y_images = images[index]
+            np.testing.assert_array_equal(y_features, y_images)
+            np.testing.assert_allclose(
+                x_features, bcnb_model.feature_extractor(model).predict(x_images, verbose=0), atol=1e-4
+            )
+    assert trainee is not model and features.epoch == 3
 
-    state = TrainingState("f", epoch=3, done=True, history=[{"val_loss": 1.0}] * 3)
-    assert train.fit(Untrainable(), lambda epoch: None, None, epochs=10, patience=2, state=state) is state
+
+def test_augmented_batches_are_reproducible_and_change_with_the_epoch(tiny_cfg, tiny_split):
+    train_rows = tiny_split[tiny_split["split"] == "train"]
+    batches, _ = train.image_inputs(tiny_cfg, train_rows, train_rows, augment=True)
+    first = batches[0][0]
+    np.testing.assert_array_equal(batches[0][0], first)  # the same epoch: the same images
+    batches.epoch = 1
+    assert not np.array_equal(batches[0][0], first)
+    plain, _ = train.image_inputs(tiny_cfg, train_rows, train_rows)
+    assert not np.array_equal(plain[0][0], first)
 
 
 def test_end_to_end_and_cached_training_give_the_same_model(tiny_cfg, tiny_split, tmp_path):

@@ -134,3 +134,29 @@ def test_figures_display_as_images_in_a_notebook_kernel():
         assert raw.startswith(b"\x89PNG")
     finally:
         InteractiveShell.clear_instance()
+
+
+def _train_three_epochs(progress):
+    """A tiny model fitted for three epochs with ``progress`` as its only callback."""
+    import keras
+
+    inputs = keras.Input((2,))
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(inputs))
+    model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
+    x = np.random.default_rng(0).normal(size=(12, 2)).astype("float32")
+    model.fit(x, (x[:, 0] > 0).astype("float32"), batch_size=4, epochs=3, verbose=0, callbacks=[progress])
+
+
+def test_training_progress_headless_is_one_line_per_epoch(capsys):
+    _train_three_epochs(widgets.training_progress(3, interactive=False))
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert all("loss" in line and "accuracy" in line and "\r" not in line for line in lines)
+
+
+def test_training_progress_in_jupyterlab_is_a_live_bar(capsys):
+    progress = widgets.training_progress(3, interactive=True)
+    _train_three_epochs(progress)
+    assert isinstance(progress.bar, ipywidgets.IntProgress) and progress.bar.value == progress.bar.max == 3
+    assert progress.text.value.startswith("epoch 3: ") and "loss" in progress.text.value
+    assert "epoch 1/3" not in capsys.readouterr().out  # the bar, not printed lines
