@@ -203,8 +203,9 @@ def _limits_section(config: dict, metrics: dict) -> str:
         f"- The 95% interval on accuracy spans {100 * (high - low):.0f} points, and it assumes images "
         "are independent: images of one patient are alike, so with "
         f"{metrics['n_test_patients']} test patients the real uncertainty is wider. The paper's "
-        "0.9344 comes from about 61 test images (roughly +-6 points) on a split it does not "
-        "describe: differences of a few points between the two are noise.",
+        "0.9344 comes from a test set whose size it does not state (its 4 evaluation batches "
+        "fit 61 images, which would mean roughly +-6 points) on a data set and split it does "
+        "not describe: differences of a few points between the two are noise.",
         f"- A model that always answers {metrics['majority_class']}, the larger class of this test split, "
         f"would score {metrics['majority_class_accuracy']:.3f} here; balanced accuracy, sensitivity and "
         "specificity show what accuracy hides.",

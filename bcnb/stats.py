@@ -5,8 +5,8 @@ that is right about one image is usually right about its neighbours. A test spli
 hundred images may hold only a dozen or two patients, and it is the patients that were drawn
 from the population. So every interval here comes from resampling *patients* with replacement
 (all images of a drawn patient come along), never single images; an image-level interval would
-pretend to know far more than the data can tell. Even counted as independent images, the paper's
-~61 test images give an accuracy interval of about +-6 points.
+pretend to know far more than the data can tell. Even counted as independent images, 61 test
+images (one reading of the paper's test set) give an accuracy interval of about +-6 points.
 
 Conventions follow ``bcnb.evaluate.compute_metrics``: malignant (1) is the positive class and an
 image is called malignant when its probability is ``>= threshold``.

@@ -56,6 +56,7 @@ def refresh(path: Path) -> None:
             # nbval treats a cell with outputs but no execution count as broken, so only
             # the checked cells keep both.
             cell.outputs, cell.execution_count = [], None
+    notebook.metadata.pop("widgets", None)  # the widgets' state from this run: bulky, not a lesson
     nbformat.write(notebook, path)
 
 
