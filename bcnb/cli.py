@@ -36,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override one parameter (repeatable); wins over --config")  # fmt: skip
     run.add_argument("--notebooks", type=Path, help="folder holding the notebooks (default: the project's)")
     run.add_argument("--resume", action="store_true", help="continue an interrupted run into --out")
+    folds = "K-fold cross-validation by patient: OUT/fold-1 ... OUT/fold-K and OUT/summary.md"
+    run.add_argument("--folds", type=int, default=0, metavar="K", help=folds)
+    repeats = "R random patient-level splits, seeds seed .. seed+R-1, and OUT/summary.md"
+    run.add_argument("--repeats", type=int, default=0, metavar="R", help=repeats)
     run.add_argument("--only", action="append", metavar="NOTEBOOK",
                      help="run this notebook again (e.g. 04; repeatable) in place on the finished run "
                           "--out, with the parameters it was made with")  # fmt: skip
@@ -165,6 +169,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     notebooks = args.notebooks or NOTEBOOKS_DIR
     live = sys.stderr.isatty()  # papermill's cell-by-cell bar in a terminal; none in a log file
     try:
+        if args.folds or args.repeats:
+            return _reproduce_protocol(args, notebooks, live, started)
         if args.only:
             if args.resume or args.stop_after or args.compare:
                 raise ValueError("--only: runs notebooks of a finished run; it goes without --resume, "
@@ -183,6 +189,22 @@ def _reproduce(args: argparse.Namespace) -> int:
         _say(f"stopped after {args.stop_after} as asked: {out}; continue with --resume")
         return 0
     _say(f"done in {time.perf_counter() - started:.0f} s: {out} (see report.md)")
+    return 0
+
+
+def _reproduce_protocol(args: argparse.Namespace, notebooks: Path, live: bool, started: float) -> int:
+    """--folds K or --repeats R: every run, then the summary (errors are the caller's)."""
+    from bcnb.crossval import run_protocol
+
+    if args.folds and args.repeats:
+        raise ValueError("--folds and --repeats: expected one of them, not both")
+    if args.folds == 1 or args.folds < 0 or args.repeats < 0:
+        raise ValueError("--folds: expected at least 2 (--repeats: at least 1)")
+    if args.only or args.stop_after or args.compare:
+        raise ValueError("--folds/--repeats: they go without --only, --stop-after and --compare")
+    cfg = config_from_args(args)
+    out = run_protocol(cfg, args.out, args.folds, args.repeats, notebooks, _say, live, args.resume)
+    _say(f"done in {time.perf_counter() - started:.0f} s: {out} (see summary.md)")
     return 0
 
 

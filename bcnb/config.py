@@ -27,14 +27,16 @@ RESIZE_MODES = ("squash", "center_crop")
 MAGNIFICATIONS = ("all", "40X", "100X", "200X", "400X")
 BACKBONE_NAMES = ("resnet50v2", "vgg19", "densenet121", "efficientnetb0", "mobilenetv2")
 THRESHOLD_RULES = ("fixed", "youden", "sensitivity")
+PATIENT_ID_FROM = ("slide_number", "folder")
 CONFIG_FILE = "config.yaml"
 
 # Which stage first uses each parameter: its notebook's parameters cell holds it, and that
 # notebook records it in the run folder (bcnb reproduce records every stage it runs at once).
 STAGES = {
-    "data": ("dataset", "layout", "positive_class", "patient_pattern", "magnification", "on_bad_image",
-             "max_images", "val_fraction", "test_fraction", "synthetic_patients",
-             "synthetic_images_per_patient", "synthetic_difficulty", "tiles_per_image", "seed"),
+    "data": ("dataset", "layout", "positive_class", "patient_pattern", "patient_id_from", "magnification",
+             "on_bad_image", "max_images", "val_fraction", "test_fraction", "folds", "fold", "split_file",
+             "synthetic_patients", "synthetic_images_per_patient", "synthetic_difficulty",
+             "tiles_per_image", "seed"),
     "model": ("img_size", "resize", "backbone", "weights", "allow_random_weights", "dropout", "precision"),
     "train": ("feature_cache", "class_weight", "batch_size", "epochs", "learning_rate", "patience",
               "strategy", "augment", "augment_brightness", "augment_contrast", "augment_stain",
@@ -57,11 +59,21 @@ class Config:
     layout: str = "auto"
     positive_class: str = "malignant"  # layout=folders: the class folder read as malignant
     patient_pattern: str = ""  # layout=folders: regex whose first group is the patient id
+    # BreakHis: a patient is a slide number ("slide_number": 14-13412, whatever the tumour
+    # type in the name) or a patient folder ("folder": DC-14-13412 and LC-14-13412 apart, as
+    # BreakHis counts its 82). The first never lets one slide straddle two splits.
+    patient_id_from: str = "slide_number"
     magnification: str = "all"
     on_bad_image: str = "error"  # or "skip": leave unusable files out and list them
     max_images: int = 0  # 0 keeps every image; a smaller number samples per class
+    # The split: val_fraction and test_fraction of the images, by patient; or, with folds=K,
+    # test fold `fold` (1..K) of K patient-level folds; or a BreakHis fold file (split_file,
+    # Spanhol et al.'s dsfold1.txt ...). Validation is then carved from the training part.
     val_fraction: float = 0.2
     test_fraction: float = 0.2
+    folds: int = 0
+    fold: int = 0
+    split_file: str = ""
     # The built-in dataset's size and how much benign and malignant overlap (0 to 1).
     synthetic_patients: int = 40
     synthetic_images_per_patient: int = 3
@@ -135,6 +147,7 @@ class Config:
         if not self.positive_class.strip():
             yield "positive_class: expected the name of a class folder, got an empty string"
         yield from _regex("patient_pattern", self.patient_pattern)
+        yield from _choice("patient_id_from", self.patient_id_from, PATIENT_ID_FROM)
         yield from _choice("on_bad_image", self.on_bad_image, ON_BAD_IMAGE)
         yield from _choice("class_weight", self.class_weight, CLASS_WEIGHTS)
         yield from _choice("magnification", self.magnification, MAGNIFICATIONS)
@@ -143,6 +156,7 @@ class Config:
         yield from _between("test_fraction", self.test_fraction, 0.05, 0.5)
         if self.val_fraction + self.test_fraction > 0.6:
             yield "val_fraction + test_fraction: expected at most 0.6, leaving data to train on"
+        yield from self._fold_problems()
         yield from _at_least("synthetic_patients", self.synthetic_patients, 6)
         yield from _at_least("synthetic_images_per_patient", self.synthetic_images_per_patient, 1)
         yield from _between("synthetic_difficulty", self.synthetic_difficulty, 0.0, 1.0)
@@ -174,6 +188,16 @@ class Config:
         yield from _at_least("seed", self.seed, 0)
         if not self.run_dir.strip():
             yield "run_dir: expected a folder path, got an empty string"
+
+    def _fold_problems(self) -> Iterable[str]:
+        if self.folds == 1 or self.folds < 0:
+            yield f"folds: expected 0 (one split) or at least 2, got {self.folds}"
+        elif self.folds and not 1 <= self.fold <= self.folds:
+            yield f"fold: expected the test fold, 1 to {self.folds}, got {self.fold}"
+        elif not self.folds and self.fold:
+            yield f"fold: expected 0 without folds, got {self.fold} (set folds too)"
+        if self.split_file and self.folds:
+            yield "split_file: a fold file gives the split itself; expected folds=0 with it"
 
     def backbones_to_compare(self) -> list[str]:
         return [name.strip().lower() for name in self.compare_backbones.split(",") if name.strip()]

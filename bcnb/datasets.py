@@ -42,14 +42,41 @@ class LoadedDataset:
 def load_dataset(cfg: Config) -> LoadedDataset:
     """Stage entry point: read the layout, select and sample, scan every file, tile."""
     source = dataset_path(cfg)
-    found = read_layout(source, cfg.layout, cfg.positive_class, cfg.patient_pattern)
+    found = read_layout(source, cfg.layout, cfg.positive_class, cfg.patient_pattern, cfg.patient_id_from)
     images, strays = _images_and_strays(found.table)
     images = select_magnification(images, cfg.magnification, source)
+    if cfg.split_file:  # only the images the fold file lists; those it lists but we lack are bad
+        images, missing = listed_in_fold_file(images, cfg.split_file)
+        strays = pd.concat([strays, missing], ignore_index=True)
     images = sample_images(images, cfg.max_images, cfg.seed)
     table, bad = split_bad(find_bad_images(pd.concat([images, strays])), cfg.on_bad_image, source)
     check_both_classes(table, source)
     tiled = expand_tiles(table, cfg.tiles_per_image).reset_index(drop=True)
     return LoadedDataset(tiled, bad, found.layout, source, found.notes, found.patient_level)
+
+
+def listed_in_fold_file(images: pd.DataFrame, split_file: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The images a fold file lists, and rows (with a problem) for the listed files not found."""
+    from bcnb.folds import read_fold_file
+
+    listed = set(read_fold_file(split_file)["file"])
+    names = images["path"].map(lambda path: Path(path).name)
+    missing = sorted(listed - set(names))
+    why = f"listed in {Path(split_file).name}, not found in the dataset"
+    rows = pd.DataFrame({"path": missing, "label": "", "patient_id": "", "magnification": "", "problem": why})
+    return images[names.isin(listed)], rows
+
+
+def split_for_run(cfg: Config, table: pd.DataFrame) -> pd.DataFrame:
+    """Stage entry point: the table with its ``split``, by patient: fold ``fold`` of ``folds``,
+    a BreakHis fold file, or val_fraction and test_fraction of the images."""
+    from bcnb import folds
+
+    if cfg.folds:
+        return folds.split_for_fold(table, cfg.folds, cfg.fold, cfg.val_fraction, cfg.seed)
+    if cfg.split_file:
+        return folds.split_from_fold_file(table, cfg.split_file, cfg.val_fraction, cfg.seed)
+    return split_by_patient(table, cfg.val_fraction, cfg.test_fraction, cfg.seed)
 
 
 def save_dataset_info(dataset: LoadedDataset, run_dir: str | Path) -> Path:
@@ -146,28 +173,29 @@ def split_by_patient(
     rng = np.random.default_rng(seed)
     images_per_patient = table.groupby("patient_id").size().sort_index()
     assignment: dict[str, str] = {}
-    for label, patients in _patient_strata(table).items():
+    for label, patients in patient_strata(table, len(SPLITS)).items():
         shuffled = [patients[i] for i in rng.permutation(len(patients))]
-        assignment.update(_assign_patients(shuffled, images_per_patient[patients], shares, label))
+        assignment.update(assign_patients(shuffled, images_per_patient[patients], shares, label))
     return table.assign(split=table["patient_id"].map(assignment))
 
 
-def _patient_strata(table: pd.DataFrame) -> dict[str, list[str]]:
-    """Patients grouped by class, to deal each group out across the splits.
+def patient_strata(table: pd.DataFrame, parts: int) -> dict[str, list[str]]:
+    """Patients grouped by class, to deal each group out across ``parts`` splits.
 
     A patient with images of both classes (IDC patches) counts under its majority class. If
-    that leaves a class with fewer than three patients, all patients are dealt out as one
+    that leaves a class with fewer patients than parts, all patients are dealt out as one
     group: every split still gets whole patients, and image counts still follow the shares.
     """
     patient_class = table.groupby("patient_id")["label"].agg(lambda labels: labels.mode().max())
     strata = {label: sorted(group.index) for label, group in patient_class.groupby(patient_class)}
     mixed = (table.groupby("patient_id")["label"].nunique() > 1).any()
-    if mixed and min(len(patients) for patients in strata.values()) < len(SPLITS):
+    if mixed and min(len(patients) for patients in strata.values()) < parts:
         return {"all classes": sorted(patient_class.index)}
     return strata
 
 
-def _assign_patients(patients, images_per_patient, shares, label) -> dict[str, str]:
+def assign_patients(patients, images_per_patient, shares, label) -> dict[str, str]:
+    """Deal shuffled ``patients`` out to the splits of ``shares`` (split: share of images)."""
     wanted = [split for split, share in shares.items() if share > 0]
     if len(patients) < len(wanted):
         raise ValueError(

@@ -22,7 +22,7 @@ import pandas as pd
 from bcnb import calibrate, stats
 from bcnb.config import Config
 from bcnb.datasets import labels_of
-from bcnb.evaluate import compute_metrics
+from bcnb.evaluate import compute_metrics, patient_recognition_rate
 from bcnb.files import read_run_json, write_json_atomic
 
 DECISION_FILE = "decision.json"
@@ -51,6 +51,8 @@ def measure_decision(
     y_test = labels_of(test)
     calibrated = calibrate.apply_temperature(p_test, rule["temperature"])
     found = compute_metrics(y_test, calibrated, rule["threshold"])
+    found["patient_recognition_rate"] = patient_recognition_rate(y_test, calibrated, test["patient_id"],
+                                                                 rule["threshold"])  # fmt: skip
     intervals = stats.bootstrap_by_patient(y_test, calibrated, test["patient_id"].to_numpy(),
                                            rule["threshold"], cfg.bootstrap_samples, cfg.seed)  # fmt: skip
     return {
@@ -77,7 +79,14 @@ def apply_decision(rule: dict, probabilities: np.ndarray) -> tuple[np.ndarray, n
     return calibrated, np.where(calibrated >= rule["threshold"], "malignant", "benign")
 
 
-HEADLINE = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "roc_auc")
+HEADLINE = (
+    "accuracy",
+    "balanced_accuracy",
+    "sensitivity",
+    "specificity",
+    "roc_auc",
+    "patient_recognition_rate",
+)
 
 
 def summary_table(measured: dict) -> pd.DataFrame:
@@ -86,7 +95,7 @@ def summary_table(measured: dict) -> pd.DataFrame:
     image, patient = measured["image_level"], measured["patient_level"]
     intervals = measured["image_level_95ci_by_patient"]
     rows = [
-        (name, _round(image[name]), "-".join(map(_round, intervals[name])), _round(patient[name]))
+        (name, _round(image[name]), "-".join(map(_round, intervals[name])), _round(patient.get(name)))
         for name in HEADLINE
     ]
     columns = ["metric", "per image", "95% CI (patients resampled)", "per patient"]
@@ -94,4 +103,5 @@ def summary_table(measured: dict) -> pd.DataFrame:
 
 
 def _round(value) -> str:
-    return "n/a" if value is None or np.isnan(value) else f"{value:.3f}"
+    # "-" where a metric has no per-patient form (the patient recognition rate is one already)
+    return "-" if value is None else "n/a" if np.isnan(value) else f"{value:.3f}"

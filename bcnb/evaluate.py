@@ -57,6 +57,14 @@ def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator else math.nan
 
 
+def patient_recognition_rate(y_true, y_prob, patients, threshold: float = 0.5) -> float:
+    """Spanhol et al. (2016)'s patient-level rate: for each patient the share of their images
+    classified correctly, averaged over patients (each patient counts once, however many
+    images they have). Not the same as scoring each patient by its mean probability."""
+    correct = (np.asarray(y_prob) >= threshold).astype(int) == np.asarray(y_true).astype(int)
+    return float(pd.Series(correct).groupby(np.asarray(patients)).mean().mean())
+
+
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """95% Wilson score interval for a proportion.
 
@@ -78,7 +86,9 @@ def metrics_by_magnification(test: pd.DataFrame, y_prob: np.ndarray) -> dict[str
         rows = (test["magnification"] == magnification).to_numpy()
         found = compute_metrics(labels_of(test[rows]), y_prob[rows])
         keep = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "roc_auc")
-        results[magnification] = {"n_images": int(rows.sum()), **{k: found[k] for k in keep}}
+        prr = patient_recognition_rate(labels_of(test[rows]), y_prob[rows], test["patient_id"][rows])
+        results[magnification] = {"n_images": int(rows.sum()), **{k: found[k] for k in keep},
+                                  "patient_recognition_rate": prr}  # fmt: skip
     return results
 
 
@@ -101,6 +111,7 @@ def summarize_test_results(
         "test_loss": float(keras_results["loss"]),
         "test_accuracy_95ci": list(wilson_interval(correct, len(test))),
         **{k: v for k, v in found.items() if k != "accuracy"},
+        "patient_recognition_rate": patient_recognition_rate(y_true, y_prob, test["patient_id"]),
         **majority_class_baseline(y_true),
         "n_test_images": len(test),
         "n_test_patients": int(test["patient_id"].nunique()),

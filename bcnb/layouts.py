@@ -74,12 +74,16 @@ def detect_layout(path: Path) -> str:
 
 
 def read_layout(
-    path: Path, layout: str, positive_class: str = "malignant", patient_pattern: str = ""
+    path: Path,
+    layout: str,
+    positive_class: str = "malignant",
+    patient_pattern: str = "",
+    patient_id_from: str = "slide_number",
 ) -> Candidates:
     """Read ``path`` as ``layout`` ("auto" detects it)."""
     chosen = detect_layout(path) if layout == "auto" else layout
     if chosen == "breakhis":
-        found = read_breakhis(path)
+        found = read_breakhis(path, patient_id_from)
     elif chosen == "idc":
         found = read_idc(path)
     elif chosen == "folders":
@@ -130,8 +134,14 @@ def parse_breakhis_name(name: str) -> dict[str, str]:
     }
 
 
-def read_breakhis(root: Path) -> Candidates:
-    """Every BreakHis image below ``root``; other files inside magnification folders are strays."""
+def read_breakhis(root: Path, patient_id_from: str = "slide_number") -> Candidates:
+    """Every BreakHis image below ``root``; other files inside magnification folders are strays.
+
+    A few slide numbers appear under two tumour types (SOB_M_DC-14-13412 and SOB_M_LC-14-13412),
+    so they may be one patient: they are named in a note. ``patient_id_from="slide_number"``
+    reads each as one patient, so no such pair can straddle two splits; ``"folder"`` keeps them
+    apart (DC-14-13412, LC-14-13412), one patient per folder, as BreakHis counts its 82.
+    """
     _require_folder(root, "breakhis")
     rows = []
     for path in sorted(p for p in root.rglob("*") if _is_file(p)):
@@ -142,7 +152,27 @@ def read_breakhis(root: Path) -> Candidates:
     table = _frame(rows, TABLE_COLUMNS + ["subtype"])
     if not (table["problem"] == NO_PROBLEM).any():
         raise ValueError(f"dataset: no BreakHis images (like SOB_B_A-14-22549AB-40-001.png) below {root}")
-    return Candidates(table, "breakhis")
+    notes = _shared_slides(table, patient_id_from)
+    if patient_id_from == "folder":
+        images = table["problem"] == NO_PROBLEM
+        table.loc[images, "patient_id"] = table.loc[images, "subtype"] + "-" + table.loc[images, "patient_id"]
+    return Candidates(table, "breakhis", notes)
+
+
+def _shared_slides(table: pd.DataFrame, patient_id_from: str) -> list[str]:
+    """A note naming the slide numbers found under more than one tumour type."""
+    types = table[table["problem"] == NO_PROBLEM].groupby("patient_id")["subtype"].unique()
+    shared = types[types.map(len) > 1]
+    if shared.empty:
+        return []
+    listed = "; ".join(f"{slide} ({' and '.join(sorted(codes))})" for slide, codes in shared.items())
+    if patient_id_from == "slide_number":
+        how = "each read as one patient (patient_id_from=slide_number)"
+    else:
+        how = "counted as one patient per tumour type (patient_id_from=folder)"
+    return [
+        f"{len(shared)} slide number(s) appear under two tumour types, so may be one patient: {listed}; {how}"
+    ]
 
 
 def _looks_like_image(path: Path) -> bool:

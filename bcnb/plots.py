@@ -42,8 +42,38 @@ show_figures_inline()
 
 def save_figure(fig: Figure, run_dir: str | Path, name: str) -> Path:
     """Save ``fig`` as ``run_dir/figures/name.png`` (atomically)."""
-    path = Path(run_dir) / FIGURES_DIR / f"{name}.png"
+    return save_image(fig, Path(run_dir) / FIGURES_DIR / f"{name}.png")
+
+
+def save_image(fig: Figure, path: str | Path) -> Path:
+    """Save ``fig`` as the PNG file ``path`` (atomically)."""
     return replace_from_writer(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
+
+
+def plot_runs(summary: dict) -> Figure:
+    """One point per run for each metric, at 0.5 and at the validation-chosen threshold; the
+    paper's single test accuracy drawn across the accuracy column."""
+    thresholds = {"at_0.5": "0.5 (the paper's)", "at_chosen_threshold": "chosen on validation"}
+    rows = [
+        {"run": run["run"], "metric": name, "value": value, "threshold": label}
+        for run in summary["runs"]
+        for where, label in thresholds.items()
+        for name, value in run[where].items()
+        if value is not None
+    ]
+    frame = pd.DataFrame(rows)
+    fig = Figure(figsize=(9, 3.6), layout="tight")
+    ax = fig.subplots()
+    sns.stripplot(frame, x="metric", y="value", hue="threshold", dodge=True, ax=ax, size=6, jitter=0.08)
+    accuracy = list(frame["metric"].unique()).index("accuracy")
+    paper = summary["paper_test_accuracy"]
+    ax.hlines(
+        paper, accuracy - 0.45, accuracy + 0.45, color="crimson", linestyle="--", label=f"paper: {paper}"
+    )
+    ax.set(ylabel="", xlabel="", title=f"{len(summary['runs'])} runs: {summary['protocol'].split(' (')[0]}")
+    ax.tick_params(axis="x", labelrotation=20)
+    ax.legend(fontsize="small")
+    return fig
 
 
 def plot_class_counts(table: pd.DataFrame) -> Figure:

@@ -139,6 +139,11 @@ def _results_section(metrics: dict) -> str:
         ("specificity (benign recall)", _number(metrics["specificity"]), "not reported"),
         ("ROC AUC", _number(metrics["roc_auc"]), "not reported"),
         (
+            "patient recognition rate (Spanhol et al. 2016)",
+            _number(metrics["patient_recognition_rate"]),
+            "not reported",
+        ),
+        (
             f"always-{metrics['majority_class']} baseline accuracy (the majority class)",
             _number(metrics["majority_class_accuracy"]),
             "-",
@@ -177,7 +182,8 @@ def _decision_section(decision: dict | None) -> str:
         f"images called malignant from {decision['threshold']:.3f} on, a threshold {why}; both were "
         f"chosen on the {decision['chosen_on']}, never on test. Intervals resample test patients "
         f"({decision['bootstrap_samples']} times); 'per patient' scores the mean probability of "
-        f"each of the {decision['patient_level']['n_patients']} test patients.\n\n"
+        f"each of the {decision['patient_level']['n_patients']} test patients, while the patient "
+        "recognition rate averages each patient's share of images called right.\n\n"
         + _markdown_table(summary_table(decision).reset_index())
         + f"\n\nTest Brier score {calibration['test_brier_before']:.3f} before calibration, "
         f"{calibration['test_brier_after']:.3f} after (lower is better)."
@@ -187,13 +193,20 @@ def _decision_section(decision: dict | None) -> str:
 def _per_magnification_table(per_magnification: dict) -> str:
     if not per_magnification:
         return ""
+    keys = ("accuracy", "balanced_accuracy", "roc_auc", "patient_recognition_rate")
     rows = [
-        (name, found["n_images"], *(_number(found[k]) for k in ("accuracy", "balanced_accuracy", "roc_auc")))
+        (name, found["n_images"], *(_number(found[k]) for k in keys))
         for name, found in per_magnification.items()
     ]
-    table = pd.DataFrame(
-        rows, columns=["magnification", "images", "accuracy", "balanced accuracy", "ROC AUC"]
-    )
+    columns = [
+        "magnification",
+        "images",
+        "accuracy",
+        "balanced accuracy",
+        "ROC AUC",
+        "patient recognition rate",
+    ]
+    table = pd.DataFrame(rows, columns=columns)
     return "\n\nBy magnification:\n\n" + _markdown_table(table)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bcnb.config import CONFIG_FILE, STAGES, Config, defines_the_run
-from bcnb.datasets import dataset_path, load_dataset, split_by_patient
+from bcnb.datasets import dataset_path, load_dataset, split_for_run
 from bcnb.runfolder import (
     HELD_BY_PARENT,
     RecordMismatch,
@@ -58,19 +58,19 @@ def check_inputs(cfg: Config, compare: bool = False) -> None:
             from bcnb.model import resolve_weights
         for backbone in {cfg.backbone, *(cfg.backbones_to_compare() if compare else [])}:
             resolve_weights(cfg.weights, False, backbone, cfg.img_size)
-    split_by_patient(load_dataset(cfg).table, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    split_for_run(cfg, load_dataset(cfg).table)
 
 
 @contextmanager
 def _native_stderr_silenced():
     """Hide TensorFlow's C++ start-up lines (CUDA probing), which bypass Python's streams
     and TF_CPP_MIN_LOG_LEVEL, so that a bad input still ends in one line."""
-    with _native_stderr_to(Path(os.devnull)):
+    with native_stderr_to(Path(os.devnull)):
         yield
 
 
 @contextmanager
-def _native_stderr_to(path: Path):
+def native_stderr_to(path: Path):
     """Send file descriptor 2 (and so the kernels' C++ logging) to ``path``, while Python's
     own ``sys.stderr`` (progress, errors) keeps writing to the terminal."""
     sys.stderr.flush()
@@ -111,9 +111,9 @@ def reproduce(
     last = notebook_named(stop_after, "--stop-after") if stop_after else chosen[-1]
     out = Path(out).resolve()
     notebooks_dir = Path(notebooks_dir)
-    _check_notebooks(notebooks_dir, chosen)
+    check_notebooks(notebooks_dir, chosen)
     with RunLock(out, "bcnb reproduce"):
-        cfg = _headless(cfg)
+        cfg = headless(cfg)
         progress("checking the dataset and parameters")
         check_inputs(cfg, compare)
         staging = staging_folder(out)
@@ -124,13 +124,13 @@ def reproduce(
         record_parameters(staging, cfg, (), [STAGE_OF_NOTEBOOK[name] for name in chosen])
         cfg = cfg.replace(run_dir=str(staging))
         (staging / "notebooks").mkdir(parents=True, exist_ok=True)
-        with _kernels_work_in(staging), _native_stderr_to(staging / "notebooks" / KERNEL_LOG):
+        with kernels_work_in(staging), native_stderr_to(staging / "notebooks" / KERNEL_LOG):
             for number, name in enumerate(chosen, start=1):
                 progress(f"[{number}/{len(chosen)}] {name}")
-                _execute(notebooks_dir / name, staging / "notebooks" / name, cfg, progress_bar)
+                execute(notebooks_dir / name, staging / "notebooks" / name, cfg, progress_bar)
                 if name == last and stop_after:
                     return staging
-        _swap_into_place(staging, out)
+        swap_into_place(staging, out)
     return out
 
 
@@ -151,29 +151,29 @@ def rerun(
     """
     out = Path(out).resolve()
     names = [notebook_named(name, "--only") for name in notebooks]
-    _check_notebooks(Path(notebooks_dir), names)
+    check_notebooks(Path(notebooks_dir), names)
     with RunLock(out, "bcnb reproduce --only"):
         recorded = read_record(out)
         if not recorded:
             raise FileNotFoundError(f"--only: {out} is not a finished run folder (it has no {CONFIG_FILE})")
-        cfg = _headless(Config(**{**recorded, **given, "run_dir": str(out)}))
+        cfg = headless(Config(**{**recorded, **given, "run_dir": str(out)}))
         changed = differences(recorded, cfg, given)
         if changed:
             raise RecordMismatch(
                 f"--only: {out} was made with {', '.join(changed)}; a run folder keeps the parameters "
                 "it was made with: for a run with these, use bcnb reproduce --out NEW"
             )
-        with _kernels_work_in(out), _native_stderr_to(out / "notebooks" / KERNEL_LOG):
+        with kernels_work_in(out), native_stderr_to(out / "notebooks" / KERNEL_LOG):
             for number, name in enumerate(names, start=1):
                 progress(f"[{number}/{len(names)}] {name} (again, in {out})")
                 running = out / "notebooks" / f".{name}.running.ipynb"
-                _execute(Path(notebooks_dir) / name, running, cfg, progress_bar)
+                execute(Path(notebooks_dir) / name, running, cfg, progress_bar)
                 os.replace(running, out / "notebooks" / name)
     return out
 
 
 @contextmanager
-def _kernels_work_in(folder: Path):
+def kernels_work_in(folder: Path):
     """The kernels started meanwhile write into ``folder``, which this process holds for them."""
     os.environ[HELD_BY_PARENT] = str(folder)
     try:
@@ -182,7 +182,7 @@ def _kernels_work_in(folder: Path):
         os.environ.pop(HELD_BY_PARENT, None)
 
 
-def _headless(cfg: Config) -> Config:
+def headless(cfg: Config) -> Config:
     """``cfg`` for kernels that run in other folders and draw no widgets."""
     # Paths in the parameters must not depend on the kernels' working folder.
     if cfg.dataset != "synthetic":
@@ -193,7 +193,7 @@ def _headless(cfg: Config) -> Config:
     return cfg.replace(interactive=False)
 
 
-def _check_notebooks(notebooks_dir: Path, names: list[str]) -> None:
+def check_notebooks(notebooks_dir: Path, names: list[str]) -> None:
     missing = [name for name in names if not (notebooks_dir / name).is_file()]
     if missing:
         raise FileNotFoundError(f"notebooks: {notebooks_dir} lacks {', '.join(missing)}")
@@ -245,7 +245,7 @@ def parameter_names(notebook: Path) -> list[str]:
             if isinstance(target, ast.Name)]  # fmt: skip
 
 
-def _execute(source: Path, target: Path, cfg: Config, progress_bar: bool) -> None:
+def execute(source: Path, target: Path, cfg: Config, progress_bar: bool) -> None:
     """Run one notebook with the parameters its own cell names (the rest are in the record)."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -271,7 +271,7 @@ def _execute(source: Path, target: Path, cfg: Config, progress_bar: bool) -> Non
         raise NotebookFailed(f"{message} (executed notebook kept in {target})") from None
 
 
-def _swap_into_place(staging: Path, out: Path) -> None:
+def swap_into_place(staging: Path, out: Path) -> None:
     """Replace ``out`` with ``staging``; the old run is removed only after the swap."""
     old = out.parent / f".{out.name}.old"
     shutil.rmtree(old, ignore_errors=True)

@@ -24,7 +24,9 @@ from bcnb.config import THRESHOLD_RULES
 from bcnb.evaluate import compute_metrics
 from bcnb.layouts import CLASSES
 
-BOOTSTRAP_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "roc_auc")
+BOOTSTRAP_METRICS = (
+    "accuracy", "balanced_accuracy", "sensitivity", "specificity", "roc_auc", "patient_recognition_rate",
+)  # fmt: skip
 PAIRED_METRICS = ("accuracy", "balanced_accuracy", "roc_auc")
 
 
@@ -227,6 +229,8 @@ def _per_patient(y_true: np.ndarray, y_prob: np.ndarray, codes: np.ndarray, thre
         "tn": total((y_true == 0) & ~called),
         "fp": total((y_true == 0) & called),
         "pairs": _auc_pairs(y_true, y_prob, codes, n_patients),
+        # each patient's share of images called right (for the patient recognition rate)
+        "score": total((y_true == 1) == called) / np.bincount(codes, minlength=n_patients),
     }
 
 
@@ -262,6 +266,7 @@ def _resampled_metrics(sums: dict, counts: np.ndarray) -> dict[str, np.ndarray]:
         "sensitivity": sensitivity,
         "specificity": specificity,
         "roc_auc": roc_auc,
+        "patient_recognition_rate": (counts @ sums["score"]) / counts.sum(axis=1),
     }
 
 

@@ -10,6 +10,10 @@ BAD_VALUES = {
     "layout": ("tree", "layout: expected one of auto, breakhis, idc, folders, csv"),
     "positive_class": ("", "positive_class"),
     "patient_pattern": ("case-(", "patient_pattern: not a valid regular expression"),
+    "patient_id_from": ("patient", "patient_id_from: expected one of slide_number, folder"),
+    "folds": (1, "folds: expected 0 \\(one split\\) or at least 2, got 1"),
+    "fold": (2, "fold: expected 0 without folds, got 2"),
+    "split_file": (5, "split_file: expected str"),
     "on_bad_image": ("ignore", "on_bad_image: expected one of error, skip"),
     "class_weight": ("auto", "class_weight: expected one of none, balanced"),
     "magnification": ("50X", "magnification: expected one of"),
@@ -162,6 +166,20 @@ def test_field_types_are_flat_literals():
 def test_patient_pattern_needs_a_group():
     with pytest.raises(ValueError, match="patient_pattern: expected a regular expression with a group"):
         Config(patient_pattern=r"case-\d+")
+
+
+@pytest.mark.parametrize(
+    "values,message",
+    [
+        ({"folds": 5, "fold": 0}, "fold: expected the test fold, 1 to 5, got 0"),
+        ({"folds": 5, "fold": 6}, "fold: expected the test fold, 1 to 5, got 6"),
+        ({"folds": 3, "fold": 1, "split_file": "dsfold1.txt"}, "split_file: a fold file gives the split"),
+    ],
+)
+def test_folds_and_fold_files_must_agree(values, message):
+    with pytest.raises(ValueError, match=message):
+        Config(**values)
+    assert Config(folds=5, fold=5).fold == 5
 
 
 def test_magnification_may_be_given_without_the_x():

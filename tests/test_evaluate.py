@@ -85,6 +85,19 @@ def test_summary_holds_every_required_field():
     assert summary["confusion_matrix"] == [[1, 1], [1, 3]]
 
 
+def test_patient_recognition_rate_by_hand():
+    """Spanhol et al.'s rate: patient a 2 of 3 right, b 1 of 1, c 0 of 2 -> (2/3 + 1 + 0) / 3,
+    not the 3 of 6 images of the image-level accuracy."""
+    y_true = np.array([1, 1, 1, 0, 0, 0])
+    y_prob = np.array([0.9, 0.8, 0.2, 0.1, 0.7, 0.6])
+    patients = ["a", "a", "a", "b", "c", "c"]
+    assert evaluate.patient_recognition_rate(y_true, y_prob, patients) == pytest.approx((2 / 3 + 1 + 0) / 3)
+    assert evaluate.compute_metrics(y_true, y_prob)["accuracy"] == 0.5
+    assert evaluate.patient_recognition_rate(y_true, y_prob, patients, threshold=0.65) == pytest.approx(
+        (2 / 3 + 1 + 1 / 2) / 3
+    )
+
+
 @pytest.mark.parametrize(
     "labels,expected",
     [([0, 0, 0, 1], ("benign", 0.75)), ([1, 1, 0], ("malignant", 2 / 3)), ([0, 1], ("malignant", 0.5))],
@@ -115,11 +128,13 @@ def test_metrics_by_magnification():
         {
             "label": ["benign", "malignant", "benign", "malignant", "malignant"],
             "magnification": ["40X", "40X", "400X", "400X", "400X"],
+            "patient_id": ["a", "b", "a", "b", "b"],
         }
     )
     y_prob = np.array([0.2, 0.9, 0.6, 0.8, 0.3])
     found = evaluate.metrics_by_magnification(test, y_prob)
     assert list(found) == ["40X", "400X"]  # lowest magnification first
     assert found["40X"] == {"n_images": 2, "accuracy": 1.0, "balanced_accuracy": 1.0, "sensitivity": 1.0,
-                            "specificity": 1.0, "roc_auc": 1.0}  # fmt: skip
+                            "specificity": 1.0, "roc_auc": 1.0, "patient_recognition_rate": 1.0}  # fmt: skip
+    assert found["400X"]["patient_recognition_rate"] == pytest.approx((0 + 1 / 2) / 2)
     assert found["400X"]["accuracy"] == pytest.approx(1 / 3) and found["400X"]["n_images"] == 3

@@ -28,6 +28,20 @@ def test_parse_breakhis_name_on_every_real_sample_file(breakhis_sample):
         )  # fmt: skip
 
 
+def test_a_slide_under_two_tumour_types_is_named_and_read_as_one_patient(tmp_path):
+    """SOB_M_DC-14-13412 and SOB_M_LC-14-13412: one slide number, two tumour types."""
+    names = ["SOB_B_A-14-100-40-001.png", "SOB_M_DC-14-13412-40-001.png", "SOB_M_LC-14-13412-40-002.png",
+             "SOB_M_DC-14-777-40-001.png"]  # fmt: skip
+    for seed, name in enumerate(names):
+        write_image(tmp_path / "BreaKHis" / "40X" / name, seed)
+    found = layouts.read_layout(tmp_path / "BreaKHis", "breakhis")
+    patients = dict(zip(found.table["path"].map(lambda p: Path(p).name), found.table["patient_id"]))
+    assert patients[names[1]] == patients[names[2]] == "14-13412"  # so they never straddle splits
+    assert any("14-13412 (DC and LC)" in note and "one patient" in note for note in found.notes)
+    apart = layouts.read_layout(tmp_path / "BreaKHis", "breakhis", patient_id_from="folder").table
+    assert sorted(apart["patient_id"]) == ["A-14-100", "DC-14-13412", "DC-14-777", "LC-14-13412"]
+
+
 @pytest.mark.parametrize(
     "name",
     ["SOB_B_A-14-22549AB-40.png", "SOB_X_A-14-22549AB-40-001.png", "SOB_B_A-14-22549AB-50-001.png", "a.png"],

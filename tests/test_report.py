@@ -26,6 +26,7 @@ def _metrics(**changes):
         "balanced_accuracy": 0.94,
         "sensitivity": 0.97, "specificity": 0.91, "roc_auc": 0.98, "confusion_matrix": [[20, 2], [1, 37]],
         "threshold": 0.5, "majority_class": "malignant", "majority_class_accuracy": 0.63,
+        "patient_recognition_rate": 0.9375,
         "n_test_images": 60, "n_test_patients": 16,
         "weights": "imagenet", "weights_pretrained": True, "weights_source": "/root/.keras/models/x.h5",
         "paper_test_accuracy": 0.9344, "paper_test_loss": 0.1723,
@@ -38,6 +39,7 @@ def test_pretrained_run_has_no_warning_and_states_the_method():
     assert "RANDOM" not in report and "weights used: ImageNet" in report
     assert "31 run of 100 requested (early stopping, patience 10); weights of epoch 21 kept" in report
     assert "always-malignant baseline accuracy (the majority class) | 0.6300" in report
+    assert "| patient recognition rate (Spanhol et al. 2016) | 0.9375 | not reported |" in report
     assert "0.9500 (95% CI 0.900-0.980) | 0.9344" in report
     assert DISCLAIMER in report and "generated, not real tissue" not in report
 
@@ -64,11 +66,12 @@ def test_split_counts_table():
 
 def test_bad_files_image_level_split_and_magnifications_are_reported():
     dataset = {**DATASET, "n_bad_files": 3, "patient_level": False, "notes": ["no patient ids: ..."]}
-    per_magnification = {"40X": {"n_images": 30, "accuracy": 0.9, "balanced_accuracy": 0.85, "roc_auc": None}}
+    per_magnification = {"40X": {"n_images": 30, "accuracy": 0.9, "balanced_accuracy": 0.85, "roc_auc": None,
+                                 "patient_recognition_rate": 0.875}}  # fmt: skip
     report = render_report(CONFIG, dataset, SPLIT, TRAINING, _metrics(per_magnification=per_magnification))
     assert "3 bad file(s) left out" in report and "bad_images.csv" in report
     assert "split: BY IMAGE (no patient ids)" in report and "- no patient ids: ..." in report
-    assert "| 40X | 30 | 0.9000 | 0.8500 | n/a |" in report
+    assert "| 40X | 30 | 0.9000 | 0.8500 | n/a | 0.8750 |" in report
 
 
 def test_training_is_reported_as_training_recorded_it():

@@ -7,7 +7,7 @@ import pytest
 from scipy.stats import binomtest
 
 from bcnb import stats
-from bcnb.evaluate import compute_metrics
+from bcnb.evaluate import compute_metrics, patient_recognition_rate
 
 
 def _patients_data(seed, n_patients=20, images_each=5, malignant_share=0.6):
@@ -34,14 +34,17 @@ def test_each_resample_agrees_with_compute_metrics():
     found = stats._resampled_metrics(stats._per_patient(y_true, y_prob, patients, 0.5), counts)
     for b, drawn in enumerate(counts):
         rows = np.concatenate([np.flatnonzero(patients == p) for p in range(12) for _ in range(drawn[p])])
+        copies = np.concatenate([[f"{p}/{copy}"] * 4 for p in range(12) for copy in range(drawn[p])])
         expected = compute_metrics(y_true[rows], y_prob[rows], 0.5)
+        expected["patient_recognition_rate"] = patient_recognition_rate(y_true[rows], y_prob[rows], copies)
         for name in stats.BOOTSTRAP_METRICS:
             assert found[name][b] == pytest.approx(expected[name], nan_ok=True), (name, b)
 
 
 def test_interval_contains_the_point_estimate():
     y_true, y_prob, patients = _patients_data(0)
-    point = compute_metrics(y_true, y_prob)
+    point = {**compute_metrics(y_true, y_prob),
+             "patient_recognition_rate": patient_recognition_rate(y_true, y_prob, patients)}  # fmt: skip
     intervals = stats.bootstrap_by_patient(y_true, y_prob, patients)
     assert set(intervals) == set(stats.BOOTSTRAP_METRICS)
     for name, (low, high) in intervals.items():

@@ -1,0 +1,279 @@
+"""Many runs of one protocol, and what a paper would print about them.
+
+``bcnb reproduce --folds K`` runs notebooks 01-04 once per patient-level fold (``fold-1`` ...
+``fold-K``, each a complete run folder testing on its own fold); ``--repeats R`` once per
+random patient-level split, seeds ``seed`` .. ``seed + R - 1`` (``repeat-1`` ...). Then
+``summary.md``, ``summary.json`` and ``summary.png`` give each run's metrics and their mean,
+standard deviation and 95% interval, at the paper's threshold of 0.5 and at each run's own
+validation-chosen threshold.
+
+The folds share one feature extraction: the cache holds every image's features in the table's
+order, and a fold only selects rows, so the first fold's cache is linked into the others (its
+key is checked there, so a fold whose model differs computes its own). A protocol that is
+interrupted goes on with ``--resume``: finished runs are kept, an unfinished one carries on.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bcnb.config import Config
+from bcnb.evaluate import PAPER, load_metrics
+from bcnb.files import write_json_atomic, write_text_atomic
+from bcnb.runfolder import RunLock, record_parameters
+
+# Modules that import TensorFlow (features, report) are imported where they are needed, so
+# that a bad parameter still ends in one line, before TensorFlow's start-up.
+REPORT_FILE = "report.md"
+
+FOLD_NOTEBOOKS = ("01_data.ipynb", "02_model.ipynb", "03_train.ipynb", "04_evaluate.ipynb")
+SUMMARY = "summary"  # summary.md, summary.json, summary.png
+METRICS = (
+    "accuracy",
+    "balanced_accuracy",
+    "roc_auc",
+    "sensitivity",
+    "specificity",
+    "patient_recognition_rate",
+)
+
+
+def protocol_runs(cfg: Config, folds: int = 0, repeats: int = 0) -> dict[str, Config]:
+    """The runs of a protocol, by folder name."""
+    if folds:
+        return {f"fold-{k}": cfg.replace(folds=folds, fold=k) for k in range(1, folds + 1)}
+    return {f"repeat-{r}": cfg.replace(seed=cfg.seed + r - 1) for r in range(1, repeats + 1)}
+
+
+def describe(cfg: Config, folds: int, repeats: int) -> str:
+    if folds:
+        return (
+            f"{folds}-fold cross-validation by patient (stratified by class, every patient tested "
+            f"once; seed {cfg.seed}), validation carved by patient from each fold's training part"
+        )
+    return (
+        f"{repeats} random patient-level splits ({1 - cfg.val_fraction - cfg.test_fraction:.0%} / "
+        f"{cfg.val_fraction:.0%} / {cfg.test_fraction:.0%}, seeds {cfg.seed} to {cfg.seed + repeats - 1})"
+    )
+
+
+def run_protocol(
+    cfg: Config,
+    out: str | Path,
+    folds: int = 0,
+    repeats: int = 0,
+    notebooks_dir: str | Path | None = None,
+    progress: Callable[[str], None] = lambda message: None,
+    progress_bar: bool = False,
+    resume: bool = False,
+) -> Path:
+    """Run every fold or repeat into ``out`` (replaced only when all are done), then summarise."""
+    from bcnb import reproduce
+
+    out = Path(out).resolve()
+    notebooks_dir = Path(notebooks_dir or reproduce.NOTEBOOKS_DIR)
+    reproduce.check_notebooks(notebooks_dir, list(FOLD_NOTEBOOKS))
+    runs = protocol_runs(reproduce.headless(cfg), folds, repeats)
+    with RunLock(out, "bcnb reproduce " + (f"--folds {folds}" if folds else f"--repeats {repeats}")):
+        progress("checking the dataset and parameters")
+        reproduce.check_inputs(next(iter(runs.values())))  # K against the patients, before any notebook
+        staging = reproduce.staging_folder(out)
+        if not resume:
+            shutil.rmtree(staging, ignore_errors=True)
+        elif not staging.is_dir():
+            raise FileNotFoundError(f"--resume: no interrupted run to resume ({staging} does not exist)")
+        for number, (name, run_cfg) in enumerate(runs.items(), start=1):
+            folder = staging / name
+            if (folder / REPORT_FILE).is_file():
+                progress(f"{name}: finished before, kept")
+                continue
+            progress(f"{name} ({number}/{len(runs)})")
+            record_parameters(folder, run_cfg, (), ["data", "model", "train", "evaluate"])
+            _run_fold(run_cfg.replace(run_dir=str(folder)), notebooks_dir, staging, progress, progress_bar)
+        summary = summarize(staging, list(runs), describe(cfg, folds, repeats))
+        write_summary(staging, summary)
+        reproduce.swap_into_place(staging, out)
+    return out
+
+
+def _run_fold(cfg: Config, notebooks_dir: Path, staging: Path, progress, progress_bar: bool) -> None:
+    from bcnb import reproduce
+
+    folder = Path(cfg.run_dir)
+    (folder / "notebooks").mkdir(parents=True, exist_ok=True)
+    with (
+        reproduce.kernels_work_in(folder),
+        reproduce.native_stderr_to(folder / "notebooks" / reproduce.KERNEL_LOG),
+    ):
+        for name in FOLD_NOTEBOOKS:
+            if name == "03_train.ipynb":
+                share_features(staging, folder)
+            progress(f"{folder.name}: {name}")
+            reproduce.execute(notebooks_dir / name, folder / "notebooks" / name, cfg, progress_bar)
+
+
+def share_features(staging: Path, folder: Path) -> None:
+    """Link a sibling run's feature cache into ``folder`` (one extraction for all folds).
+
+    Its key still decides: notebook 03 recomputes the cache if it is not this run's.
+    """
+    from bcnb.features import ALL_FEATURES, FEATURES_DIR
+
+    target = folder / FEATURES_DIR / ALL_FEATURES
+    if target.exists():
+        return
+    for sibling in sorted(p for p in staging.iterdir() if p.is_dir() and p != folder):
+        source = sibling / FEATURES_DIR / ALL_FEATURES
+        key = source.with_suffix(".key.json")
+        if source.is_file() and key.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            for path in (source, key):
+                _link_or_copy(path, target.parent / path.name)
+            return
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system: a copy does as well
+        shutil.copyfile(source, target)
+
+
+# --------------------------------------------------------------------------- the summary
+def run_metrics(folder: Path) -> dict:
+    """One run's figures at the paper's 0.5 and at its validation-chosen threshold."""
+    metrics = load_metrics(folder)
+    at_half = {name: metrics["test_accuracy" if name == "accuracy" else name] for name in METRICS}
+    decided = metrics["decision"]
+    return {
+        "run": folder.name,
+        "test_images": metrics["n_test_images"],
+        "test_patients": metrics["n_test_patients"],
+        "at_0.5": at_half,
+        "threshold": decided["threshold"],
+        "at_chosen_threshold": {name: decided["image_level"][name] for name in METRICS},
+        "weights": metrics["weights"],
+        "weights_pretrained": metrics["weights_pretrained"],
+        "dataset": metrics["dataset"],
+    }
+
+
+def spread(values: list[float | None]) -> dict:
+    """Mean, standard deviation (n - 1) and the 95% t-interval of the mean over runs."""
+    from scipy import stats as scipy_stats
+
+    defined = np.array([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    if len(defined) == 0:
+        return {"mean": None, "sd": None, "ci95": [None, None], "runs": 0}
+    mean = float(defined.mean())
+    if len(defined) < 2:
+        return {"mean": mean, "sd": None, "ci95": [None, None], "runs": 1}
+    sd = float(defined.std(ddof=1))
+    half = float(scipy_stats.t.ppf(0.975, len(defined) - 1)) * sd / math.sqrt(len(defined))
+    # Every metric here is a proportion: an interval reaching past 0 or 1 is cut there.
+    return {
+        "mean": mean,
+        "sd": sd,
+        "ci95": [max(0.0, mean - half), min(1.0, mean + half)],
+        "runs": len(defined),
+    }
+
+
+def summarize(staging: Path, names: list[str], protocol: str) -> dict:
+    runs = [run_metrics(staging / name) for name in names]
+    return {
+        "protocol": protocol,
+        "runs": runs,
+        "summary": {
+            where: {name: spread([run[where][name] for run in runs]) for name in METRICS}
+            for where in ("at_0.5", "at_chosen_threshold")
+        },
+        "paper_test_accuracy": PAPER["test_accuracy"],
+        "weights": sorted({run["weights"] for run in runs}),
+        "weights_pretrained": all(run["weights_pretrained"] for run in runs),
+        "dataset": runs[0]["dataset"],
+    }
+
+
+def write_summary(folder: Path, summary: dict) -> None:
+    from bcnb.plots import plot_runs, save_image
+
+    write_json_atomic(folder / f"{SUMMARY}.json", summary)
+    save_image(plot_runs(summary), folder / f"{SUMMARY}.png")
+    write_text_atomic(folder / f"{SUMMARY}.md", render_summary(summary))
+
+
+def render_summary(summary: dict) -> str:
+    from bcnb.report import DISCLAIMER
+
+    lines = ["# bcnb cross-run summary", f"> {DISCLAIMER}"]
+    if not summary["weights_pretrained"]:
+        lines.append(
+            "**WARNING: the base had RANDOM weights, not ImageNet weights: these runs are not "
+            "transfer learning, and their numbers cannot be compared with the paper's.**"
+        )
+    if summary["dataset"] == "synthetic":
+        lines.append(
+            "**The images are bcnb's built-in generated ones, not real tissue: this tests the "
+            "pipeline, not pathology.**"
+        )
+    lines += [f"Protocol: {summary['protocol']}.", "## Each run", _runs_table(summary["runs"])]
+    for where, title in (
+        ("at_0.5", "at the paper's threshold of 0.5"),
+        ("at_chosen_threshold", "at each run's threshold chosen on its validation split"),
+    ):
+        lines += [f"## Over the runs, {title}", _spread_table(summary["summary"][where])]
+    lines += ["## Reading it", "\n".join(_READING).format(paper=summary["paper_test_accuracy"])]
+    return "\n\n".join(lines) + "\n"
+
+
+_READING = [
+    "- The paper reports one test accuracy, {paper}, on one split it does not "
+    "describe; set it beside the distribution above, not beside one run.",
+    "- The 95% interval is Student's t over the runs' figures. The runs share most of their "
+    "training patients, so they are not independent and the spread understates the uncertainty "
+    "(Bengio & Grandvalet, JMLR 2004: no unbiased estimator of the variance of K-fold "
+    "cross-validation exists).",
+    "- The patient recognition rate (Spanhol et al. 2016) averages, over test patients, the share "
+    "of each patient's images called right.",
+    "- Each run's folder holds its executed notebooks, metrics.json and report.md; summary.png draws "
+    "one point per run.",
+]
+
+
+def _runs_table(runs: list[dict]) -> str:
+    header = "| run | test images | patients | " + " | ".join(METRICS) + " | threshold | accuracy at it |"
+    rule = "|" + "---|" * (len(METRICS) + 5)
+    rows = [
+        f"| {run['run']} | {run['test_images']} | {run['test_patients']} | "
+        + " | ".join(_number(run["at_0.5"][name]) for name in METRICS)
+        + f" | {run['threshold']:.3f} | {_number(run['at_chosen_threshold']['accuracy'])} |"
+        for run in runs
+    ]
+    return "\n".join([header, rule, *rows])
+
+
+def _spread_table(found: dict) -> str:
+    rows = ["| metric | mean | sd | 95% interval | runs |", "|---|---|---|---|---|"]
+    for name, figures in found.items():
+        low, high = figures["ci95"]
+        interval = "-" if low is None else f"{low:.3f}-{high:.3f}"
+        mean, sd = _number(figures["mean"]), _number(figures["sd"])
+        rows.append(f"| {name} | {mean} | {sd} | {interval} | {figures['runs']} |")
+    return "\n".join(rows)
+
+
+def _number(value) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+
+def summary_frame(summary: dict, where: str = "at_0.5") -> pd.DataFrame:
+    """One row per run, one column per metric (for figures and notebooks)."""
+    return pd.DataFrame([{"run": run["run"], **run[where]} for run in summary["runs"]]).set_index("run")

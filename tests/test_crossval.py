@@ -1,0 +1,143 @@
+"""Cross-validation by patient and repeated splits: the runs, the shared cache, the summary."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as scipy_stats
+
+from bcnb import Config, crossval
+
+TINY = {"synthetic_patients": 12, "synthetic_images_per_patient": 1, "img_size": 32, "batch_size": 8,
+        "epochs": 5, "weights": "none", "learning_rate": 0.03, "bootstrap_samples": 200}  # fmt: skip
+
+
+def test_protocol_runs_are_the_folds_or_the_seeds():
+    folds = crossval.protocol_runs(Config(seed=7), folds=3)
+    assert {name: (cfg.folds, cfg.fold, cfg.seed) for name, cfg in folds.items()} == {
+        "fold-1": (3, 1, 7), "fold-2": (3, 2, 7), "fold-3": (3, 3, 7)
+    }  # fmt: skip
+    repeats = crossval.protocol_runs(Config(seed=7), repeats=2)
+    assert {name: (cfg.folds, cfg.seed) for name, cfg in repeats.items()} == {
+        "repeat-1": (0, 7),
+        "repeat-2": (0, 8),
+    }
+
+
+def test_spread_is_the_mean_sd_and_t_interval_of_the_runs():
+    values = [0.80, 0.90, 0.85, 0.95]
+    found = crossval.spread(values)
+    sd = np.std(values, ddof=1)
+    half = scipy_stats.t.ppf(0.975, 3) * sd / 2
+    assert found["mean"] == pytest.approx(0.875) and found["sd"] == pytest.approx(sd)
+    assert found["ci95"] == pytest.approx([0.875 - half, 0.875 + half]) and found["runs"] == 4
+    assert crossval.spread([0.2, 1.0, None])["ci95"][1] == 1.0  # a proportion's interval stops at 1
+    assert crossval.spread([0.7])["sd"] is None and crossval.spread([])["mean"] is None
+
+
+def test_a_sibling_cache_is_linked_not_copied(tmp_path):
+    for name, content in (("all.npy", b"features"), ("all.key.json", b'{"key": "k"}')):
+        (tmp_path / "fold-1" / "features").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "fold-1" / "features" / name).write_bytes(content)
+    (tmp_path / "fold-2").mkdir()
+    crossval.share_features(tmp_path, tmp_path / "fold-2")
+    first, second = (tmp_path / fold / "features" / "all.npy" for fold in ("fold-1", "fold-2"))
+    assert os.stat(first).st_ino == os.stat(second).st_ino
+    assert (tmp_path / "fold-2" / "features" / "all.key.json").read_bytes() == b'{"key": "k"}'
+
+
+def _command(out, *extra):
+    sets = [arg for key, value in TINY.items() for arg in ("--set", f"{key}={value}")]
+    return [sys.executable, "-m", "bcnb", "reproduce", "--out", str(out), *sets, *extra]
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--folds", "7"], "folds: 7 folds need 7 patients of each class; benign has"),
+        (["--folds", "1"], "--folds: expected at least 2"),
+        (["--folds", "2", "--repeats", "2"], "expected one of them, not both"),
+        (["--folds", "2", "--compare"], "they go without --only, --stop-after and --compare"),
+    ],
+)
+def test_a_protocol_that_cannot_run_stops_before_any_notebook(tmp_path, extra, message):
+    result = subprocess.run(_command(tmp_path / "cv", *extra), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert len([line for line in result.stderr.splitlines() if line.startswith("bcnb: error:")]) == 1
+    assert not (tmp_path / "cv").exists() and not (tmp_path / ".cv.partial").exists()
+
+
+@pytest.fixture(scope="module")
+def protocol(tmp_path_factory):
+    """--folds 2, killed once fold-1 is finished, then --resume: the finished protocol."""
+    out = tmp_path_factory.mktemp("protocol") / "cv"
+    staging = out.parent / ".cv.partial"
+    victim = subprocess.Popen(
+        _command(out, "--folds", "2"), stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.monotonic() + 600
+    while (
+        not (staging / "fold-1" / "report.md").exists()
+        and victim.poll() is None
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.1)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert (staging / "fold-1" / "report.md").exists() and not out.exists()
+    finished_before = (staging / "fold-1" / "report.md").stat().st_mtime_ns
+    resumed = subprocess.run(
+        _command(out, "--folds", "2", "--resume"), capture_output=True, text=True, timeout=900
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return out, finished_before, resumed.stderr
+
+
+@pytest.mark.slow
+def test_every_image_is_tested_once_across_the_folds(protocol):
+    out, _, _ = protocol
+    splits = [
+        pd.read_csv(out / fold / "split.csv", dtype={"patient_id": str}) for fold in ("fold-1", "fold-2")
+    ]
+    assert (splits[0]["path"] == splits[1]["path"]).all()  # the same images, in the same order
+    tested = pd.concat([split[split["split"] == "test"] for split in splits])
+    assert sorted(tested["path"]) == sorted(splits[0]["path"])
+    for split in splits:  # validation carved by patient from the fold's training part
+        assert split.groupby("patient_id")["split"].nunique().max() == 1 and "val" in set(split["split"])
+
+
+@pytest.mark.slow
+def test_one_feature_extraction_serves_every_fold(protocol):
+    out, _, _ = protocol
+    inodes = {os.stat(out / fold / "features" / "all.npy").st_ino for fold in ("fold-1", "fold-2")}
+    assert len(inodes) == 1
+
+
+@pytest.mark.slow
+def test_the_summary_holds_the_folds_own_metrics(protocol):
+    out, _, _ = protocol
+    summary = json.loads((out / "summary.json").read_text())
+    folds = [json.loads((out / fold / "metrics.json").read_text()) for fold in ("fold-1", "fold-2")]
+    assert [run["run"] for run in summary["runs"]] == ["fold-1", "fold-2"]
+    accuracies = [metrics["test_accuracy"] for metrics in folds]
+    assert summary["summary"]["at_0.5"]["accuracy"]["mean"] == pytest.approx(np.mean(accuracies))
+    prr = [metrics["decision"]["image_level"]["patient_recognition_rate"] for metrics in folds]
+    assert summary["summary"]["at_chosen_threshold"]["patient_recognition_rate"]["mean"] == pytest.approx(
+        np.mean(prr)
+    )
+    report = (out / "summary.md").read_text()
+    assert "RANDOM weights" in report and "not real tissue" in report and "never for diagnosis" in report
+    assert "| fold-2 |" in report and (out / "summary.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_a_killed_protocol_resumes_keeping_finished_folds(protocol):
+    out, finished_before, stderr = protocol
+    assert "fold-1: finished before, kept" in stderr
+    assert (out / "fold-1" / "report.md").stat().st_mtime_ns == finished_before
