@@ -48,6 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--stop-after", metavar="NOTEBOOK", help="stop, unfinished, after this notebook (e.g. 02)"
     )
+    sweep = commands.add_parser(
+        "sweep", help="the pipeline for every combination of --grid values, one table"
+    )
+    sweep.add_argument("--out", required=True, type=Path, help="the folder of the sweep's run folders")
+    sweep.add_argument("--grid", required=True, action="append", metavar="KEY=V1,V2",
+                       help="a parameter and its values (repeatable: every combination runs)")  # fmt: skip
+    sweep.add_argument("--folds", type=int, default=0, metavar="K", help="a K-fold cross-validation per cell")
+    sweep.add_argument("--config", type=Path, help="YAML file of parameter: value pairs")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one parameter for every cell (repeatable)")  # fmt: skip
     extract = commands.add_parser(
         "extract", help="compute one shard of a run's feature cache (run notebooks 01-02 first)"
     )
@@ -93,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         return _bench(args)
     if args.command == "extract":
         return _extract(args)
+    if args.command == "sweep":
+        return _sweep(args)
     if args.command == "predict":
         return _predict(args)
     return _reproduce(args)
@@ -189,6 +201,25 @@ def _reproduce(args: argparse.Namespace) -> int:
         _say(f"stopped after {args.stop_after} as asked: {out}; continue with --resume")
         return 0
     _say(f"done in {time.perf_counter() - started:.0f} s: {out} (see report.md)")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from bcnb.reproduce import NotebookFailed
+    from bcnb.sweep import parse_grid, run_sweep
+
+    started = time.perf_counter()
+    try:
+        if args.folds == 1 or args.folds < 0:
+            raise ValueError("--folds: expected at least 2")
+        out = run_sweep(config_from_args(args), args.out, parse_grid(args.grid), args.folds, _say)
+    except NotebookFailed as error:
+        return _fail(f"{error}; run the same command again to go on", EXIT_RUN_FAILED)
+    except (ValueError, FileNotFoundError) as error:
+        return _fail(str(error), EXIT_BAD_INPUT)
+    except KeyboardInterrupt:
+        return _fail("interrupted; finished cells are kept: run the same command again to go on", 130)
+    _say(f"done in {time.perf_counter() - started:.0f} s: {out} (see sweep.md)")
     return 0
 
 

@@ -249,25 +249,37 @@ _READING = [
 
 
 def _runs_table(runs: list[dict]) -> str:
-    header = "| run | test images | patients | " + " | ".join(METRICS) + " | threshold | accuracy at it |"
-    rule = "|" + "---|" * (len(METRICS) + 5)
-    rows = [
-        f"| {run['run']} | {run['test_images']} | {run['test_patients']} | "
-        + " | ".join(_number(run["at_0.5"][name]) for name in METRICS)
-        + f" | {run['threshold']:.3f} | {_number(run['at_chosen_threshold']['accuracy'])} |"
-        for run in runs
-    ]
-    return "\n".join([header, rule, *rows])
+    from bcnb.report import markdown_table
+
+    rows = [_run_row(run) for run in runs]
+    return markdown_table(pd.DataFrame(rows))
+
+
+def _run_row(run: dict) -> dict:
+    return {
+        "run": run["run"],
+        "test images": run["test_images"],
+        "patients": run["test_patients"],
+        **{name: _number(run["at_0.5"][name]) for name in METRICS},
+        "threshold": f"{run['threshold']:.3f}",
+        "accuracy at it": _number(run["at_chosen_threshold"]["accuracy"]),
+    }
 
 
 def _spread_table(found: dict) -> str:
-    rows = ["| metric | mean | sd | 95% interval | runs |", "|---|---|---|---|---|"]
-    for name, figures in found.items():
-        low, high = figures["ci95"]
-        interval = "-" if low is None else f"{low:.3f}-{high:.3f}"
-        mean, sd = _number(figures["mean"]), _number(figures["sd"])
-        rows.append(f"| {name} | {mean} | {sd} | {interval} | {figures['runs']} |")
-    return "\n".join(rows)
+    from bcnb.report import markdown_table
+
+    rows = [
+        {
+            "metric": name,
+            "mean": _number(figures["mean"]),
+            "sd": _number(figures["sd"]),
+            "95% interval": "-" if figures["ci95"][0] is None else "{:.3f}-{:.3f}".format(*figures["ci95"]),
+            "runs": figures["runs"],
+        }
+        for name, figures in found.items()
+    ]
+    return markdown_table(pd.DataFrame(rows))
 
 
 def _number(value) -> str:

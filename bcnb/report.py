@@ -80,7 +80,7 @@ def _dataset_section(config: dict, dataset: dict, split: pd.DataFrame) -> str:
         )
     how = "by patient (no patient in two splits)" if dataset["patient_level"] else "BY IMAGE (no patient ids)"
     lines.append(f"- split: {how}, stratified by class, seed {config['seed']}")
-    return "\n".join(lines) + "\n\n" + _markdown_table(summarize_split(split))
+    return "\n".join(lines) + "\n\n" + markdown_table(summarize_split(split))
 
 
 def _training_section(config: dict, training: dict, metrics: dict) -> str:
@@ -158,9 +158,9 @@ def _results_section(metrics: dict) -> str:
     return (
         f"On {metrics['n_test_images']} test images from {metrics['n_test_patients']} patients, "
         f"threshold {metrics['threshold']}:\n\n"
-        + _markdown_table(table)
+        + markdown_table(table)
         + "\n\nConfusion matrix:\n\n"
-        + _markdown_table(matrix)
+        + markdown_table(matrix)
         + _per_magnification_table(metrics.get("per_magnification", {}))
     )
 
@@ -184,7 +184,7 @@ def _decision_section(decision: dict | None) -> str:
         f"({decision['bootstrap_samples']} times); 'per patient' scores the mean probability of "
         f"each of the {decision['patient_level']['n_patients']} test patients, while the patient "
         "recognition rate averages each patient's share of images called right.\n\n"
-        + _markdown_table(summary_table(decision).reset_index())
+        + markdown_table(summary_table(decision).reset_index())
         + f"\n\nTest Brier score {calibration['test_brier_before']:.3f} before calibration, "
         f"{calibration['test_brier_after']:.3f} after (lower is better)."
     )
@@ -207,7 +207,7 @@ def _per_magnification_table(per_magnification: dict) -> str:
         "patient recognition rate",
     ]
     table = pd.DataFrame(rows, columns=columns)
-    return "\n\nBy magnification:\n\n" + _markdown_table(table)
+    return "\n\nBy magnification:\n\n" + markdown_table(table)
 
 
 def _limits_section(config: dict, metrics: dict) -> str:
@@ -239,7 +239,8 @@ def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def _markdown_table(frame: pd.DataFrame) -> str:
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A DataFrame as a Markdown table (its index left out)."""
     header = "| " + " | ".join(map(str, frame.columns)) + " |"
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
     body = ["| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False)]

@@ -14,15 +14,25 @@ from scipy import stats as scipy_stats
 
 from bcnb import Config, crossval
 
-TINY = {"synthetic_patients": 12, "synthetic_images_per_patient": 1, "img_size": 32, "batch_size": 8,
-        "epochs": 5, "weights": "none", "learning_rate": 0.03, "bootstrap_samples": 200}  # fmt: skip
+TINY = {
+    "synthetic_patients": 12,
+    "synthetic_images_per_patient": 1,
+    "img_size": 32,
+    "batch_size": 8,
+    "epochs": 5,
+    "weights": "none",
+    "learning_rate": 0.03,
+    "bootstrap_samples": 200,
+}
 
 
 def test_protocol_runs_are_the_folds_or_the_seeds():
     folds = crossval.protocol_runs(Config(seed=7), folds=3)
     assert {name: (cfg.folds, cfg.fold, cfg.seed) for name, cfg in folds.items()} == {
-        "fold-1": (3, 1, 7), "fold-2": (3, 2, 7), "fold-3": (3, 3, 7)
-    }  # fmt: skip
+        "fold-1": (3, 1, 7),
+        "fold-2": (3, 2, 7),
+        "fold-3": (3, 3, 7),
+    }
     repeats = crossval.protocol_runs(Config(seed=7), repeats=2)
     assert {name: (cfg.folds, cfg.seed) for name, cfg in repeats.items()} == {
         "repeat-1": (0, 7),
