@@ -72,18 +72,13 @@ def test_a_sweep_cut_short_goes_on_with_the_cells_it_had_not_finished(tmp_path):
     assert "Choose between cells by the validation loss" in (tmp_path / "out" / "sweep.md").read_text()
 
 
+def _sweep(out, *args):
+    command = [sys.executable, "-m", "bcnb", "sweep", "--out", str(out), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=900)
+
+
 def test_the_command_line_refuses_a_bad_grid_in_one_line(tmp_path):
-    command = [
-        sys.executable,
-        "-m",
-        "bcnb",
-        "sweep",
-        "--out",
-        str(tmp_path / "s"),
-        "--grid",
-        "backbone=vgg19,lenet",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    result = _sweep(tmp_path / "s", "--grid", "backbone=vgg19,lenet")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
         "bcnb: error: --grid: backbone: expected one of resnet50v2, vgg19, densenet121, efficientnetb0, "
@@ -104,18 +99,7 @@ def test_a_real_sweep_writes_one_run_folder_per_cell_and_the_table(tmp_path):
         "bootstrap_samples=200",
     ]
     sets = [arg for value in tiny for arg in ("--set", value)]
-    command = [
-        sys.executable,
-        "-m",
-        "bcnb",
-        "sweep",
-        "--out",
-        str(tmp_path / "s"),
-        "--grid",
-        "magnification=40X",
-        *sets,
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    result = _sweep(tmp_path / "s", "--grid", "magnification=40X", *sets)
     assert result.returncode == 0, result.stderr[-3000:]
     cell = tmp_path / "s" / "magnification=40X"
     metrics = json.loads((cell / "metrics.json").read_text())
