@@ -19,8 +19,8 @@ from bcnb import decision, stats
 from bcnb import model as bcnb_model
 from bcnb.config import Config
 from bcnb.datasets import labels_of
-from bcnb.evaluate import compute_metrics, predict_probabilities
-from bcnb.features import ALL_FEATURES, FEATURES_DIR, features_of, read_features
+from bcnb.evaluate import compute_metrics, evaluation_inputs
+from bcnb.features import features_of
 from bcnb.files import write_json_atomic
 from bcnb.train import train_model
 
@@ -77,13 +77,9 @@ def _extraction_speed(cfg: Config, model, split: pd.DataFrame) -> float:
 
 
 def _probabilities(cfg: Config, model, split: pd.DataFrame, part: str) -> np.ndarray:
-    """The model's probabilities for one split: from the cached features when the base is
-    still the frozen one they came from (the head on them is the same model), else images."""
-    rows = np.flatnonzero(split["split"].to_numpy() == part)
-    if cfg.fine_tunes:
-        return predict_probabilities(model, split.iloc[rows], cfg.img_size, cfg.batch_size, cfg.resize)
-    features = read_features(Path(cfg.run_dir) / FEATURES_DIR / ALL_FEATURES, rows)
-    return bcnb_model.classifier_head(model).predict(features, verbose=0).reshape(-1)
+    """The model's probabilities for one split (from the cached features when they apply)."""
+    evaluated, data = evaluation_inputs(cfg, model, split, part)
+    return evaluated.predict(data, verbose=0).reshape(-1)
 
 
 def comparison_table(results: list[dict]) -> pd.DataFrame:

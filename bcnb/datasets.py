@@ -18,7 +18,7 @@ from bcnb.config import Config
 from bcnb.files import read_run_json, write_json_atomic, write_text_atomic
 from bcnb.images import load_for_model, read_rgb
 from bcnb.layouts import CLASSES, TABLE_COLUMNS, read_layout
-from bcnb.scan import find_bad_images, split_bad
+from bcnb.scan import find_bad_images, scan_memory, split_bad
 from bcnb.synthetic import SyntheticSpec, ensure_synthetic_dataset
 
 SPLITS = ("train", "val", "test")
@@ -49,7 +49,8 @@ def load_dataset(cfg: Config) -> LoadedDataset:
         images, missing = listed_in_fold_file(images, cfg.split_file)
         strays = pd.concat([strays, missing], ignore_index=True)
     images = sample_images(images, cfg.max_images, cfg.seed)
-    table, bad = split_bad(find_bad_images(pd.concat([images, strays])), cfg.on_bad_image, source)
+    scanned = find_bad_images(pd.concat([images, strays]), remember=scan_memory(source))
+    table, bad = split_bad(scanned, cfg.on_bad_image, source)
     check_both_classes(table, source)
     tiled = expand_tiles(table, cfg.tiles_per_image).reset_index(drop=True)
     return LoadedDataset(tiled, bad, found.layout, source, found.notes, found.patient_level)

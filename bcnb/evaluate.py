@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from bcnb.datasets import labels_of, magnification_order, make_dataset
+from bcnb.datasets import labels_of, magnification_order
 from bcnb.files import read_run_json, write_json_atomic, write_text_atomic
 
 # Prasuna et al.: model.evaluate(test_gen) -> loss 0.1723, accuracy 0.9344.
@@ -24,12 +24,26 @@ METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
 
 
-def predict_probabilities(
-    model, table: pd.DataFrame, img_size: int, batch_size: int, resize: str = "squash"
-) -> np.ndarray:
-    """The model's malignancy probability for each image of ``table``, in table order."""
-    images = make_dataset(table, img_size, batch_size, resize).map(lambda image, label: image)
-    return model.predict(images, verbose=0).reshape(-1)
+def evaluation_inputs(cfg, model, split: pd.DataFrame, part: str):
+    """What evaluates one split, and on what: (evaluated, data) for ``evaluated.evaluate(data)``.
+
+    When training used the feature cache and the base was not fine-tuned, ``evaluated`` is the
+    head on the split's cached features: the same model as the full one on the images (notebook
+    03 checks it), without another pass of the base over every image. Otherwise it is the model
+    on the images.
+    """
+    from bcnb.datasets import image_dataset
+    from bcnb.features import features_of
+    from bcnb.model import classifier_head
+    from bcnb.train import FeatureBatches, compile_for_training
+
+    rows = split[split["split"] == part]
+    if not cfg.feature_cache or cfg.fine_tunes:
+        return model, image_dataset(cfg, rows)
+    head = classifier_head(model)
+    compile_for_training(head, cfg.learning_rate)  # the paper's loss and accuracy
+    positions = np.flatnonzero(split["split"].to_numpy() == part)
+    return head, FeatureBatches(features_of(cfg, model, split), positions, labels_of(rows), cfg.batch_size)
 
 
 def compute_metrics(y_true: np.ndarray, y_prob: np.ndarray, threshold: float = 0.5) -> dict:

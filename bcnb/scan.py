@@ -50,18 +50,60 @@ def inspect_file(path: str | Path) -> tuple[str, str]:
     return "", hashlib.sha256(data).hexdigest()
 
 
-def find_bad_images(candidates: pd.DataFrame, workers: int | None = None) -> pd.DataFrame:
-    """Return ``candidates`` with ``problem`` filled in for every file that cannot be used."""
+def find_bad_images(
+    candidates: pd.DataFrame, workers: int | None = None, remember: Path | None = None
+) -> pd.DataFrame:
+    """Return ``candidates`` with ``problem`` filled in for every file that cannot be used.
+
+    With ``remember`` (a CSV file), files whose size and modification time are as they were
+    at an earlier scan are not opened again (a cross-validation scans once, not per fold).
+    """
     todo = candidates["problem"] == ""
     paths = candidates.loc[todo, "path"].tolist()
+    known = _remembered(remember)
+    stamps = {path: _stamp(path) for path in paths}
+    fresh = [path for path in paths if stamps[path] is None or known.get((path, *stamps[path])) is None]
     # Pillow and hashlib release the GIL while they work, so threads decode in parallel.
     with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) * 2)) as pool:
-        results = list(pool.map(inspect_file, paths))
+        inspected = dict(zip(fresh, pool.map(inspect_file, fresh)))
+    results = [inspected[path] if path in inspected else known[(path, *stamps[path])] for path in paths]
+    if remember is not None:
+        _remember(remember, paths, stamps, results)
     scanned = candidates.copy()
     scanned["sha256"] = ""
     scanned.loc[todo, "problem"] = [problem for problem, _ in results]
     scanned.loc[todo, "sha256"] = [digest for _, digest in results]
     return _mark_conflicting_duplicates(scanned)
+
+
+def scan_memory(source: Path) -> Path:
+    """Where the scan of ``source`` is remembered: ``$BCNB_CACHE/scans`` (or ~/.cache/bcnb)."""
+    root = Path(os.environ.get("BCNB_CACHE") or Path.home() / ".cache" / "bcnb")
+    return root / "scans" / f"{hashlib.sha256(str(Path(source).resolve()).encode()).hexdigest()[:16]}.csv"
+
+
+def _stamp(path: str) -> tuple[int, int] | None:
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_size, status.st_mtime_ns
+
+
+def _remembered(memory: Path | None) -> dict[tuple, tuple[str, str]]:
+    if memory is None or not memory.is_file():
+        return {}
+    try:
+        table = pd.read_csv(memory, dtype={"path": str, "problem": str, "sha256": str}, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError):
+        return {}  # a damaged memory: scan again
+    return {(r.path, int(r.size), int(r.mtime_ns)): (r.problem, r.sha256) for r in table.itertuples()}
+
+
+def _remember(memory: Path, paths: list[str], stamps: dict, results: list[tuple[str, str]]) -> None:
+    columns = ["path", "size", "mtime_ns", "problem", "sha256"]
+    rows = [(path, *stamps[path], *result) for path, result in zip(paths, results) if stamps[path]]
+    write_text_atomic(memory, pd.DataFrame(rows, columns=columns).to_csv(index=False))
 
 
 def _mark_conflicting_duplicates(scanned: pd.DataFrame) -> pd.DataFrame:

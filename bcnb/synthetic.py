@@ -61,6 +61,7 @@ class SyntheticSpec:
     images_per_patient: int = 3
     difficulty: float = 0.5
     seed: int = 0
+    scale: int = 1  # 2 writes BreakHis' own 700x460 frames (benchmarks at BreakHis' size)
 
     def cache_key(self) -> str:
         """A short hash of the spec and the generator version."""
@@ -107,6 +108,9 @@ def write_synthetic_dataset(spec: SyntheticSpec, root: Path) -> pd.DataFrame:
         for magnification in MAGNIFICATIONS:
             for index in range(1, spec.images_per_patient + 1):
                 image = render_tissue(rng, patient["grade"], ZOOM[magnification], patient["stain"])
+                if spec.scale > 1:
+                    size = (IMAGE_WIDTH * spec.scale, IMAGE_HEIGHT * spec.scale)
+                    image = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
                 rel_path = _breakhis_path(patient, magnification, index)
                 (root / rel_path).parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(image).save(root / rel_path, optimize=False, compress_level=1)

@@ -213,3 +213,26 @@ def test_nothing_usable_left(tmp_path):
         (tmp_path / label / "p1" / "x.png").write_bytes(b"")
     with pytest.raises(ValueError, match="has no usable images left"):
         datasets.load_dataset(Config(dataset=str(tmp_path), on_bad_image="skip"))
+
+
+def test_a_remembered_scan_opens_only_the_files_that_changed(tmp_path, monkeypatch):
+    """A second scan of the same files (the next fold of a cross-validation) reads only what
+    changed since; a file changed into a broken one is found all the same."""
+    paths = []
+    for index in range(3):
+        path = tmp_path / "images" / f"{index}.png"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(png_bytes(index))
+        paths.append(str(path))
+    candidates = pd.DataFrame({"path": paths, "label": "benign", "patient_id": ["1", "2", "3"],
+                               "magnification": "40X", "problem": ""})  # fmt: skip
+    memory = tmp_path / "memory.csv"
+    first = scan.find_bad_images(candidates, remember=memory)
+    opened = []
+    real = scan.inspect_file
+    monkeypatch.setattr(scan, "inspect_file", lambda path: opened.append(path) or real(path))
+    again = scan.find_bad_images(candidates, remember=memory)
+    assert opened == [] and again.equals(first)
+    Path(paths[1]).write_bytes(png_bytes(1)[:-40])  # truncated: another size, another time
+    changed = scan.find_bad_images(candidates, remember=memory)
+    assert opened == [paths[1]] and changed["problem"][1].startswith("truncated or corrupt image")
