@@ -6,8 +6,9 @@ cross-validation per combination with ``--folds K``. Magnification-specific mode
 papers report them, are a sweep over ``magnification``.
 
 Run again, a sweep goes on where it stopped: a finished cell (its report or summary is there)
-is kept, a cell cut short is run again from its start (``bcnb reproduce`` only moves a run into
-place once it is complete). ``sweep.md`` and ``sweep.csv`` hold one row per finished cell.
+is kept, a cell cut short goes on from what it had finished (its folds, its training
+checkpoint), as ``--resume`` would. Both must have been made with the cell's parameters, else
+the sweep stops and says so. ``sweep.md`` and ``sweep.csv`` hold one row per finished cell.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def run_sweep(
     with RunLock(out, "bcnb sweep"):
         for number, (name, cell_cfg) in enumerate(todo.items(), start=1):
             if finished(out / name):
+                check_made_with(out / name, cell_cfg)
                 progress(f"[{number}/{len(todo)}] {name}: finished before, kept")
                 continue
             progress(f"[{number}/{len(todo)}] {name}")
@@ -80,16 +82,37 @@ def run_sweep(
 
 
 def _cell_runner(folds: int, progress) -> Callable[[Config, Path], Path]:
+    from bcnb.reproduce import staging_folder
+
     def run(cell_cfg: Config, folder: Path) -> Path:
+        cut_short = staging_folder(folder).is_dir()  # go on with what it had finished
         if folds:
             from bcnb.crossval import run_protocol
 
-            return run_protocol(cell_cfg, folder, folds=folds, progress=progress)
+            return run_protocol(cell_cfg, folder, folds=folds, progress=progress, resume=cut_short)
         from bcnb.reproduce import reproduce
 
-        return reproduce(cell_cfg, folder, progress=progress)
+        return reproduce(cell_cfg, folder, progress=progress, resume=cut_short)
 
     return run
+
+
+def check_made_with(folder: Path, cell_cfg: Config) -> None:
+    """A finished cell kept by a sweep must have been made with the cell's parameters."""
+    from bcnb.reproduce import headless
+    from bcnb.runfolder import RecordMismatch, differences, read_record
+
+    record = (
+        folder / "config.yaml" if (folder / "config.yaml").is_file() else next(folder.glob("*/config.yaml"))
+    )
+    made_with = read_record(record.parent)
+    expected = headless(cell_cfg)
+    changed = differences(made_with, expected, [k for k in made_with if k not in ("folds", "fold")])
+    if changed:
+        raise RecordMismatch(
+            f"--out: {folder} was made with {', '.join(changed)}; a sweep keeps its finished cells: "
+            "for other parameters, use another --out"
+        )
 
 
 def finished(folder: Path) -> bool:

@@ -36,9 +36,12 @@ def test_a_bad_grid_is_refused_before_any_cell_runs(grid, message):
         sweep.cells(Config(), sweep.parse_grid(grid))
 
 
-def _fake_run(folder, accuracy):
-    """What a finished run leaves that the table reads."""
-    folder.mkdir(parents=True)
+def _fake_run(folder, cfg, accuracy):
+    """What a finished run leaves that the sweep reads: its record, metrics and history."""
+    from bcnb.reproduce import headless
+    from bcnb.runfolder import record_all
+
+    record_all(folder, headless(cfg))
     metrics = {
         "test_accuracy": accuracy,
         "balanced_accuracy": 0.5,
@@ -57,7 +60,7 @@ def test_a_sweep_cut_short_goes_on_with_the_cells_it_had_not_finished(tmp_path):
         if len(ran) == 1 and not (tmp_path / "again").exists():
             raise KeyboardInterrupt  # killed during the second cell
         ran.append(cfg.seed)
-        _fake_run(folder, accuracy=cfg.seed / 10)
+        _fake_run(folder, cfg, accuracy=cfg.seed / 10)
 
     grid = {"seed": [1, 2, 3]}
     with pytest.raises(KeyboardInterrupt):
@@ -70,6 +73,8 @@ def test_a_sweep_cut_short_goes_on_with_the_cells_it_had_not_finished(tmp_path):
     assert table["seed"].tolist() == [1, 2, 3] and table["test accuracy"].tolist() == [0.1, 0.2, 0.3]
     assert table["val loss"].tolist() == [0.4] * 3
     assert "Choose between cells by the validation loss" in (tmp_path / "out" / "sweep.md").read_text()
+    with pytest.raises(ValueError, match="was made with learning_rate=0.001 \\(not 0.5\\).*another --out"):
+        sweep.run_sweep(Config(learning_rate=0.5), tmp_path / "out", grid, run_cell=run_cell)
 
 
 def _sweep(out, *args):
