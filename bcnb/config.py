@@ -45,6 +45,15 @@ STAGES = {
     "compare": ("compare_backbones",),
     "predict": ("predict_images",),
 }  # fmt: skip
+# The notebook of each stage, in the order they run.
+NOTEBOOK_OF_STAGE = {
+    "data": "01_data.ipynb",
+    "model": "02_model.ipynb",
+    "train": "03_train.ipynb",
+    "evaluate": "04_evaluate.ipynb",
+    "compare": "05_compare_backbones.ipynb",
+    "predict": "06_predict.ipynb",
+}
 # Parameters that change how a run is shown or used, never what it is: a notebook may run
 # on a finished run folder with other values of these.
 PRESENTATION = ("interactive", "predict_images", "run_dir")

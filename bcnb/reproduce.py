@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bcnb.config import CONFIG_FILE, STAGES, Config, defines_the_run
+from bcnb.config import CONFIG_FILE, NOTEBOOK_OF_STAGE, Config, defines_the_run
 from bcnb.datasets import dataset_path, load_dataset, split_for_run
 from bcnb.runfolder import (
     HELD_BY_PARENT,
@@ -32,11 +32,10 @@ from bcnb.runfolder import (
     record_parameters,
 )
 
-NOTEBOOKS = ("01_data.ipynb", "02_model.ipynb", "03_train.ipynb", "04_evaluate.ipynb",
-             "05_compare_backbones.ipynb", "06_predict.ipynb")  # fmt: skip
+NOTEBOOKS = tuple(NOTEBOOK_OF_STAGE.values())
 # 05 trains every backbone again: it runs only when asked for (bcnb reproduce --compare).
-COMPARISON = "05_compare_backbones.ipynb"
-STAGE_OF_NOTEBOOK = dict(zip(NOTEBOOKS, STAGES))  # 01_data: data, 02_model: model, ...
+COMPARISON = NOTEBOOK_OF_STAGE["compare"]
+STAGE_OF_NOTEBOOK = {notebook: stage for stage, notebook in NOTEBOOK_OF_STAGE.items()}
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 # What the kernels write outside the notebooks (TensorFlow's C++ log) goes to this file.
 KERNEL_LOG = "kernels.log"

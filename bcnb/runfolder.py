@@ -31,19 +31,11 @@ from typing import Any
 
 import yaml
 
-from bcnb.config import CONFIG_FILE, STAGES, Config, defines_the_run, field_names
+from bcnb.config import CONFIG_FILE, NOTEBOOK_OF_STAGE, STAGES, Config, defines_the_run, field_names
 from bcnb.files import write_text_atomic
 
 # bcnb reproduce sets this to the folder it holds when its kernels work in that folder itself.
 HELD_BY_PARENT = "BCNB_RUN_FOLDER_HELD"
-NOTEBOOK_OF_STAGE = {
-    "data": "01_data",
-    "model": "02_model",
-    "train": "03_train",
-    "evaluate": "04_evaluate",
-    "compare": "05_compare_backbones",
-    "predict": "06_predict",
-}
 
 
 class RunFolderBusy(ValueError):
@@ -132,7 +124,7 @@ def open_run(namespace: Mapping[str, Any], stage: str) -> Config:
     """
     given = {name: namespace[name] for name in field_names() if name in namespace}
     run_dir = Path(given.get("run_dir", Config.run_dir))
-    hold_for_notebook(run_dir, NOTEBOOK_OF_STAGE[stage])
+    hold_for_notebook(run_dir, NOTEBOOK_OF_STAGE[stage].removesuffix(".ipynb"))
     recorded = read_record(run_dir)
     if not recorded and stage != "data":
         raise FileNotFoundError(
