@@ -7,6 +7,7 @@ expected, and exit status 2; no traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -73,6 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--cam-dir", type=Path, help="write a Grad-CAM overlay per image here")
     predict.add_argument("--csv", type=Path, help="also write the table to this CSV file")
     commands.add_parser("config", help="print every parameter with its default, as YAML")
+    fetch = commands.add_parser("download", help="fetch, check and unpack a real data set (breakhis, idc)")
+    fetch.add_argument("name", choices=("breakhis", "idc"))
+    fetch.add_argument("--to", required=True, type=Path, help="the folder to unpack into")
+    fetch.add_argument("--url", default="", help="a mirror's address for the archive")
+    fetch.add_argument("--archive", default="", type=str, help="an archive already on disk")
+    weights = commands.add_parser("weights", help="the ImageNet weights files: fetch, import, status")
+    actions = weights.add_subparsers(dest="action", required=True, parser_class=_OneLineParser)
+    get = actions.add_parser("fetch", help="download into Keras' cache (md5 checked)")
+    get.add_argument("--backbone", default="resnet50v2", help="a backbone, or all")
+    get.add_argument("--img-size", type=int, default=224)
+    bring = actions.add_parser("import", help="check a downloaded weights file and put it in Keras' cache")
+    bring.add_argument("file", type=Path)
+    actions.add_parser("status", help="each backbone's weights file: present and verified, or not")
     bench = commands.add_parser("bench", help="measure speed and memory of the fast path (minutes)")
     bench.add_argument("--img-size", type=int, default=224)
     bench.add_argument("--batch-size", type=int, default=64)
@@ -105,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         return _extract(args)
     if args.command == "sweep":
         return _sweep(args)
+    if args.command == "download":
+        return _download(args)
+    if args.command == "weights":
+        return _weights(args)
     if args.command == "predict":
         return _predict(args)
     return _reproduce(args)
@@ -201,6 +219,42 @@ def _reproduce(args: argparse.Namespace) -> int:
         _say(f"stopped after {args.stop_after} as asked: {out}; continue with --resume")
         return 0
     _say(f"done in {time.perf_counter() - started:.0f} s: {out} (see report.md)")
+    return 0
+
+
+def _download(args: argparse.Namespace) -> int:
+    from bcnb.download import SOURCES, download, patients_note
+
+    try:
+        folder = download(SOURCES[args.name], args.to, args.url, args.archive, _say, sys.stderr.isatty())
+    except (ValueError, FileNotFoundError) as error:
+        return _fail(str(error), EXIT_BAD_INPUT)
+    found = json.loads((args.to / "download.json").read_text())["found"]
+    _say(f"{folder}: {found['images']} images checked against the published figures; "
+         f"{patients_note(found, SOURCES[args.name].published)}")  # fmt: skip
+    return 0
+
+
+def _weights(args: argparse.Namespace) -> int:
+    from bcnb.distribute import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
+    from bcnb import weights
+    from bcnb.backbones import BACKBONES
+
+    try:
+        if args.action == "status":
+            for row in weights.status():
+                print(f"{row['backbone']}\t{row['status']}\t{row['file']}")
+            return 0
+        if args.action == "import":
+            _say(f"imported: {weights.import_weights(args.file)}")
+            return 0
+        names = list(BACKBONES) if args.backbone == "all" else [args.backbone.lower()]
+        for name in names:
+            _say(f"{name}: {weights.fetch_weights(name, args.img_size)}")
+    except (ValueError, FileNotFoundError) as error:
+        return _fail(str(error), EXIT_BAD_INPUT)
     return 0
 
 

@@ -103,6 +103,9 @@ def resolve_weights(
         return str(path), WeightsInfo(weights, "file", str(path), True)
     spec = get_backbone(backbone)
     file_name = spec.weights_file(img_size)
+    # Keras falls back to /tmp/.keras when the cache folder does not exist yet (not writable):
+    # the file would then land where no later run looks for it.
+    (keras_home() / "models").mkdir(parents=True, exist_ok=True)
     try:
         path = keras.utils.get_file(
             file_name, spec.weights_url(img_size), cache_dir=str(keras_home()), cache_subdir="models",
