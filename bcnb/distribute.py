@@ -81,3 +81,14 @@ def _native_stderr_filtered(noise: tuple[str, ...]):
             kept = [line for line in lines if not any(text in line for text in noise)]
             if kept:
                 os.write(2, "".join(kept).encode())
+
+
+def describe_devices() -> str:
+    """Where the model runs, in words: "1 GPU (NVIDIA H100 ...)" or "the CPU (2 cores), no GPU"."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return f"the CPU ({os.cpu_count()} cores), no GPU"
+    names = [tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name) for gpu in gpus]
+    return f"{len(gpus)} GPU(s): {', '.join(names)}"

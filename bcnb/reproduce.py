@@ -36,7 +36,8 @@ NOTEBOOKS = tuple(NOTEBOOK_OF_STAGE.values())
 # 05 trains every backbone again: it runs only when asked for (bcnb reproduce --compare).
 COMPARISON = NOTEBOOK_OF_STAGE["compare"]
 STAGE_OF_NOTEBOOK = {notebook: stage for stage, notebook in NOTEBOOK_OF_STAGE.items()}
-NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+ROOT_DIR = Path(__file__).resolve().parent.parent  # the project's folder
+NOTEBOOKS_DIR = ROOT_DIR / "notebooks"
 # What the kernels write outside the notebooks (TensorFlow's C++ log) goes to this file.
 KERNEL_LOG = "kernels.log"
 

@@ -30,8 +30,9 @@ def _code_cells(notebook):
 def test_parameters_cell_holds_its_own_stage_at_config_defaults(name):
     """Each lesson's knobs are those of its step (plus run_dir, and interactive where it
     shows widgets); the rest reach it through the run's record."""
-    first = _code_cells(_notebook(name))[0]
-    assert first.metadata.get("tags") == ["parameters"]
+    cells = _code_cells(_notebook(name))
+    first = cells[1]  # after the Colab setup cell (tests/test_colab.py)
+    assert first.metadata.get("tags") == ["parameters"] and cells[0].metadata.get("tags") == ["colab-setup"]
     values = {}
     for statement in ast.parse(first.source).body:
         assert isinstance(statement, ast.Assign), "the parameters cell holds assignments only"
