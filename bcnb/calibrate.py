@@ -17,6 +17,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from bcnb.evaluate import checked_probabilities
+
 EPSILON = 1e-7  # keeps logits finite for probabilities of exactly 0 or 1
 TEMPERATURE_RANGE = (0.05, 20.0)
 
@@ -157,14 +159,5 @@ def as_percent(p: float) -> str:
 
 def _checked(y, p, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Labels and probabilities as float arrays, after checking their lengths and values."""
-    y = np.asarray(y, dtype=float).reshape(-1)
-    p = np.asarray(p, dtype=float).reshape(-1)
-    if len(y) == 0:
-        raise ValueError("the labels are empty")
-    if len(p) != len(y):
-        raise ValueError(f"{name} has {len(p)} values but the labels have {len(y)}")
-    if not np.isin(y, (0, 1)).all():
-        raise ValueError("labels must be 0 (benign) or 1 (malignant)")
-    if np.isnan(p).any() or (p < 0).any() or (p > 1).any():
-        raise ValueError(f"{name} must hold probabilities between 0 and 1")
-    return y, p
+    y, p = checked_probabilities(y, p, name)
+    return y.astype(float), p

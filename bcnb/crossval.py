@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from bcnb.config import Config
-from bcnb.evaluate import PAPER, load_metrics
+from bcnb.evaluate import PAPER, format_figure, load_metrics
 from bcnb.files import write_json_atomic, write_text_atomic
 from bcnb.runfolder import RunLock, record_parameters
 
@@ -260,9 +260,9 @@ def _run_row(run: dict) -> dict:
         "run": run["run"],
         "test images": run["test_images"],
         "patients": run["test_patients"],
-        **{name: _number(run["at_0.5"][name]) for name in METRICS},
+        **{name: format_figure(run["at_0.5"][name]) for name in METRICS},
         "threshold": f"{run['threshold']:.3f}",
-        "accuracy at it": _number(run["at_chosen_threshold"]["accuracy"]),
+        "accuracy at it": format_figure(run["at_chosen_threshold"]["accuracy"]),
     }
 
 
@@ -272,18 +272,14 @@ def _spread_table(found: dict) -> str:
     rows = [
         {
             "metric": name,
-            "mean": _number(figures["mean"]),
-            "sd": _number(figures["sd"]),
+            "mean": format_figure(figures["mean"]),
+            "sd": format_figure(figures["sd"]),
             "95% interval": "-" if figures["ci95"][0] is None else "{:.3f}-{:.3f}".format(*figures["ci95"]),
             "runs": figures["runs"],
         }
         for name, figures in found.items()
     ]
     return markdown_table(pd.DataFrame(rows))
-
-
-def _number(value) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
 
 def summary_frame(summary: dict, where: str = "at_0.5") -> pd.DataFrame:

@@ -22,7 +22,7 @@ import pandas as pd
 from bcnb import calibrate, stats
 from bcnb.config import Config
 from bcnb.datasets import labels_of
-from bcnb.evaluate import compute_metrics, patient_recognition_rate
+from bcnb.evaluate import compute_metrics, format_figure, patient_recognition_rate
 from bcnb.files import read_run_json, write_json_atomic
 
 DECISION_FILE = "decision.json"
@@ -104,4 +104,4 @@ def summary_table(measured: dict) -> pd.DataFrame:
 
 def _round(value) -> str:
     # "-" where a metric has no per-patient form (the patient recognition rate is one already)
-    return "-" if value is None else "n/a" if np.isnan(value) else f"{value:.3f}"
+    return "-" if value is None else format_figure(value, 3)

@@ -24,6 +24,28 @@ METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
 
 
+def checked_labels(y_true, values, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``y_true`` as 0/1 integers and ``values`` as an array as long, or ValueError naming ``name``."""
+    y_true = np.asarray(y_true).reshape(-1)
+    values = np.asarray(values).reshape(-1)
+    if len(y_true) == 0:
+        raise ValueError("y_true is empty")
+    if len(values) != len(y_true):
+        raise ValueError(f"{name} has {len(values)} values but y_true has {len(y_true)}")
+    if not np.isin(y_true, (0, 1)).all():
+        raise ValueError("y_true must hold 0 (benign) and 1 (malignant) only")
+    return y_true.astype(int), values
+
+
+def checked_probabilities(y_true, y_prob, name: str = "y_prob") -> tuple[np.ndarray, np.ndarray]:
+    """:func:`checked_labels`, and ``y_prob`` as floats between 0 and 1."""
+    y_true, y_prob = checked_labels(y_true, y_prob, name)
+    y_prob = y_prob.astype(float)
+    if np.isnan(y_prob).any() or (y_prob < 0).any() or (y_prob > 1).any():
+        raise ValueError(f"{name} must hold probabilities between 0 and 1")
+    return y_true, y_prob
+
+
 def evaluation_inputs(cfg, model, split: pd.DataFrame, part: str):
     """What evaluates one split, and on what: (evaluated, data) for ``evaluated.evaluate(data)``.
 
@@ -51,8 +73,8 @@ def compute_metrics(y_true: np.ndarray, y_prob: np.ndarray, threshold: float = 0
     y_true = np.asarray(y_true).astype(int)
     y_pred = (np.asarray(y_prob) >= threshold).astype(int)
     tn, fp, fn, tp = skm.confusion_matrix(y_true, y_pred, labels=[0, 1]).ravel().tolist()
-    sensitivity, specificity = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
-    precision = _ratio(tp, tp + fp)
+    sensitivity, specificity = ratio(tp, tp + fn), ratio(tn, tn + fp)
+    precision = ratio(tp, tp + fp)
     both_classes = len(set(y_true.tolist())) == 2
     return {
         "accuracy": (tp + tn) / len(y_true),
@@ -60,15 +82,23 @@ def compute_metrics(y_true: np.ndarray, y_prob: np.ndarray, threshold: float = 0
         "sensitivity": sensitivity,  # recall of malignant
         "specificity": specificity,  # recall of benign
         "precision": precision,
-        "f1": _ratio(2 * precision * sensitivity, precision + sensitivity),
+        "f1": ratio(2 * precision * sensitivity, precision + sensitivity),
         "roc_auc": float(skm.roc_auc_score(y_true, y_prob)) if both_classes else math.nan,
         "confusion_matrix": [[tn, fp], [fn, tp]],
         "threshold": threshold,
     }
 
 
-def _ratio(numerator: float, denominator: float) -> float:
+def ratio(numerator: float, denominator: float) -> float:
+    """numerator / denominator, or NaN where there is nothing to divide by (no such images)."""
     return numerator / denominator if denominator else math.nan
+
+
+def format_figure(value: float | None, digits: int = 4, percent: bool = False) -> str:
+    """A metric for a table: "n/a" where it is undefined (None or NaN)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{100 * value:.{digits}f}%" if percent else f"{value:.{digits}f}"
 
 
 def patient_recognition_rate(y_true, y_prob, patients, threshold: float = 0.5) -> float:

@@ -23,7 +23,8 @@ FIGURES_DIR = "figures"
 
 
 def show_figures_inline() -> None:
-    """In a notebook kernel, display a Figure that ends a cell as an image.
+    """In a notebook kernel, display a Figure that ends a cell as an image (notebooks call it
+    once; importing bcnb changes no display setting).
 
     pyplot registers that display when it is imported; these figures are made without it,
     so without this a notebook shows only their text form ("<Figure size ...>").
@@ -35,9 +36,6 @@ def show_figures_inline() -> None:
         return
     if get_ipython() is not None:
         set_matplotlib_formats("png")
-
-
-show_figures_inline()
 
 
 def save_figure(fig: Figure, run_dir: str | Path, name: str) -> Path:
@@ -107,7 +105,9 @@ def plot_history(history: pd.DataFrame) -> Figure:
     names = [m for m in ("loss", "accuracy", "auc") if m in history]
     fig = Figure(figsize=(4.2 * len(names), 3.2), layout="tight")
     axes = fig.subplots(1, len(names), squeeze=False)
-    best = int(history.loc[history["val_loss"].idxmin(), "epoch"])
+    from bcnb.train import best_epoch
+
+    best = best_epoch(history)
     tuned = history["epoch"][history.get("phase", pd.Series(dtype=str)) == "fine_tune"]
     for ax, name in zip(axes[0], names):
         ax.plot(history["epoch"], history[name], label="train")

@@ -22,12 +22,11 @@ from bcnb.config import CONFIG_FILE, Config
 from bcnb.decision import apply_decision, load_decision
 from bcnb.files import replace_from_writer
 from bcnb.gradcam import gradcam, overlay
-from bcnb.images import IMAGE_SUFFIXES, fit_to_square, read_rgb
-from bcnb.model import WEIGHTS_FILE, WeightsInfo, load_weights_info
+from bcnb.images import IMAGE_SUFFIXES, load_for_model
+from bcnb.model import WEIGHTS_FILE, WeightsInfo, load_model, load_weights_info
 from bcnb.report import DISCLAIMER
 from bcnb.scan import inspect_file
 
-BATCH = 16
 UNKNOWN = "unknown"
 
 
@@ -41,6 +40,7 @@ class Predictor:
     resize: str
     weights: WeightsInfo | None = None  # the base's weights (weights.json); None: unknown
     trained_on: str = UNKNOWN  # the run's dataset: "synthetic" or its path
+    batch_size: int = Config.batch_size  # the run's
 
     @classmethod
     def from_run(cls, model_path: str | Path) -> Predictor:
@@ -49,7 +49,7 @@ class Predictor:
         if not path.is_file():
             raise FileNotFoundError(f"--model: {path} does not exist")
         try:
-            model = keras.models.load_model(path, safe_mode=True)
+            model = load_model(path)
         except Exception as error:  # Keras raises many kinds; all mean "not loadable safely"
             reason = " ".join(str(error).split())[:200]
             raise ValueError(f"--model: {path} cannot be loaded in safe mode ({reason})") from None
@@ -63,7 +63,7 @@ class Predictor:
             )
         weights = load_weights_info(path.parent) if (path.parent / WEIGHTS_FILE).is_file() else None
         trained_on = cfg.dataset if config.is_file() else UNKNOWN
-        return cls(model, rule, int(model.input_shape[1]), cfg.resize, weights, trained_on)
+        return cls(model, rule, int(model.input_shape[1]), cfg.resize, weights, trained_on, cfg.batch_size)
 
     def notes(self) -> list[str]:
         """One line each: where the model's base and training data came from, when that
@@ -115,9 +115,9 @@ def predict_files(predictor: Predictor, paths: list[Path], cam_dir: str | Path |
     problems = {path: inspect_file(path)[0] for path in paths}
     readable = [path for path in paths if not problems[path]]
     rows = [{**_refused(path, problems[path]), **predictor.provenance()} for path in paths if problems[path]]
-    for start in range(0, len(readable), BATCH):
-        batch = readable[start : start + BATCH]
-        images = np.stack([fit_to_square(read_rgb(p), predictor.img_size, predictor.resize) for p in batch])
+    for start in range(0, len(readable), predictor.batch_size):
+        batch = readable[start : start + predictor.batch_size]
+        images = np.stack([load_for_model(p, predictor.img_size, predictor.resize) for p in batch])
         probabilities = predictor.model.predict(images, verbose=0).reshape(-1)
         calibrated, labels = apply_decision(predictor.rule, probabilities)
         for path, probability, label in zip(batch, calibrated, labels):

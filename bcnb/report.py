@@ -9,7 +9,7 @@ import yaml
 
 from bcnb.config import CONFIG_FILE
 from bcnb.datasets import load_dataset_info, load_split, summarize_split
-from bcnb.evaluate import load_metrics
+from bcnb.evaluate import format_figure, load_metrics
 from bcnb.files import write_text_atomic
 from bcnb.train import load_training_summary
 
@@ -134,18 +134,18 @@ def _results_section(metrics: dict) -> str:
             f"{metrics['paper_test_accuracy']:.4f}",
         ),
         ("loss", f"{metrics['test_loss']:.4f}", f"{metrics['paper_test_loss']:.4f}"),
-        ("balanced accuracy", _number(metrics["balanced_accuracy"]), "not reported"),
-        ("sensitivity (malignant recall)", _number(metrics["sensitivity"]), "not reported"),
-        ("specificity (benign recall)", _number(metrics["specificity"]), "not reported"),
-        ("ROC AUC", _number(metrics["roc_auc"]), "not reported"),
+        ("balanced accuracy", format_figure(metrics["balanced_accuracy"]), "not reported"),
+        ("sensitivity (malignant recall)", format_figure(metrics["sensitivity"]), "not reported"),
+        ("specificity (benign recall)", format_figure(metrics["specificity"]), "not reported"),
+        ("ROC AUC", format_figure(metrics["roc_auc"]), "not reported"),
         (
             "patient recognition rate (Spanhol et al. 2016)",
-            _number(metrics["patient_recognition_rate"]),
+            format_figure(metrics["patient_recognition_rate"]),
             "not reported",
         ),
         (
             f"always-{metrics['majority_class']} baseline accuracy (the majority class)",
-            _number(metrics["majority_class_accuracy"]),
+            format_figure(metrics["majority_class_accuracy"]),
             "-",
         ),
     ]
@@ -195,7 +195,7 @@ def _per_magnification_table(per_magnification: dict) -> str:
         return ""
     keys = ("accuracy", "balanced_accuracy", "roc_auc", "patient_recognition_rate")
     rows = [
-        (name, found["n_images"], *(_number(found[k]) for k in keys))
+        (name, found["n_images"], *(format_figure(found[k]) for k in keys))
         for name, found in per_magnification.items()
     ]
     columns = [
@@ -233,10 +233,6 @@ def _limits_section(config: dict, metrics: dict) -> str:
         f"- {DISCLAIMER} A test accuracy on a few dozen patients says nothing about use in a clinic."
     )
     return "\n".join(lines)
-
-
-def _number(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
 
 
 def markdown_table(frame: pd.DataFrame) -> str:

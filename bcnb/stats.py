@@ -21,7 +21,7 @@ import pandas as pd
 from sklearn.metrics import roc_curve
 
 from bcnb.config import THRESHOLD_RULES
-from bcnb.evaluate import compute_metrics
+from bcnb.evaluate import checked_labels, checked_probabilities, compute_metrics
 from bcnb.layouts import CLASSES
 
 BOOTSTRAP_METRICS = (
@@ -91,8 +91,8 @@ def mcnemar(y_true, pred_a, pred_b) -> dict:
     It treats images as independent, so with several images per patient it is too confident;
     ``paired_bootstrap`` resamples patients instead.
     """
-    y_true, pred_a = _checked_pair(y_true, pred_a=pred_a)
-    _, pred_b = _checked_pair(y_true, pred_b=pred_b)
+    y_true, pred_a = checked_labels(y_true, pred_a, "pred_a")
+    _, pred_b = checked_labels(y_true, pred_b, "pred_b")
     right_a, right_b = pred_a == y_true, pred_b == y_true
     b, c = int(np.sum(right_a & ~right_b)), int(np.sum(~right_a & right_b))
     return {"b": b, "c": c, "p_value": _two_sided_sign_test(b, c)}
@@ -122,7 +122,7 @@ def choose_threshold(y_val, p_val, rule: str = "youden", target_sensitivity: flo
         raise ValueError(f"threshold_rule: expected one of {', '.join(THRESHOLD_RULES)}, got {rule!r}")
     if not 0 < target_sensitivity <= 1:
         raise ValueError(f"target_sensitivity must be in (0, 1], got {target_sensitivity!r}")
-    y_val, p_val = _checked_pair(y_val, p_val=p_val)
+    y_val, p_val = checked_probabilities(y_val, p_val, "p_val")
     if rule == "fixed" or len(np.unique(y_val)) < 2:
         return 0.5
     # Every distinct score is a candidate: thresholds decrease, sensitivity (tpr) increases.
@@ -179,9 +179,9 @@ def patient_level_metrics(table: pd.DataFrame, y_prob, threshold: float = 0.5) -
 
 
 def _checked(**arrays) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(labels 0/1, probabilities, patient codes 0..P-1), after checking lengths and labels."""
+    """(labels 0/1, probabilities, patient codes 0..P-1), after checking lengths and values."""
     (name_y, y_true), (name_p, y_prob), (name_g, groups) = arrays.items()
-    y_true, y_prob = _checked_pair(y_true, **{name_p: y_prob})
+    y_true, y_prob = checked_probabilities(y_true, y_prob, name_p)
     groups = np.asarray(groups).reshape(-1)
     if len(groups) != len(y_true):
         raise ValueError(f"{name_g} has {len(groups)} values but {name_y} has {len(y_true)}")
@@ -189,21 +189,7 @@ def _checked(**arrays) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise ValueError(f"{name_g} must not contain missing values")
     # Codes in sorted-id order, so the same seed gives the same interval in any row order.
     _, codes = np.unique(groups, return_inverse=True)
-    return y_true, y_prob.astype(float), codes
-
-
-def _checked_pair(y_true, **other) -> tuple[np.ndarray, np.ndarray]:
-    """``y_true`` as 0/1 integers and the one other array, after checking both."""
-    ((name, values),) = other.items()
-    y_true = np.asarray(y_true).reshape(-1)
-    values = np.asarray(values).reshape(-1)
-    if len(y_true) == 0:
-        raise ValueError("y_true is empty")
-    if len(values) != len(y_true):
-        raise ValueError(f"{name} has {len(values)} values but y_true has {len(y_true)}")
-    if not np.isin(y_true, (0, 1)).all():
-        raise ValueError("y_true must hold 0 (benign) and 1 (malignant) only")
-    return y_true.astype(int), values
+    return y_true, y_prob, codes
 
 
 def _patient_draws(n_patients: int, n_boot: int, seed: int) -> np.ndarray:

@@ -21,6 +21,7 @@ from PIL import Image
 
 from bcnb.augment import Augmentation, apply_augmentation, augmentation_examples
 from bcnb.datasets import CLASSES, magnification_order, read_image
+from bcnb.evaluate import compute_metrics, format_figure, ratio
 
 
 def png_bytes(pixels: np.ndarray, width: int = 0) -> bytes:
@@ -137,28 +138,21 @@ def augmentation_preview(image: np.ndarray, augmentation: Augmentation, interact
 # --------------------------------------------------------------------------- threshold
 def threshold_table(y_true: np.ndarray, probability: np.ndarray, threshold: float) -> pd.DataFrame:
     """Confusion counts and the rates a clinician asks about, at one threshold."""
-    y_true = np.asarray(y_true).astype(int)
-    called = np.asarray(probability) >= threshold
-    tp, fn = int(np.sum(called & (y_true == 1))), int(np.sum(~called & (y_true == 1)))
-    fp, tn = int(np.sum(called & (y_true == 0))), int(np.sum(~called & (y_true == 0)))
+    found = compute_metrics(y_true, probability, threshold)
+    (tn, fp), (fn, tp) = found["confusion_matrix"]
     rates = {
-        "sensitivity": _share(tp, tp + fn),
-        "specificity": _share(tn, tn + fp),
-        "PPV (malignant when called so)": _share(tp, tp + fp),
-        "NPV (benign when called so)": _share(tn, tn + fn),
+        "sensitivity": found["sensitivity"],
+        "specificity": found["specificity"],
+        "PPV (malignant when called so)": found["precision"],
+        "NPV (benign when called so)": ratio(tn, tn + fn),
     }
     counts = {"true malignant called malignant": tp, "true malignant called benign": fn,
               "true benign called malignant": fp, "true benign called benign": tn}  # fmt: skip
-    rows = {**{k: f"{v}" for k, v in counts.items()}, **{k: _percent(v) for k, v in rates.items()}}
+    rows = {
+        **{k: f"{v}" for k, v in counts.items()},
+        **{k: format_figure(v, 1, True) for k, v in rates.items()},
+    }
     return pd.Series(rows, name=f"threshold {threshold:.2f}").to_frame()
-
-
-def _share(numerator: int, denominator: int) -> float:
-    return numerator / denominator if denominator else float("nan")
-
-
-def _percent(value: float) -> str:
-    return "n/a" if np.isnan(value) else f"{100 * value:.1f}%"
 
 
 def threshold_explorer(y_true, probability, threshold: float, interactive: bool = True):
