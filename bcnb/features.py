@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import pandas as pd
 
 from bcnb.config import Config
 from bcnb.datasets import make_dataset, tiles_of
-from bcnb.files import temporary_path_beside, write_json_atomic
+from bcnb.files import replace_from_writer, write_json_atomic
 from bcnb.model import base_of, feature_extractor
 
 DTYPE = np.dtype("<f4")
@@ -65,33 +64,23 @@ def write_features(
     resize: str = "squash",
 ) -> None:
     """Stream the features of ``table`` into the .npy file ``path`` (atomically)."""
-    n_features = feature_extractor(model).output.shape[-1]
-    temporary = temporary_path_beside(path)
-    try:
-        with open(temporary, "wb") as stream:
-            header = {"descr": DTYPE.str, "fortran_order": False, "shape": (len(table), n_features)}
-            np.lib.format.write_array_header_1_0(stream, header)
-            for batch in feature_batches(model, table, img_size, batch_size, resize):
-                stream.write(batch.tobytes())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    shape = (len(table), feature_extractor(model).output.shape[-1])
+
+    def write(temporary: Path) -> None:
+        out = np.lib.format.open_memmap(temporary, mode="w+", dtype=DTYPE, shape=shape)
+        start = 0
+        for batch in feature_batches(model, table, img_size, batch_size, resize):
+            out[start : start + len(batch)] = batch
+            start += len(batch)
+        out.flush()
+
+    replace_from_writer(path, write)
 
 
 def read_features(path: str | Path, rows: np.ndarray | None = None) -> np.ndarray:
-    """Rows of a feature file (all of them by default), read without mapping the whole file."""
-    with open(path, "rb") as stream:
-        np.lib.format.read_magic(stream)
-        shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
-        start, row_bytes = stream.tell(), shape[1] * dtype.itemsize
-        if rows is None:
-            return np.fromfile(stream, dtype=dtype, count=shape[0] * shape[1]).reshape(shape)
-        out = np.empty((len(rows), shape[1]), dtype=dtype)
-        for i, row in enumerate(rows):
-            stream.seek(start + int(row) * row_bytes)
-            out[i] = np.frombuffer(stream.read(row_bytes), dtype=dtype)
-        return out
+    """Rows of a feature file (all of them by default), in memory; only those rows are read."""
+    stored = np.load(path, mmap_mode="r")
+    return np.array(stored) if rows is None else stored[np.asarray(rows, dtype=int)]
 
 
 def feature_cache_key(model: keras.Model, table: pd.DataFrame, img_size: int, resize: str = "squash") -> str:
@@ -161,30 +150,19 @@ def _complete_shards(model, table: pd.DataFrame, img_size: int, resize: str, pat
 
 
 def _concatenate(parts: list[Path], path: Path) -> None:
-    """Join feature files row-wise into ``path``, streaming (atomically)."""
-    total = sum(_shape(part)[0] for part in parts)
-    temporary = temporary_path_beside(path)
-    try:
-        with open(temporary, "wb") as stream:
-            header = {"descr": DTYPE.str, "fortran_order": False, "shape": (total, _shape(parts[0])[1])}
-            np.lib.format.write_array_header_1_0(stream, header)
-            for part in parts:
-                with open(part, "rb") as source:
-                    np.lib.format.read_magic(source)
-                    np.lib.format.read_array_header_1_0(source)
-                    while chunk := source.read(1 << 24):
-                        stream.write(chunk)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    """Join feature files row-wise into ``path`` (atomically)."""
+    stored = [np.load(part, mmap_mode="r") for part in parts]
+    shape = (sum(len(part) for part in stored), stored[0].shape[1])
 
+    def write(temporary: Path) -> None:
+        out = np.lib.format.open_memmap(temporary, mode="w+", dtype=DTYPE, shape=shape)
+        start = 0
+        for part in stored:
+            out[start : start + len(part)] = part
+            start += len(part)
+        out.flush()
 
-def _shape(path: Path) -> tuple[int, int]:
-    """(rows, features) from a feature file's header."""
-    with open(path, "rb") as stream:
-        np.lib.format.read_magic(stream)
-        return np.lib.format.read_array_header_1_0(stream)[0]
+    replace_from_writer(path, write)
 
 
 def extract_shard(cfg: Config, model: keras.Model, split: pd.DataFrame, shard: int, shards: int) -> Path:
@@ -197,12 +175,8 @@ def extract_shard(cfg: Config, model: keras.Model, split: pd.DataFrame, shard: i
 def _holds_rows(path: Path, rows: int) -> bool:
     """True when ``path`` is a complete feature file of ``rows`` rows (not cut short)."""
     try:
-        with open(path, "rb") as stream:
-            np.lib.format.read_magic(stream)
-            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
-            expected = stream.tell() + shape[0] * shape[1] * dtype.itemsize
-        return shape[0] == rows and path.stat().st_size == expected
-    except (OSError, ValueError):
+        return np.load(path, mmap_mode="r").shape[0] == rows
+    except (OSError, ValueError):  # absent, or shorter than its header says
         return False
 
 

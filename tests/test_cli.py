@@ -114,7 +114,7 @@ def test_stderr_holds_nothing_but_the_error_line(tmp_path):
     assert result.stdout == ""
 
 
-def test_imagenet_required_but_unavailable_names_the_file(tmp_path, monkeypatch):
+def test_imagenet_required_but_unavailable_names_the_file(tmp_path, monkeypatch, capsys):
     """allow_random_weights=false and no weights: stop before any notebook runs."""
     import keras
 
@@ -127,6 +127,9 @@ def test_imagenet_required_but_unavailable_names_the_file(tmp_path, monkeypatch)
     status = main(["reproduce", "--out", str(out), "--set", "allow_random_weights=false",
                    "--set", "synthetic_patients=6", "--set", "synthetic_images_per_patient=1"])  # fmt: skip
     assert status == 2 and not out.exists()
+    err = capsys.readouterr().err
+    expected = tmp_path / "keras" / "models" / "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    assert f"put it at {expected}" in err and "allow_random_weights=true" in err
 
 
 def test_config_command_prints_every_default(capsys):

@@ -35,5 +35,15 @@ def test_ci_runs_the_readme_test_command():
     assert "make test" in readme and re.search(r"^make test\b", ci, re.MULTILINE)
 
 
-def test_console_script_points_at_the_cli():
-    assert _pyproject()["project"]["scripts"] == {"bcnb": "bcnb.cli:main"}
+def test_the_installed_command_runs_and_prints_every_parameter():
+    """The `bcnb` console script (pyproject's [project.scripts], as pip installed it) works."""
+    import shutil
+    import subprocess
+    import sys
+
+    from bcnb import Config
+
+    command = shutil.which("bcnb", path=str(Path(sys.executable).parent))
+    assert command, "pip did not install the bcnb command beside this Python"
+    result = subprocess.run([command, "config"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and Config(**yaml.safe_load(result.stdout)) == Config()

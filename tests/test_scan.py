@@ -185,12 +185,34 @@ def test_unreadable_file(tmp_path):
     assert scan.inspect_file(folder)[0] == "unreadable (Is a directory)"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file whatever its permissions")
-def test_file_without_read_permission(tmp_path):
-    path = tmp_path / "x.png"
-    path.write_bytes(png_bytes(1))
-    path.chmod(0)
-    assert scan.inspect_file(path)[0] == "unreadable (Permission denied)"
+def test_file_without_read_permission():
+    """Checked as an unprivileged user (a forked child that drops root), since root, as CI
+    runs, reads any file whatever its mode."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="bcnb-unreadable-", dir="/tmp"))  # reachable by anyone
+    try:
+        folder.chmod(0o755)
+        path = folder / "x.png"
+        path.write_bytes(png_bytes(1))
+        path.chmod(0)
+        reading, writing = os.pipe()
+        child = os.fork()
+        if child == 0:  # the child: drop root if it is root, inspect, report, leave
+            try:
+                if os.geteuid() == 0:
+                    os.setgroups([])
+                    os.setgid(65534)
+                    os.setuid(65534)
+                os.write(writing, scan.inspect_file(path)[0].encode())
+            finally:
+                os._exit(0)
+        os.close(writing)
+        os.waitpid(child, 0)
+        with os.fdopen(reading) as answer:
+            assert answer.read() == "unreadable (Permission denied)"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_a_good_image_passes_with_its_hash(tmp_path):
