@@ -11,9 +11,10 @@ Every change is one a second slide of the same tumour could plausibly show:
   stains are separated with the colour deconvolution of Ruifrok & Johnston, "Quantification
   of histochemical staining by color deconvolution", Anal Quant Cytol Histol 23(4), 2001.
 
-Images are float32 (height, width, 3) in 0-255, as the pipeline yields them before the
-model's own rescaling. All randomness comes from stateless ops and an explicit seed, so a
-run (or a resumed run) sees exactly the same augmented images every time.
+Images come in as the pipeline yields them (uint8 or float, (height, width, 3), 0-255) and
+leave as float32 in 0-255, before the model's own rescaling. All randomness comes from
+stateless ops and an explicit seed, so a run (or a resumed run) sees exactly the same
+augmented images every time.
 """
 
 from __future__ import annotations

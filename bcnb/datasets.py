@@ -270,8 +270,12 @@ def read_image(path: str | Path) -> np.ndarray:
 
 def load_images(cfg: Config, table: pd.DataFrame) -> np.ndarray:
     """A few of ``table``'s images (or tiles) in memory, as the model takes them: for figures."""
-    return np.stack([load_for_model(path, cfg.img_size, cfg.resize, int(tiles), int(tile))
-                     for path, tile, tiles in zip(table["path"], *tiles_of(table))])  # fmt: skip
+    return np.stack(
+        [
+            load_for_model(path, cfg.img_size, cfg.resize, int(tiles), int(tile))
+            for path, tile, tiles in zip(table["path"], *tiles_of(table))
+        ]
+    )
 
 
 def labels_of(table: pd.DataFrame) -> np.ndarray:
@@ -288,7 +292,7 @@ def tiles_of(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 
 def make_dataset(table: pd.DataFrame, img_size: int, batch_size: int, resize: str = "squash"):
-    """A tf.data pipeline of (image, label) batches in table order; images are float 0-255,
+    """A tf.data pipeline of (image, label) batches in table order; images are uint8,
     img_size square (for feature extraction and evaluation; training uses
     :class:`bcnb.train.ImageBatches`, whose order changes with the epoch).
 
@@ -307,7 +311,7 @@ def make_dataset(table: pd.DataFrame, img_size: int, batch_size: int, resize: st
 
     def load_batch_item(source, label):
         path, tile, tiles = source
-        image = tf.numpy_function(load, [path, tiles, tile], tf.float32, stateful=False)
+        image = tf.numpy_function(load, [path, tiles, tile], tf.uint8, stateful=False)
         return tf.ensure_shape(image, (img_size, img_size, 3)), label
 
     ds = ds.map(load_batch_item, num_parallel_calls=tf.data.AUTOTUNE)

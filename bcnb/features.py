@@ -38,7 +38,13 @@ SHARDS_DIR = "shards"  # bcnb extract --shard I/N writes features/shards/all.I-o
 def feature_batches(
     model: keras.Model, table: pd.DataFrame, img_size: int, batch_size: int, resize: str = "squash"
 ) -> Iterator[np.ndarray]:
-    """Pooled features of ``table``'s images, one (batch, 2048) array at a time, in order."""
+    """Pooled features of ``table``'s images, one (batch, 2048) array at a time, in order.
+
+    ``predict_on_batch`` runs Keras' compiled predict step: traced once per input shape and
+    dtype, and compiled by XLA where Keras turns that on by itself (TensorFlow on a GPU). On
+    this project's 2-core CPU XLA measured no faster (15.8 vs 15.5 images/s), so it is left
+    to Keras. The images arrive as uint8; the model casts them on entry.
+    """
     extractor = feature_extractor(model)
     for images, _ in make_dataset(table, img_size, batch_size, resize):
         images = images.numpy()

@@ -83,7 +83,12 @@ def cut_tile(pixels: np.ndarray, img_size: int, tiles: int, tile: int) -> np.nda
 
 
 def load_for_model(path: str | Path, img_size: int, resize: str, tiles: int = 0, tile: int = 0) -> np.ndarray:
-    """One model input: float32 (img_size, img_size, 3) in 0-255 (the model scales it)."""
+    """One model input: uint8 (img_size, img_size, 3) pixels.
+
+    The model converts them to float and scales them itself, so the pipeline moves a quarter
+    of the bytes a float32 copy would: less memory in prefetch buffers, and on a GPU less to
+    copy to the device, where the cast is nearly free.
+    """
     pixels = read_rgb(path)
     square = cut_tile(pixels, img_size, tiles, tile) if tiles else fit_to_square(pixels, img_size, resize)
-    return square.astype(np.float32)
+    return np.ascontiguousarray(square, dtype=np.uint8)

@@ -100,14 +100,12 @@ def test_small_images_are_enlarged_before_tiling():
     assert tile.shape == (64, 64, 3)
 
 
-def test_model_input_is_float_0_255(tmp_path):
-    path = _save(tmp_path, Image.fromarray(_gradient()), "x.png")
-    loaded = images.load_for_model(path, 32, "squash")
-    assert (
-        loaded.shape == (32, 32, 3)
-        and loaded.dtype == np.float32
-        and 0 <= loaded.min() <= loaded.max() <= 255
-    )
+def test_model_input_is_uint8_pixels(tmp_path):
+    pixels = _gradient(48, 48)
+    path = _save(tmp_path, Image.fromarray(pixels), "x.png")
+    loaded = images.load_for_model(path, pixels.shape[0], "squash")
+    # Same size: nothing to resize, so the file's own pixels come back, as uint8.
+    assert loaded.dtype == np.uint8 and np.array_equal(loaded, pixels)
 
 
 def test_unknown_resize_mode():

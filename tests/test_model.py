@@ -50,6 +50,16 @@ def test_preprocessing_maps_pixels_to_minus_one_one(model):
     np.testing.assert_allclose(out, expected, atol=1e-6)
 
 
+def test_uint8_pixels_give_what_float_pixels_give(model, tmp_path):
+    # The pipeline hands the model uint8; the model's float32 input casts them on entry,
+    # also after saving and loading.
+    pixels = np.random.default_rng(3).integers(0, 256, (2, IMG, IMG, 3), dtype=np.uint8)
+    loaded = bcnb_model.load_model(bcnb_model.save_model(model, tmp_path / "m.keras"))
+    for predictor in (model, loaded, bcnb_model.feature_extractor(model)):
+        as_float = predictor.predict_on_batch(pixels.astype(np.float32))
+        np.testing.assert_array_equal(predictor.predict_on_batch(pixels), as_float)
+
+
 def _moving_statistics(model):
     return [w.numpy().copy() for w in model.weights if "moving_" in w.path]
 
