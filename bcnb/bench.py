@@ -96,8 +96,15 @@ def measure_training(img_size: int, batch_size: int, feature_cache: bool, epochs
         # patience = epochs: all ten epochs run, so the two ways do the same work.
         # lr 0.1: random-weight features are tiny; a large step gets both ways near their
         # optimum within ten epochs, so their validation scores can be compared.
-        cfg = _config(img_size, batch_size, run_dir, feature_cache=feature_cache, epochs=epochs,
-                      patience=epochs, learning_rate=0.1)  # fmt: skip
+        cfg = _config(
+            img_size,
+            batch_size,
+            run_dir,
+            feature_cache=feature_cache,
+            epochs=epochs,
+            patience=epochs,
+            learning_rate=0.1,
+        )
         split = _split(cfg)
         keras.utils.set_random_seed(cfg.seed)  # the same random base for both ways
         model = build_model(img_size, None)
@@ -158,13 +165,21 @@ def measure(name: str, img_size: int, batch_size: int) -> dict:
 def machine() -> str:
     import tensorflow as tf
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())  # fmt: skip
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     flags = Path("/proc/cpuinfo").read_text()
     bf16 = "with" if "avx512_bf16" in flags or "amx_bf16" in flags else "without"
     gpus = len(tf.config.list_physical_devices("GPU"))
-    return (f"{cpu}, {os.cpu_count()} cores ({bf16} bf16 instructions), {gpus} GPU(s), "
-            f"Python {platform.python_version()}, TensorFlow {tf.__version__}")  # fmt: skip
+    return (
+        f"{cpu}, {os.cpu_count()} cores ({bf16} bf16 instructions), {gpus} GPU(s), "
+        f"Python {platform.python_version()}, TensorFlow {tf.__version__}"
+    )
 
 
 def run_all(img_size: int = 224, batch_size: int = 64, progress=lambda message: None) -> dict:

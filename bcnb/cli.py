@@ -33,19 +33,32 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("reproduce", help="run the notebooks headless into a run folder")
     run.add_argument("--out", required=True, type=Path, help="the run folder to create or replace")
     run.add_argument("--config", type=Path, help="YAML file of parameter: value pairs")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override one parameter (repeatable); wins over --config")  # fmt: skip
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one parameter (repeatable); wins over --config",
+    )
     run.add_argument("--notebooks", type=Path, help="folder holding the notebooks (default: the project's)")
     run.add_argument("--resume", action="store_true", help="continue an interrupted run into --out")
     folds = "K-fold cross-validation by patient: OUT/fold-1 ... OUT/fold-K and OUT/summary.md"
     run.add_argument("--folds", type=int, default=0, metavar="K", help=folds)
     repeats = "R random patient-level splits, seeds seed .. seed+R-1, and OUT/summary.md"
     run.add_argument("--repeats", type=int, default=0, metavar="R", help=repeats)
-    run.add_argument("--only", action="append", metavar="NOTEBOOK",
-                     help="run this notebook again (e.g. 04; repeatable) in place on the finished run "
-                          "--out, with the parameters it was made with")  # fmt: skip
-    run.add_argument("--compare", action="store_true",
-                     help="also run 05: every backbone of compare_backbones on the same split")  # fmt: skip
+    run.add_argument(
+        "--only",
+        action="append",
+        metavar="NOTEBOOK",
+        help="run this notebook again (e.g. 04; repeatable) in place on the finished run "
+        "--out, with the parameters it was made with",
+    )
+    run.add_argument(
+        "--compare",
+        action="store_true",
+        help="also run 05: every backbone of compare_backbones on the same split",
+    )
     run.add_argument(
         "--stop-after", metavar="NOTEBOOK", help="stop, unfinished, after this notebook (e.g. 02)"
     )
@@ -53,12 +66,23 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep", help="the pipeline for every combination of --grid values, one table"
     )
     sweep.add_argument("--out", required=True, type=Path, help="the folder of the sweep's run folders")
-    sweep.add_argument("--grid", required=True, action="append", metavar="KEY=V1,V2",
-                       help="a parameter and its values (repeatable: every combination runs)")  # fmt: skip
+    sweep.add_argument(
+        "--grid",
+        required=True,
+        action="append",
+        metavar="KEY=V1,V2",
+        help="a parameter and its values (repeatable: every combination runs)",
+    )
     sweep.add_argument("--folds", type=int, default=0, metavar="K", help="a K-fold cross-validation per cell")
     sweep.add_argument("--config", type=Path, help="YAML file of parameter: value pairs")
-    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override one parameter for every cell (repeatable)")  # fmt: skip
+    sweep.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one parameter for every cell (repeatable)",
+    )
     extract = commands.add_parser(
         "extract", help="compute one shard of a run's feature cache (run notebooks 01-02 first)"
     )
@@ -203,8 +227,10 @@ def _reproduce(args: argparse.Namespace) -> int:
             return _reproduce_protocol(args, notebooks, live, started)
         if args.only:
             if args.resume or args.stop_after or args.compare:
-                raise ValueError("--only: runs notebooks of a finished run; it goes without --resume, "
-                                 "--stop-after and --compare")  # fmt: skip
+                raise ValueError(
+                    "--only: runs notebooks of a finished run; it goes without --resume, "
+                    "--stop-after and --compare"
+                )
             out = rerun(args.out, args.only, given_parameters(args), notebooks, _say, live)
         else:
             cfg = config_from_args(args)
@@ -230,8 +256,10 @@ def _download(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as error:
         return _fail(str(error), EXIT_BAD_INPUT)
     found = json.loads((args.to / "download.json").read_text())["found"]
-    _say(f"{folder}: {found['images']} images checked against the published figures; "
-         f"{patients_note(found, SOURCES[args.name].published)}")  # fmt: skip
+    _say(
+        f"{folder}: {found['images']} images checked against the published figures; "
+        f"{patients_note(found, SOURCES[args.name].published)}"
+    )
     return 0
 
 

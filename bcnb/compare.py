@@ -112,21 +112,28 @@ def paired_table(results: list[dict], test: pd.DataFrame, seed: int = 0, n_boot:
         return pd.DataFrame()
     reference = by_name[REFERENCE]
     y_true, patients = labels_of(test), test["patient_id"].to_numpy()
-    rows = []
-    for name, result in by_name.items():
-        if name == REFERENCE:
-            continue
-        thresholds = (reference["measured"]["threshold"], result["measured"]["threshold"])
-        paired = stats.paired_bootstrap(y_true, reference["test_probability"], result["test_probability"],
-                                        patients, *thresholds, "balanced_accuracy", n_boot, seed)  # fmt: skip
-        probabilities = (reference["test_probability"], result["test_probability"])
-        mcnemar = stats.mcnemar(y_true, *[(p >= t).astype(int) for p, t in zip(probabilities, thresholds)])
-        low, high = paired["ci"]
-        rows.append({
-            "backbone": name,
-            f"balanced accuracy minus {REFERENCE}": f"{paired['difference']:+.3f} ({low:+.3f}, {high:+.3f})",
-            "bootstrap p": round(paired["p_value"], 3),
-            f"McNemar: only {REFERENCE} right / only this right": f"{mcnemar['b']} / {mcnemar['c']}",
-            "McNemar p": round(mcnemar["p_value"], 3),
-        })  # fmt: skip
+    rows = [
+        _paired_row(reference, result, y_true, patients, seed=seed, n_boot=n_boot)
+        for name, result in by_name.items()
+        if name != REFERENCE
+    ]
     return pd.DataFrame(rows).set_index("backbone")
+
+
+def _paired_row(reference: dict, result: dict, y_true, patients, *, seed: int, n_boot: int) -> dict:
+    """One line of the paired table: ``result`` against the reference, image by image."""
+    thresholds = (reference["measured"]["threshold"], result["measured"]["threshold"])
+    probabilities = (reference["test_probability"], result["test_probability"])
+    paired = stats.paired_bootstrap(
+        y_true, *probabilities, patients, *thresholds, metric="balanced_accuracy", n_boot=n_boot, seed=seed
+    )
+    mcnemar = stats.mcnemar(y_true, *[(p >= t).astype(int) for p, t in zip(probabilities, thresholds)])
+    low, high = paired["ci"]
+    difference = f"{paired['difference']:+.3f} ({low:+.3f}, {high:+.3f})"
+    return {
+        "backbone": result["backbone"],
+        f"balanced accuracy minus {REFERENCE}": difference,
+        "bootstrap p": round(paired["p_value"], 3),
+        f"McNemar: only {REFERENCE} right / only this right": f"{mcnemar['b']} / {mcnemar['c']}",
+        "McNemar p": round(mcnemar["p_value"], 3),
+    }

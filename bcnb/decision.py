@@ -51,10 +51,12 @@ def measure_decision(
     y_test = labels_of(test)
     calibrated = calibrate.apply_temperature(p_test, rule["temperature"])
     found = compute_metrics(y_test, calibrated, rule["threshold"])
-    found["patient_recognition_rate"] = patient_recognition_rate(y_test, calibrated, test["patient_id"],
-                                                                 rule["threshold"])  # fmt: skip
-    intervals = stats.bootstrap_by_patient(y_test, calibrated, test["patient_id"].to_numpy(),
-                                           rule["threshold"], cfg.bootstrap_samples, cfg.seed)  # fmt: skip
+    found["patient_recognition_rate"] = patient_recognition_rate(
+        y_test, calibrated, test["patient_id"], rule["threshold"]
+    )
+    intervals = stats.bootstrap_by_patient(
+        y_test, calibrated, test["patient_id"].to_numpy(), rule["threshold"], cfg.bootstrap_samples, cfg.seed
+    )
     return {
         **rule,
         "image_level": found,
@@ -79,14 +81,8 @@ def apply_decision(rule: dict, probabilities: np.ndarray) -> tuple[np.ndarray, n
     return calibrated, np.where(calibrated >= rule["threshold"], "malignant", "benign")
 
 
-HEADLINE = (
-    "accuracy",
-    "balanced_accuracy",
-    "sensitivity",
-    "specificity",
-    "roc_auc",
-    "patient_recognition_rate",
-)
+# The metrics the decision's summary shows: those bootstrapped over patients.
+HEADLINE = stats.BOOTSTRAP_METRICS
 
 
 def summary_table(measured: dict) -> pd.DataFrame:

@@ -131,8 +131,11 @@ def metrics_by_magnification(test: pd.DataFrame, y_prob: np.ndarray) -> dict[str
         found = compute_metrics(labels_of(test[rows]), y_prob[rows])
         keep = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "roc_auc")
         prr = patient_recognition_rate(labels_of(test[rows]), y_prob[rows], test["patient_id"][rows])
-        results[magnification] = {"n_images": int(rows.sum()), **{k: found[k] for k in keep},
-                                  "patient_recognition_rate": prr}  # fmt: skip
+        results[magnification] = {
+            "n_images": int(rows.sum()),
+            **{k: found[k] for k in keep},
+            "patient_recognition_rate": prr,
+        }
     return results
 
 

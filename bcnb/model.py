@@ -108,9 +108,12 @@ def resolve_weights(
     (keras_home() / "models").mkdir(parents=True, exist_ok=True)
     try:
         path = keras.utils.get_file(
-            file_name, spec.weights_url(img_size), cache_dir=str(keras_home()), cache_subdir="models",
+            file_name,
+            spec.weights_url(img_size),
+            cache_dir=str(keras_home()),
+            cache_subdir="models",
             file_hash=spec.md5,
-        )  # fmt: skip
+        )
     except Exception as error:  # Keras raises a bare Exception when the download fails
         reason = f"ImageNet weights unavailable ({_first_line(error)})"
         if not allow_random_weights:

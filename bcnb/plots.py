@@ -124,8 +124,16 @@ def plot_confusion_matrix(matrix: list[list[int]]) -> Figure:
     """Counts of true (rows) against predicted (columns) classes."""
     fig = Figure(figsize=(3.8, 3.2), layout="tight")
     ax = fig.subplots()
-    sns.heatmap(np.asarray(matrix), annot=True, fmt="d", cmap="Blues", cbar=False,
-                xticklabels=CLASSES, yticklabels=CLASSES, ax=ax)  # fmt: skip
+    sns.heatmap(
+        np.asarray(matrix),
+        annot=True,
+        fmt="d",
+        cmap="Blues",
+        cbar=False,
+        xticklabels=CLASSES,
+        yticklabels=CLASSES,
+        ax=ax,
+    )
     ax.set(xlabel="predicted", ylabel="true", title="Test confusion matrix")
     return fig
 

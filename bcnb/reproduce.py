@@ -201,8 +201,11 @@ def check_notebooks(notebooks_dir: Path, names: list[str]) -> None:
 
 def notebook_named(name: str, option: str = "--stop-after") -> str:
     """The notebook ``name`` stands for: "02_model", "02_model.ipynb" or "02"."""
-    matches = [notebook for notebook in NOTEBOOKS if notebook == name or notebook.split("_")[0] == name
-               or notebook.removesuffix(".ipynb") == name]  # fmt: skip
+    matches = [
+        notebook
+        for notebook in NOTEBOOKS
+        if notebook == name or notebook.split("_")[0] == name or notebook.removesuffix(".ipynb") == name
+    ]
     if not matches:
         raise ValueError(f"{option}: expected one of {', '.join(NOTEBOOKS)}, got {name!r}")
     return matches[0]
@@ -225,8 +228,11 @@ def check_resumable(staging: Path, cfg: Config) -> None:
     if not staging.is_dir():
         raise FileNotFoundError(f"--resume: no interrupted run to resume ({staging} does not exist)")
     before = read_record(staging)
-    changed = [f"{name}: {value!r} -> {getattr(cfg, name)!r}" for name, value in before.items()
-               if defines_the_run(name) and value != getattr(cfg, name)]  # fmt: skip
+    changed = [
+        f"{name}: {value!r} -> {getattr(cfg, name)!r}"
+        for name, value in before.items()
+        if defines_the_run(name) and value != getattr(cfg, name)
+    ]
     if changed:
         raise ValueError(
             f"--resume: the interrupted run in {staging} used other parameters ({'; '.join(changed)}); "
@@ -241,8 +247,13 @@ def parameter_names(notebook: Path) -> list[str]:
     if cell is None:
         return []
     tree = ast.parse("".join(cell["source"]))
-    return [target.id for node in tree.body if isinstance(node, ast.Assign) for target in node.targets
-            if isinstance(target, ast.Name)]  # fmt: skip
+    return [
+        target.id
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    ]
 
 
 def execute(source: Path, target: Path, cfg: Config, progress_bar: bool) -> None:

@@ -25,8 +25,13 @@ from bcnb.evaluate import checked_labels, checked_probabilities, compute_metrics
 from bcnb.layouts import CLASSES
 
 BOOTSTRAP_METRICS = (
-    "accuracy", "balanced_accuracy", "sensitivity", "specificity", "roc_auc", "patient_recognition_rate",
-)  # fmt: skip
+    "accuracy",
+    "balanced_accuracy",
+    "sensitivity",
+    "specificity",
+    "roc_auc",
+    "patient_recognition_rate",
+)
 PAIRED_METRICS = ("accuracy", "balanced_accuracy", "roc_auc")
 
 

@@ -306,6 +306,9 @@ def write_idc_like_dataset(root: Path, n_images: int, seed: int = 0) -> pd.DataF
 
 def _patch_corners(count: int) -> list[tuple[int, int]]:
     """Top-left corners of up to 28 non-overlapping 50x50 patches of a 350x230 field."""
-    corners = [(x, y) for y in range(0, IMAGE_HEIGHT - IDC_PATCH + 1, IDC_PATCH)
-               for x in range(0, IMAGE_WIDTH - IDC_PATCH + 1, IDC_PATCH)]  # fmt: skip
+    corners = [
+        (x, y)
+        for y in range(0, IMAGE_HEIGHT - IDC_PATCH + 1, IDC_PATCH)
+        for x in range(0, IMAGE_WIDTH - IDC_PATCH + 1, IDC_PATCH)
+    ]
     return corners[:count]

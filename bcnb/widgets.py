@@ -164,8 +164,9 @@ def threshold_explorer(y_true, probability, threshold: float, interactive: bool 
         return pd.concat([threshold_table(y_true, probability, t) for t in (0.5, threshold)], axis=1)
     import ipywidgets as widgets
 
-    slider = widgets.FloatSlider(value=threshold, min=0.0, max=1.0, step=0.01, description="threshold",
-                                 continuous_update=True)  # fmt: skip
+    slider = widgets.FloatSlider(
+        value=threshold, min=0.0, max=1.0, step=0.01, description="threshold", continuous_update=True
+    )
     table = widgets.HTML()
 
     def show(_=None):

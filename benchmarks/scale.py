@@ -37,8 +37,15 @@ def measure(n_images: int, img_size: int, batch_size: int) -> dict:
     if not (root / "manifest.csv").exists():
         write_idc_like_dataset(root, n_images)
     run_dir = tempfile.mkdtemp(prefix="bcnb-bench-")
-    cfg = Config(dataset=str(root), layout="idc", img_size=img_size, batch_size=batch_size, weights="none",
-                 epochs=1, run_dir=run_dir)  # fmt: skip
+    cfg = Config(
+        dataset=str(root),
+        layout="idc",
+        img_size=img_size,
+        batch_size=batch_size,
+        weights="none",
+        epochs=1,
+        run_dir=run_dir,
+    )
     started = time.perf_counter()
     table = datasets.load_dataset(cfg).table
     scanned = time.perf_counter()
@@ -62,8 +69,14 @@ def measure(n_images: int, img_size: int, batch_size: int) -> dict:
 def machine() -> str:
     import tensorflow as tf
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())  # fmt: skip
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, TensorFlow {tf.__version__}"
 
 
@@ -79,8 +92,16 @@ def main() -> None:
         return
     rows = []
     for n in args.images:
-        command = [sys.executable, __file__, "--one", str(n), "--img-size", str(args.img_size),
-                   "--batch-size", str(args.batch_size)]  # fmt: skip
+        command = [
+            sys.executable,
+            __file__,
+            "--one",
+            str(n),
+            "--img-size",
+            str(args.img_size),
+            "--batch-size",
+            str(args.batch_size),
+        ]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(output.strip().splitlines()[-1]))
         print(f"measured {n} images", file=sys.stderr, flush=True)
@@ -97,7 +118,7 @@ def main() -> None:
             f"| {r['images']} | {r['patients']} | {r['scan_s']} | {r['extract_images_per_s']} | "
             f"{r['train_one_epoch_s']} | {r['peak_rss_mb']} |"
             for r in rows
-        ),  # fmt: skip
+        ),
     ]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -74,18 +74,28 @@ def lab(tmp_path):
     _copy_notebook(notebooks)
     port, token = _free_port(), secrets.token_hex(16)
     command = [
-        sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-        f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={notebooks}",
+        sys.executable,
+        "-m",
+        "jupyter",
+        "lab",
+        "--no-browser",
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={notebooks}",
         "--allow-root",  # CI runs as root, which JupyterLab refuses otherwise
         "--LabApp.expose_app_in_browser=True",  # window.jupyterapp: run all cells by command
-    ]  # fmt: skip
+    ]
     # Its own settings and workspaces: nothing of the user's, and every cell kept in the page
     # (JupyterLab 4 otherwise leaves cells out of view out of the page).
     settings = tmp_path / "settings" / "@jupyterlab" / "notebook-extension"
     settings.mkdir(parents=True)
     (settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
-    environment = {**os.environ, "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"),
-                   "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces")}  # fmt: skip
+    environment = {
+        **os.environ,
+        "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"),
+        "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
+    }
     log = open(tmp_path / "jupyterlab.log", "w")
     server = subprocess.Popen(
         command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=environment
@@ -157,14 +167,22 @@ def test_notebook_01_runs_in_jupyterlab_and_its_widget_answers(lab, browser, tmp
         browser.save_screenshot(str(tmp_path / "notebook_01_in_jupyterlab.png"))
     errors = browser.execute_script(ERRORS)
     assert not errors, errors[0][:1000]
-    select = _wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, ".widget-dropdown select"), 30,
-                   "the dataset browser did not render as a <select>")  # fmt: skip
+    select = _wait(
+        browser,
+        lambda d: d.find_element(By.CSS_SELECTOR, ".widget-dropdown select"),
+        30,
+        "the dataset browser did not render as a <select>",
+    )
     image = browser.find_element(By.CSS_SELECTOR, ".widget-image")
     before = image.get_attribute("src")
     assert before, "the dataset browser shows no image"
     Select(select).select_by_visible_text("benign")
-    _wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, ".widget-image").get_attribute("src") != before,
-          30, "choosing another class did not change the image")  # fmt: skip
+    _wait(
+        browser,
+        lambda d: d.find_element(By.CSS_SELECTOR, ".widget-image").get_attribute("src") != before,
+        30,
+        "choosing another class did not change the image",
+    )
     assert browser.find_element(By.CSS_SELECTOR, ".bcnb-caption").text.startswith("benign, patient")
     browser.save_screenshot(str(tmp_path / "notebook_01_in_jupyterlab.png"))  # with the new image
     assert (tmp_path / "notebook_01_in_jupyterlab.png").stat().st_size > 10_000

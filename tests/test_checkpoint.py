@@ -60,8 +60,14 @@ def test_resumed_training_ends_like_an_uninterrupted_run(tiny_cfg, tiny_split, s
 def test_resumed_fine_tuning_ends_like_an_uninterrupted_run(tiny_cfg, tiny_split, start, tmp_path):
     """Killed in the second phase (augmented images, top of the base learning): the head's
     finished checkpoint is reused as it is, and fine-tuning carries on from its own."""
-    cfg = tiny_cfg.replace(epochs=3, patience=10, fine_tune_layers=12, fine_tune_epochs=4,
-                           fine_tune_learning_rate=1e-3, augment=True)  # fmt: skip
+    cfg = tiny_cfg.replace(
+        epochs=3,
+        patience=10,
+        fine_tune_layers=12,
+        fine_tune_epochs=4,
+        fine_tune_learning_rate=1e-3,
+        augment=True,
+    )
     whole_model, whole = _train(cfg.replace(run_dir=str(tmp_path / "whole")), tiny_split, start)
     resumed_cfg = cfg.replace(run_dir=str(tmp_path / "resumed"))
     with pytest.raises(Killed):

@@ -124,8 +124,19 @@ def test_imagenet_required_but_unavailable_names_the_file(tmp_path, monkeypatch,
     monkeypatch.setattr(keras.utils, "get_file", no_network)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     out = tmp_path / "run"
-    status = main(["reproduce", "--out", str(out), "--set", "allow_random_weights=false",
-                   "--set", "synthetic_patients=6", "--set", "synthetic_images_per_patient=1"])  # fmt: skip
+    status = main(
+        [
+            "reproduce",
+            "--out",
+            str(out),
+            "--set",
+            "allow_random_weights=false",
+            "--set",
+            "synthetic_patients=6",
+            "--set",
+            "synthetic_images_per_patient=1",
+        ]
+    )
     assert status == 2 and not out.exists()
     err = capsys.readouterr().err
     expected = tmp_path / "keras" / "models" / "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"

@@ -10,8 +10,11 @@ from bcnb import Config, decision
 def _table(n_patients, images_each, seed):
     """Patients of alternating class, each with a few images."""
     rng = np.random.default_rng(seed)
-    rows = [{"patient_id": f"p{seed}-{p}", "label": "malignant" if p % 2 else "benign"}
-            for p in range(n_patients) for _ in range(images_each)]  # fmt: skip
+    rows = [
+        {"patient_id": f"p{seed}-{p}", "label": "malignant" if p % 2 else "benign"}
+        for p in range(n_patients)
+        for _ in range(images_each)
+    ]
     table = pd.DataFrame(rows)
     y = (table["label"] == "malignant").to_numpy()
     # An over-confident model: right on average, with probabilities pushed to the extremes.

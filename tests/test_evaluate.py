@@ -134,7 +134,14 @@ def test_metrics_by_magnification():
     y_prob = np.array([0.2, 0.9, 0.6, 0.8, 0.3])
     found = evaluate.metrics_by_magnification(test, y_prob)
     assert list(found) == ["40X", "400X"]  # lowest magnification first
-    assert found["40X"] == {"n_images": 2, "accuracy": 1.0, "balanced_accuracy": 1.0, "sensitivity": 1.0,
-                            "specificity": 1.0, "roc_auc": 1.0, "patient_recognition_rate": 1.0}  # fmt: skip
+    assert found["40X"] == {
+        "n_images": 2,
+        "accuracy": 1.0,
+        "balanced_accuracy": 1.0,
+        "sensitivity": 1.0,
+        "specificity": 1.0,
+        "roc_auc": 1.0,
+        "patient_recognition_rate": 1.0,
+    }
     assert found["400X"]["patient_recognition_rate"] == pytest.approx((0 + 1 / 2) / 2)
     assert found["400X"]["accuracy"] == pytest.approx(1 / 3) and found["400X"]["n_images"] == 3

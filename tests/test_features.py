@@ -172,7 +172,7 @@ def test_two_processes_fill_the_cache_like_one(tiny_cfg, tiny_split, tmp_path, m
             [sys.executable, "-m", "bcnb", "extract", "--out", sharded.run_dir, "--shard", f"{i}/2"],
             stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         for i in range(2)
     ]
     for worker in workers:

@@ -24,14 +24,21 @@ def test_parse_breakhis_name_on_every_real_sample_file(breakhis_sample):
     for row in manifest.itertuples():
         parsed = layouts.parse_breakhis_name(Path(row.path).name)
         assert (parsed["label"], parsed["patient_id"], parsed["magnification"], parsed["subtype"]) == (
-            row.label, row.patient_id, row.magnification, row.subtype
-        )  # fmt: skip
+            row.label,
+            row.patient_id,
+            row.magnification,
+            row.subtype,
+        )
 
 
 def test_a_slide_under_two_tumour_types_is_named_and_read_as_one_patient(tmp_path):
     """SOB_M_DC-14-13412 and SOB_M_LC-14-13412: one slide number, two tumour types."""
-    names = ["SOB_B_A-14-100-40-001.png", "SOB_M_DC-14-13412-40-001.png", "SOB_M_LC-14-13412-40-002.png",
-             "SOB_M_DC-14-777-40-001.png"]  # fmt: skip
+    names = [
+        "SOB_B_A-14-100-40-001.png",
+        "SOB_M_DC-14-13412-40-001.png",
+        "SOB_M_LC-14-13412-40-002.png",
+        "SOB_M_DC-14-777-40-001.png",
+    ]
     for seed, name in enumerate(names):
         write_image(tmp_path / "BreaKHis" / "40X" / name, seed)
     found = layouts.read_layout(tmp_path / "BreaKHis", "breakhis")

@@ -5,10 +5,17 @@ from bcnb.report import DISCLAIMER, render_report
 from bcnb.train import training_summary
 
 CONFIG = {**Config().to_dict(), "dataset": "/data/BreaKHis_v1", "magnification": "40X"}
-DATASET = {"source": "/data/BreaKHis_v1", "layout": "breakhis", "notes": ["layout: detected breakhis"],
-           "patient_level": True, "n_images": 7909, "n_bad_files": 0}  # fmt: skip
-HISTORY = pd.DataFrame({"epoch": range(1, 32), "val_loss": [abs(e - 21) + 0.1 for e in range(1, 32)],
-                        "phase": "head"})  # fmt: skip
+DATASET = {
+    "source": "/data/BreaKHis_v1",
+    "layout": "breakhis",
+    "notes": ["layout: detected breakhis"],
+    "patient_level": True,
+    "n_images": 7909,
+    "n_bad_files": 0,
+}
+HISTORY = pd.DataFrame(
+    {"epoch": range(1, 32), "val_loss": [abs(e - 21) + 0.1 for e in range(1, 32)], "phase": "head"}
+)
 TRAINING = training_summary(HISTORY, Config(), seconds=12.3)
 SPLIT = pd.DataFrame(
     {
@@ -22,15 +29,26 @@ SPLIT = pd.DataFrame(
 
 def _metrics(**changes):
     metrics = {
-        "test_accuracy": 0.95, "test_loss": 0.15, "test_accuracy_95ci": [0.9, 0.98],
+        "test_accuracy": 0.95,
+        "test_loss": 0.15,
+        "test_accuracy_95ci": [0.9, 0.98],
         "balanced_accuracy": 0.94,
-        "sensitivity": 0.97, "specificity": 0.91, "roc_auc": 0.98, "confusion_matrix": [[20, 2], [1, 37]],
-        "threshold": 0.5, "majority_class": "malignant", "majority_class_accuracy": 0.63,
+        "sensitivity": 0.97,
+        "specificity": 0.91,
+        "roc_auc": 0.98,
+        "confusion_matrix": [[20, 2], [1, 37]],
+        "threshold": 0.5,
+        "majority_class": "malignant",
+        "majority_class_accuracy": 0.63,
         "patient_recognition_rate": 0.9375,
-        "n_test_images": 60, "n_test_patients": 16,
-        "weights": "imagenet", "weights_pretrained": True, "weights_source": "/root/.keras/models/x.h5",
-        "paper_test_accuracy": 0.9344, "paper_test_loss": 0.1723,
-    }  # fmt: skip
+        "n_test_images": 60,
+        "n_test_patients": 16,
+        "weights": "imagenet",
+        "weights_pretrained": True,
+        "weights_source": "/root/.keras/models/x.h5",
+        "paper_test_accuracy": 0.9344,
+        "paper_test_loss": 0.1723,
+    }
     return {**metrics, **changes}
 
 
@@ -66,8 +84,15 @@ def test_split_counts_table():
 
 def test_bad_files_image_level_split_and_magnifications_are_reported():
     dataset = {**DATASET, "n_bad_files": 3, "patient_level": False, "notes": ["no patient ids: ..."]}
-    per_magnification = {"40X": {"n_images": 30, "accuracy": 0.9, "balanced_accuracy": 0.85, "roc_auc": None,
-                                 "patient_recognition_rate": 0.875}}  # fmt: skip
+    per_magnification = {
+        "40X": {
+            "n_images": 30,
+            "accuracy": 0.9,
+            "balanced_accuracy": 0.85,
+            "roc_auc": None,
+            "patient_recognition_rate": 0.875,
+        }
+    }
     report = render_report(CONFIG, dataset, SPLIT, TRAINING, _metrics(per_magnification=per_magnification))
     assert "3 bad file(s) left out" in report and "bad_images.csv" in report
     assert "split: BY IMAGE (no patient ids)" in report and "- no patient ids: ..." in report
@@ -84,7 +109,8 @@ def test_training_is_reported_as_training_recorded_it():
 
 
 def test_a_benign_majority_is_named():
-    report = render_report(CONFIG, DATASET, SPLIT, TRAINING,
-                           _metrics(majority_class="benign", majority_class_accuracy=0.72))  # fmt: skip
+    report = render_report(
+        CONFIG, DATASET, SPLIT, TRAINING, _metrics(majority_class="benign", majority_class_accuracy=0.72)
+    )
     assert "always-benign baseline accuracy (the majority class) | 0.7200" in report
     assert "always answers benign, the larger class of this test split, would score 0.720" in report

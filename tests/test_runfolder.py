@@ -131,8 +131,12 @@ def test_a_killed_holder_does_not_block(holder):
 
 def test_the_command_line_refuses_a_second_writer_at_once(holder):
     folder, process = holder
-    result = subprocess.run([sys.executable, "-m", "bcnb", "reproduce", "--out", str(folder)],
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "bcnb", "reproduce", "--out", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and str(folder) in lines[0] and f"process {process.pid}" in lines[0]

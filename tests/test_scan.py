@@ -246,8 +246,15 @@ def test_a_remembered_scan_opens_only_the_files_that_changed(tmp_path, monkeypat
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(png_bytes(index))
         paths.append(str(path))
-    candidates = pd.DataFrame({"path": paths, "label": "benign", "patient_id": ["1", "2", "3"],
-                               "magnification": "40X", "problem": ""})  # fmt: skip
+    candidates = pd.DataFrame(
+        {
+            "path": paths,
+            "label": "benign",
+            "patient_id": ["1", "2", "3"],
+            "magnification": "40X",
+            "problem": "",
+        }
+    )
     memory = tmp_path / "memory.csv"
     first = scan.find_bad_images(candidates, remember=memory)
     opened = []

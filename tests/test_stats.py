@@ -42,8 +42,10 @@ def test_each_resample_agrees_with_compute_metrics():
 
 def test_interval_contains_the_point_estimate():
     y_true, y_prob, patients = _patients_data(0)
-    point = {**compute_metrics(y_true, y_prob),
-             "patient_recognition_rate": patient_recognition_rate(y_true, y_prob, patients)}  # fmt: skip
+    point = {
+        **compute_metrics(y_true, y_prob),
+        "patient_recognition_rate": patient_recognition_rate(y_true, y_prob, patients),
+    }
     intervals = stats.bootstrap_by_patient(y_true, y_prob, patients)
     assert set(intervals) == set(stats.BOOTSTRAP_METRICS)
     for name, (low, high) in intervals.items():

@@ -97,8 +97,15 @@ def test_threshold_slider_redraws_the_table():
 
 
 def _upload(name: str, content: bytes) -> tuple:
-    return ({"name": name, "type": "image/png", "size": len(content), "content": memoryview(content),
-             "last_modified": datetime.datetime.now(datetime.UTC)},)  # fmt: skip
+    return (
+        {
+            "name": name,
+            "type": "image/png",
+            "size": len(content),
+            "content": memoryview(content),
+            "last_modified": datetime.datetime.now(datetime.UTC),
+        },
+    )
 
 
 def test_try_an_image_predicts_an_upload_and_refuses_a_bad_one(run_dir):
