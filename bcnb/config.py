@@ -40,7 +40,7 @@ STAGES = {
     "model": ("img_size", "resize", "backbone", "weights", "allow_random_weights", "dropout", "precision"),
     "train": ("feature_cache", "class_weight", "batch_size", "epochs", "learning_rate", "patience",
               "strategy", "augment", "augment_brightness", "augment_contrast", "augment_stain",
-              "fine_tune_layers", "fine_tune_epochs", "fine_tune_learning_rate"),
+              "fine_tune_layers", "fine_tune_epochs", "fine_tune_learning_rate", "tensorboard"),
     "evaluate": ("threshold_rule", "target_sensitivity", "bootstrap_samples"),
     "compare": ("compare_backbones",),
     "predict": ("predict_images",),
@@ -120,6 +120,8 @@ class Config:
     fine_tune_layers: int = 0
     fine_tune_epochs: int = 10
     fine_tune_learning_rate: float = 1e-5
+    # Keras' TensorBoard logs of every epoch in run_dir/logs (tensorboard --logdir RUN/logs).
+    tensorboard: bool = False
     # Evaluation: the decision threshold is chosen on the validation split ("fixed" is 0.5;
     # "youden" maximises sensitivity + specificity; "sensitivity" reaches target_sensitivity).
     threshold_rule: str = "youden"

@@ -24,6 +24,7 @@ from bcnb.files import replace_from_writer
 from bcnb.gradcam import gradcam, overlay
 from bcnb.images import IMAGE_SUFFIXES, load_for_model
 from bcnb.model import WEIGHTS_FILE, WeightsInfo, load_model, load_weights_info
+from bcnb.modelcard import MODEL_CARD_FILE
 from bcnb.report import DISCLAIMER
 from bcnb.scan import inspect_file
 
@@ -41,6 +42,7 @@ class Predictor:
     weights: WeightsInfo | None = None  # the base's weights (weights.json); None: unknown
     trained_on: str = UNKNOWN  # the run's dataset: "synthetic" or its path
     batch_size: int = Config.batch_size  # the run's
+    model_card: Path | None = None  # the run's model_card.md, where notebook 04 wrote one
 
     @classmethod
     def from_run(cls, model_path: str | Path) -> Predictor:
@@ -63,17 +65,28 @@ class Predictor:
             )
         weights = load_weights_info(path.parent) if (path.parent / WEIGHTS_FILE).is_file() else None
         trained_on = cfg.dataset if config.is_file() else UNKNOWN
-        return cls(model, rule, int(model.input_shape[1]), cfg.resize, weights, trained_on, cfg.batch_size)
+        card = path.parent / MODEL_CARD_FILE
+        return cls(
+            model,
+            rule,
+            int(model.input_shape[1]),
+            cfg.resize,
+            weights,
+            trained_on,
+            cfg.batch_size,
+            card if card.is_file() else None,
+        )
 
     def notes(self) -> list[str]:
         """One line each: where the model's base and training data came from, when that
         limits what its answers mean, then the disclaimer."""
-        return [line for line in (self._weights_note(), self._data_note(), DISCLAIMER) if line]
+        notes = (self._weights_note(), self._data_note(), self._card_note(), DISCLAIMER)
+        return [line for line in notes if line]
 
     def banner(self) -> str:
         """The weights as notebooks 02 and 04 show them, the note on the data, the disclaimer."""
         weights = (self.weights.warning() or self.weights.summary()) if self.weights else self._weights_note()
-        return "\n".join(line for line in (weights, self._data_note(), DISCLAIMER) if line)
+        return "\n".join(line for line in (weights, self._data_note(), self._card_note(), DISCLAIMER) if line)
 
     def _weights_note(self) -> str:
         if self.weights is None:
@@ -89,6 +102,11 @@ class Predictor:
         if self.trained_on == UNKNOWN:
             return f"WARNING: no {CONFIG_FILE} beside the model: what it was trained on is unknown"
         return ""
+
+    def _card_note(self) -> str:
+        if self.model_card is None:
+            return f"no {MODEL_CARD_FILE} beside the model: notebook 04 writes what it is for and how it did"
+        return f"model card: {self.model_card} (what this model is for, how it was measured, where it fails)"
 
     def provenance(self) -> dict[str, str]:
         """The columns every prediction carries: the base's weights and the training data."""
@@ -121,9 +139,16 @@ def predict_files(predictor: Predictor, paths: list[Path], cam_dir: str | Path |
         probabilities = predictor.model.predict(images, verbose=0).reshape(-1)
         calibrated, labels = apply_decision(predictor.rule, probabilities)
         for path, probability, label in zip(batch, calibrated, labels):
-            rows.append({"file": str(path), "malignant": as_percent(probability),
-                         "probability": round(float(probability), 4), "label": label,
-                         "refused": "", **predictor.provenance()})  # fmt: skip
+            rows.append(
+                {
+                    "file": str(path),
+                    "malignant": as_percent(probability),
+                    "probability": round(float(probability), 4),
+                    "label": label,
+                    "refused": "",
+                    **predictor.provenance(),
+                }
+            )
         if cam_dir is not None:
             heat, _ = gradcam(predictor.model, images, called_malignant=labels == "malignant")
             for row, path, image, cam in zip(rows[-len(batch) :], batch, images, heat):

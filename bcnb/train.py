@@ -47,6 +47,7 @@ HEAD_STEPS_PER_CALL = 64
 # whatever the batch, so larger batches give the same figures in fewer steps.
 VALIDATION_BATCH = 256
 PHASES = {"head": CHECKPOINT_FILE, "fine_tune": FINE_TUNE_CHECKPOINT_FILE}
+LOGS_DIR = "logs"  # tensorboard=true: run_dir/logs/head, run_dir/logs/fine_tune
 
 
 # --------------------------------------------------------------------------- batches
@@ -214,6 +215,11 @@ def resume_training(
     return ResumeTraining(path, fingerprint, epochs, early_stopping, train_data, must_beat)
 
 
+def tensorboard_dir(cfg: Config, phase: str) -> str:
+    """Where Keras' TensorBoard callback writes the logs of ``phase`` (head or fine_tune)."""
+    return str(Path(cfg.run_dir) / LOGS_DIR / phase)
+
+
 class EpochLines(keras.callbacks.Callback):
     """One line per epoch to ``say`` (print, a log): what fit(verbose=2) prints, without the
     "Epoch i/N" line and carriage returns that flood files and headless notebooks."""
@@ -257,6 +263,7 @@ def fit_phase(
         monitor="val_loss", patience=cfg.patience, restore_best_weights=True
     )
     resume = resume_training(cfg, split, phase, early_stopping, train_data, must_beat)
+    logs = [keras.callbacks.TensorBoard(tensorboard_dir(cfg, phase))] if cfg.tensorboard else []
     trainee.fit(
         train_data,
         validation_data=val_data,
@@ -264,7 +271,7 @@ def fit_phase(
         initial_epoch=resume.initial_epoch,
         shuffle=False,  # the batches come shuffled by (seed, epoch): Keras must not reorder them
         class_weight=class_weights(cfg, split),
-        callbacks=[early_stopping, resume, *callbacks],
+        callbacks=[early_stopping, resume, *logs, *callbacks],
         verbose=0,
     )
     return resume

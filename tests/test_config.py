@@ -46,6 +46,7 @@ BAD_VALUES = {
     "fine_tune_layers": (-2, "fine_tune_layers"),
     "fine_tune_epochs": (0, "fine_tune_epochs"),
     "fine_tune_learning_rate": (0.0, "fine_tune_learning_rate"),
+    "tensorboard": ("yes", "tensorboard: expected bool"),
     "threshold_rule": ("median", "threshold_rule: expected one of fixed, youden, sensitivity"),
     "target_sensitivity": (0.2, "target_sensitivity"),
     "bootstrap_samples": (10, "bootstrap_samples: expected an integer >= 100"),

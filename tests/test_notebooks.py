@@ -90,7 +90,7 @@ SMALL = {
 
 RESULT_FILES = (
     "config.yaml", "split.csv", "model.keras", "history.csv", "training.json", "metrics.json",
-    "report.md", "predictions.csv", "weights.json", "figures/roc_curve.png",
+    "report.md", "model_card.md", "predictions.csv", "weights.json", "figures/roc_curve.png",
     "figures/confusion_matrix.png", "figures/learning_curves.png", "figures/montage.png",
     "figures/reliability.png", "figures/grad_cam.png", "decision.json", "compare/backbones.csv",
     "compare/paired.csv", "compare/mobilenetv2/model.keras",
@@ -384,6 +384,30 @@ def test_report_states_the_decision_rule_and_patient_intervals(run):
 
 
 @pytest.mark.slow
+def test_model_card_figures_are_metrics_json(run):
+    out, _ = run
+    card = (out / "model_card.md").read_text()
+    metrics = json.loads((out / "metrics.json").read_text())
+    decided, intervals = (
+        metrics["decision"]["image_level"],
+        metrics["decision"]["image_level_95ci_by_patient"],
+    )
+    for name in ("accuracy", "balanced_accuracy", "sensitivity", "specificity"):
+        low, high = intervals[name]
+        assert f"| {name.replace('_', ' ')} | {decided[name]:.4f} | {low:.4f}-{high:.4f} |" in card
+    assert f"accuracy {metrics['test_accuracy']:.4f} (95% CI" in card
+    for name, found in metrics["per_magnification"].items():
+        assert f"| {name} | {found['n_images']} | {found['accuracy']:.4f} |" in card
+    # the synthetic names are BreakHis-like: tumour types, one row each, all test images
+    by_type = card.split("By tumour type")[1].split("##")[0]
+    rows = [
+        line.split(" | ") for line in by_type.splitlines() if line.startswith("| ") and "images" not in line
+    ]
+    assert rows and sum(int(row[1]) for row in rows) == metrics["n_test_images"]
+    assert "RANDOM weights" in card.split("## Model")[0]
+
+
+@pytest.mark.slow
 def test_backbone_comparison_on_the_same_split(run):
     out, _ = run
     table = pd.read_csv(out / "compare" / "backbones.csv", index_col="backbone")
@@ -412,8 +436,19 @@ def test_bcnb_predict_on_the_run(run, tmp_path):
     for i, path in enumerate(predictions["path"]):
         (folder / f"{i}.png").write_bytes(open(path, "rb").read())
     (folder / "broken.png").write_bytes(b"not an image")
-    command = [sys.executable, "-m", "bcnb", "predict", str(folder), "--model", str(out / "model.keras"),
-               "--csv", str(tmp_path / "p.csv"), "--cam-dir", str(tmp_path / "cams")]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "bcnb",
+        "predict",
+        str(folder),
+        "--model",
+        str(out / "model.keras"),
+        "--csv",
+        str(tmp_path / "p.csv"),
+        "--cam-dir",
+        str(tmp_path / "cams"),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 2  # one file refused
     assert "broken.png: refused, not an image" in result.stderr and "Traceback" not in result.stderr
@@ -426,7 +461,7 @@ def test_bcnb_predict_on_the_run(run, tmp_path):
     # Before the rows: where the model comes from, when that limits what it can say.
     notes = result.stderr.split(str(folder))[0]
     assert "RANDOM weights" in notes and "generated images, not real tissue" in notes
-    assert "never for diagnosis" in notes
+    assert "never for diagnosis" in notes and f"model card: {out / 'model_card.md'}" in notes
     assert set(table["weights"]) == {"random"} and set(table["trained_on"]) == {"synthetic"}
 
 
@@ -474,8 +509,13 @@ def _run_here(name, **parameters):
 def data_stage(tmp_path_factory):
     """Notebook 01 on a small built-in dataset: the run folder every backbone starts from."""
     folder = tmp_path_factory.mktemp("backbones") / "data"
-    _run_here("01_data.ipynb", run_dir=str(folder), interactive=False, synthetic_patients=12,
-              synthetic_images_per_patient=1)  # fmt: skip
+    _run_here(
+        "01_data.ipynb",
+        run_dir=str(folder),
+        interactive=False,
+        synthetic_patients=12,
+        synthetic_images_per_patient=1,
+    )
     return folder
 
 

@@ -118,8 +118,13 @@ def _moving_statistics(model):
 
 
 def test_fine_tuning_follows_the_head_and_keeps_batchnorm_fixed(tiny_cfg, tiny_split, tmp_path):
-    cfg = tiny_cfg.replace(run_dir=str(tmp_path), fine_tune_layers=12, fine_tune_epochs=3,
-                           fine_tune_learning_rate=1e-3, augment=True)  # fmt: skip
+    cfg = tiny_cfg.replace(
+        run_dir=str(tmp_path),
+        fine_tune_layers=12,
+        fine_tune_epochs=3,
+        fine_tune_learning_rate=1e-3,
+        augment=True,
+    )
     model = _fresh_model(cfg)
     base = bcnb_model.base_of(model)
     statistics, top = _moving_statistics(model), base.get_layer("conv5_block3_3_conv").kernel
@@ -185,3 +190,31 @@ def test_end_to_end_and_cached_training_give_the_same_model(tiny_cfg, tiny_split
         kernels.append((model.get_layer("classifier").kernel.numpy(), history["val_loss"].to_numpy()))
     np.testing.assert_allclose(kernels[0][0], kernels[1][0], rtol=1e-3, atol=1e-5)
     np.testing.assert_allclose(kernels[0][1], kernels[1][1], rtol=1e-3)
+
+
+def _logged_scalars(folder) -> dict[str, list[float]]:
+    """Every scalar of the TensorBoard event files in ``folder``, by tag, in step order."""
+    import tensorflow as tf
+
+    found: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        for record in tf.data.TFRecordDataset(str(path)):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "scalars":
+                    found.setdefault(value.tag, []).append((event.step, float(tf.make_ndarray(value.tensor))))
+    return {tag: [number for _, number in sorted(pairs)] for tag, pairs in found.items()}
+
+
+def test_tensorboard_logs_hold_each_epoch_of_the_history(tiny_cfg, tiny_split, tmp_path):
+    cfg = tiny_cfg.replace(run_dir=str(tmp_path), epochs=2, tensorboard=True)
+    history = train.train_model(cfg, _fresh_model(cfg), tiny_split)
+    logs = tmp_path / train.LOGS_DIR / "head"
+    training, validation = _logged_scalars(logs / "train"), _logged_scalars(logs / "validation")
+    np.testing.assert_allclose(training["epoch_loss"], history["loss"], rtol=1e-5)
+    np.testing.assert_allclose(validation["epoch_loss"], history["val_loss"], rtol=1e-5)
+    np.testing.assert_allclose(validation["epoch_accuracy"], history["val_accuracy"], rtol=1e-5)
+    # and nothing is written where it was not asked for
+    plain = tiny_cfg.replace(run_dir=str(tmp_path / "plain"), epochs=1)
+    train.train_model(plain, _fresh_model(plain), tiny_split)
+    assert not (tmp_path / "plain" / train.LOGS_DIR).exists()
