@@ -9,6 +9,7 @@ whether a difference to the paper's ResNet50V2 is more than the test split's noi
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from bcnb.datasets import labels_of
 from bcnb.evaluate import compute_metrics, evaluation_inputs
 from bcnb.features import features_of
 from bcnb.files import write_json_atomic
+from bcnb.stain import TARGET_FILE
 from bcnb.train import train_model
 
 COMPARE_DIR = "compare"
@@ -35,6 +37,9 @@ def backbone_config(cfg: Config, name: str) -> Config:
 def run_backbone(cfg: Config, name: str, split: pd.DataFrame) -> dict:
     """Build, train and measure one backbone; its folder keeps everything it made."""
     sub = backbone_config(cfg, name)
+    if cfg.stain_normalization != "none":  # the main run's target, fitted on the same training split
+        Path(sub.run_dir).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(Path(cfg.run_dir) / TARGET_FILE, Path(sub.run_dir) / TARGET_FILE)
     model, weights = bcnb_model.build_transfer_model(sub)
     speed = _extraction_speed(sub, model, split)
     history = train_model(sub, model, split)

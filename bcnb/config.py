@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from bcnb.stain import STAIN_METHODS
+
 LAYOUTS = ("auto", "breakhis", "idc", "folders", "csv")
 ON_BAD_IMAGE = ("error", "skip")
 CLASS_WEIGHTS = ("none", "balanced")
@@ -36,7 +38,7 @@ STAGES = {
     "data": ("dataset", "layout", "positive_class", "patient_pattern", "patient_id_from", "magnification",
              "on_bad_image", "max_images", "val_fraction", "test_fraction", "folds", "fold", "split_file",
              "synthetic_patients", "synthetic_images_per_patient", "synthetic_difficulty",
-             "tiles_per_image", "seed"),
+             "tiles_per_image", "stain_normalization", "stain_target", "seed"),
     "model": ("img_size", "resize", "backbone", "weights", "allow_random_weights", "dropout", "precision"),
     "train": ("feature_cache", "class_weight", "batch_size", "epochs", "learning_rate", "patience",
               "strategy", "augment", "augment_brightness", "augment_contrast", "augment_stain",
@@ -92,6 +94,10 @@ class Config:
     img_size: int = 224
     resize: str = "squash"
     tiles_per_image: int = 0
+    # Stain normalisation (beyond the paper), in the input pipeline before the base: none,
+    # reinhard or macenko, onto stain_target (an image file; "" fits the training split's median).
+    stain_normalization: str = "none"
+    stain_target: str = ""
     # Model: the paper's ResNet50V2 transfer model, or the same head on another base.
     backbone: str = "resnet50v2"  # or vgg19, densenet121, efficientnetb0, mobilenetv2
     weights: str = "imagenet"  # "imagenet", "none" or a path to a weights file
@@ -174,6 +180,9 @@ class Config:
         yield from _at_least("img_size", self.img_size, 32)
         yield from _choice("resize", self.resize, RESIZE_MODES)
         yield from _at_least("tiles_per_image", self.tiles_per_image, 0)
+        yield from _choice("stain_normalization", self.stain_normalization, STAIN_METHODS)
+        if self.stain_target and self.stain_normalization == "none":
+            yield "stain_target: a normalisation target; expected stain_normalization reinhard or macenko"
         if not self.weights.strip():
             yield "weights: expected 'imagenet', 'none' or a path to a weights file, got ''"
         yield from _between("dropout", self.dropout, 0.0, 0.95)

@@ -22,9 +22,10 @@ import numpy as np
 import pandas as pd
 
 from bcnb.config import Config
-from bcnb.datasets import make_dataset, tiles_of
+from bcnb.datasets import make_dataset, stain_normalizer, tiles_of
 from bcnb.files import replace_from_writer, write_json_atomic
 from bcnb.model import base_of, feature_extractor
+from bcnb.stain import StainNormalizer
 
 DTYPE = np.dtype("<f4")
 FEATURES_DIR = "features"
@@ -36,7 +37,12 @@ SHARDS_DIR = "shards"  # bcnb extract --shard I/N writes features/shards/all.I-o
 
 
 def feature_batches(
-    model: keras.Model, table: pd.DataFrame, img_size: int, batch_size: int, resize: str = "squash"
+    model: keras.Model,
+    table: pd.DataFrame,
+    img_size: int,
+    batch_size: int,
+    resize: str = "squash",
+    stain: StainNormalizer | None = None,
 ) -> Iterator[np.ndarray]:
     """Pooled features of ``table``'s images, one (batch, 2048) array at a time, in order.
 
@@ -46,7 +52,7 @@ def feature_batches(
     to Keras. The images arrive as uint8; the model casts them on entry.
     """
     extractor = feature_extractor(model)
-    for images, _ in make_dataset(table, img_size, batch_size, resize):
+    for images, _ in make_dataset(table, img_size, batch_size, resize, stain):
         images = images.numpy()
         count = len(images)
         if count < batch_size:  # pad the last batch: a new shape would trace predict again
@@ -55,27 +61,24 @@ def feature_batches(
 
 
 def extract_features(
-    model: keras.Model, table: pd.DataFrame, img_size: int, batch_size: int, resize: str = "squash"
+    model: keras.Model, table: pd.DataFrame, img_size: int, batch_size: int, **prepare
 ) -> np.ndarray:
-    """All features of a (small) table in memory; large tables go through write_features."""
-    return np.concatenate(list(feature_batches(model, table, img_size, batch_size, resize)))
+    """All features of a (small) table in memory; large tables go through write_features.
+    ``prepare``: ``resize`` and ``stain``, as :func:`feature_batches` takes them."""
+    return np.concatenate(list(feature_batches(model, table, img_size, batch_size, **prepare)))
 
 
 def write_features(
-    model: keras.Model,
-    table: pd.DataFrame,
-    img_size: int,
-    batch_size: int,
-    path: Path,
-    resize: str = "squash",
+    model: keras.Model, table: pd.DataFrame, img_size: int, batch_size: int, path: Path, **prepare
 ) -> None:
-    """Stream the features of ``table`` into the .npy file ``path`` (atomically)."""
+    """Stream the features of ``table`` into the .npy file ``path`` (atomically); ``prepare``
+    as for :func:`extract_features`."""
     shape = (len(table), feature_extractor(model).output.shape[-1])
 
     def write(temporary: Path) -> None:
         out = np.lib.format.open_memmap(temporary, mode="w+", dtype=DTYPE, shape=shape)
         start = 0
-        for batch in feature_batches(model, table, img_size, batch_size, resize):
+        for batch in feature_batches(model, table, img_size, batch_size, **prepare):
             out[start : start + len(batch)] = batch
             start += len(batch)
         out.flush()
@@ -89,12 +92,21 @@ def read_features(path: str | Path, rows: np.ndarray | None = None) -> np.ndarra
     return np.array(stored) if rows is None else stored[np.asarray(rows, dtype=int)]
 
 
-def feature_cache_key(model: keras.Model, table: pd.DataFrame, img_size: int, resize: str = "squash") -> str:
-    """A hash of everything the features depend on: files, tiles, image size and resize
-    mode, and the base: its name (backbone), compute precision and weights."""
+def feature_cache_key(
+    model: keras.Model,
+    table: pd.DataFrame,
+    img_size: int,
+    resize: str = "squash",
+    stain: StainNormalizer | None = None,
+) -> str:
+    """A hash of everything the features depend on: files, tiles, image size, resize mode
+    and stain normalisation (method and target), and the base: its name (backbone), compute
+    precision and weights."""
     extractor = feature_extractor(model)
     base = base_of(model)
     header = f"img_size={img_size}|resize={resize}|base={base.name}|precision={base.dtype_policy.name}"
+    if stain is not None:  # absent otherwise, so caches made before normalisation existed stay valid
+        header += f"|stain={stain.method}:{stain.key()}"
     digest = hashlib.sha256(header.encode())
     for path, tile, tiles in zip(table["path"], *tiles_of(table)):
         stat = Path(path).stat()
@@ -111,19 +123,20 @@ def cached_features(
     batch_size: int,
     path: str | Path,
     resize: str = "squash",
+    stain: StainNormalizer | None = None,
 ) -> Path:
     """The feature file for ``table`` at ``path`` (.npy), recomputed unless its key matches."""
     path = Path(path)
     key_path = path.with_suffix(".key.json")
-    key = feature_cache_key(model, table, img_size, resize)
+    key = feature_cache_key(model, table, img_size, resize, stain)
     if _is_current(path, key, len(table)):
         return path
     key_path.unlink(missing_ok=True)  # from here on, the old file is no longer trusted
-    shards = _complete_shards(model, table, img_size, resize, path)
+    shards = _complete_shards(model, table, img_size, resize, path, stain)
     if shards:
         _concatenate(shards, path)
     else:
-        write_features(model, table, img_size, batch_size, path, resize)
+        write_features(model, table, img_size, batch_size, path, resize=resize, stain=stain)
     write_json_atomic(key_path, {"key": key, "rows": len(table)})
     return path
 
@@ -143,13 +156,15 @@ def shard_path(path: Path, shard: int, shards: int) -> Path:
     return path.parent / SHARDS_DIR / f"{path.stem}.{shard}-of-{shards}.npy"
 
 
-def _complete_shards(model, table: pd.DataFrame, img_size: int, resize: str, path: Path) -> list[Path]:
+def _complete_shards(
+    model, table: pd.DataFrame, img_size: int, resize: str, path: Path, stain=None
+) -> list[Path]:
     """The shard files of ``path``, in order, if a whole set is there and every key matches."""
     for found in sorted((path.parent / SHARDS_DIR).glob(f"{path.stem}.0-of-*.npy")):
         shards = int(found.stem.rsplit("-of-", 1)[1])
         parts = [shard_path(path, shard, shards) for shard in range(shards)]
         rows = [table.iloc[shard_rows(len(table), shard, shards)] for shard in range(shards)]
-        keys = [feature_cache_key(model, part, img_size, resize) for part in rows]
+        keys = [feature_cache_key(model, part, img_size, resize, stain) for part in rows]
         if all(_is_current(part, key, len(r)) for part, key, r in zip(parts, keys, rows)):
             return parts
     return []
@@ -175,7 +190,8 @@ def extract_shard(cfg: Config, model: keras.Model, split: pd.DataFrame, shard: i
     """Stage entry point for ``bcnb extract --shard I/N``: this process' share of all.npy."""
     path = shard_path(Path(cfg.run_dir) / FEATURES_DIR / ALL_FEATURES, shard, shards)
     rows = split.iloc[shard_rows(len(split), shard, shards)]
-    return cached_features(model, rows, cfg.img_size, max(cfg.batch_size, EXTRACTION_BATCH), path, cfg.resize)
+    batch_size = max(cfg.batch_size, EXTRACTION_BATCH)
+    return cached_features(model, rows, cfg.img_size, batch_size, path, cfg.resize, stain_normalizer(cfg))
 
 
 def _holds_rows(path: Path, rows: int) -> bool:
@@ -198,4 +214,4 @@ def features_of(cfg: Config, model: keras.Model, split: pd.DataFrame) -> Path:
     row order, as run_dir/features/all.npy (one pass over the images for all splits)."""
     path = Path(cfg.run_dir) / FEATURES_DIR / ALL_FEATURES
     batch_size = max(cfg.batch_size, EXTRACTION_BATCH)
-    return cached_features(model, split, cfg.img_size, batch_size, path, cfg.resize)
+    return cached_features(model, split, cfg.img_size, batch_size, path, cfg.resize, stain_normalizer(cfg))

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from bcnb.config import RESIZE_MODES
+from bcnb.stain import StainNormalizer
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -82,13 +83,23 @@ def cut_tile(pixels: np.ndarray, img_size: int, tiles: int, tile: int) -> np.nda
     return pixels[y : y + img_size, x : x + img_size]
 
 
-def load_for_model(path: str | Path, img_size: int, resize: str, tiles: int = 0, tile: int = 0) -> np.ndarray:
+def load_for_model(
+    path: str | Path,
+    img_size: int,
+    resize: str,
+    tiles: int = 0,
+    tile: int = 0,
+    stain: StainNormalizer | None = None,
+) -> np.ndarray:
     """One model input: uint8 (img_size, img_size, 3) pixels.
 
     The model converts them to float and scales them itself, so the pipeline moves a quarter
     of the bytes a float32 copy would: less memory in prefetch buffers, and on a GPU less to
-    copy to the device, where the cast is nearly free.
+    copy to the device, where the cast is nearly free. ``stain`` maps its colours onto the
+    run's stain target (an image it cannot fit is left as it is).
     """
     pixels = read_rgb(path)
     square = cut_tile(pixels, img_size, tiles, tile) if tiles else fit_to_square(pixels, img_size, resize)
+    if stain is not None:
+        square = stain(square)
     return np.ascontiguousarray(square, dtype=np.uint8)

@@ -212,3 +212,17 @@ def plot_overlays(images: list, titles: list[str]) -> Figure:
     for ax in axes:
         ax.axis("off")
     return fig
+
+
+def plot_stain_normalization(rows: dict[str, list[np.ndarray]]) -> Figure:
+    """The same images in each row: as scanned, then after each normaliser (row titles)."""
+    columns = max(len(images) for images in rows.values())
+    fig = Figure(figsize=(2.2 * columns, 2.3 * len(rows)), layout="tight")
+    axes = fig.subplots(len(rows), columns, squeeze=False)
+    for row, (title, images) in zip(axes, rows.items()):
+        for ax, image in zip(row, images):
+            ax.imshow(np.asarray(image).astype("uint8"))
+        row[0].set_title(title, fontsize=9, loc="left")
+        for ax in row:
+            ax.axis("off")
+    return fig

@@ -27,6 +27,7 @@ from bcnb.model import WEIGHTS_FILE, WeightsInfo, load_model, load_weights_info
 from bcnb.modelcard import MODEL_CARD_FILE
 from bcnb.report import DISCLAIMER
 from bcnb.scan import inspect_file
+from bcnb.stain import StainNormalizer, load_normalizer
 
 UNKNOWN = "unknown"
 
@@ -43,6 +44,7 @@ class Predictor:
     trained_on: str = UNKNOWN  # the run's dataset: "synthetic" or its path
     batch_size: int = Config.batch_size  # the run's
     model_card: Path | None = None  # the run's model_card.md, where notebook 04 wrote one
+    stain: StainNormalizer | None = None  # the run's stain normalisation, if it used one
 
     @classmethod
     def from_run(cls, model_path: str | Path) -> Predictor:
@@ -75,6 +77,7 @@ class Predictor:
             trained_on,
             cfg.batch_size,
             card if card.is_file() else None,
+            load_normalizer(path.parent, cfg.stain_normalization),
         )
 
     def notes(self) -> list[str]:
@@ -135,7 +138,9 @@ def predict_files(predictor: Predictor, paths: list[Path], cam_dir: str | Path |
     rows = [{**_refused(path, problems[path]), **predictor.provenance()} for path in paths if problems[path]]
     for start in range(0, len(readable), predictor.batch_size):
         batch = readable[start : start + predictor.batch_size]
-        images = np.stack([load_for_model(p, predictor.img_size, predictor.resize) for p in batch])
+        images = np.stack(
+            [load_for_model(p, predictor.img_size, predictor.resize, stain=predictor.stain) for p in batch]
+        )
         probabilities = predictor.model.predict(images, verbose=0).reshape(-1)
         calibrated, labels = apply_decision(predictor.rule, probabilities)
         for path, probability, label in zip(batch, calibrated, labels):

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bcnb.config import CONFIG_FILE, NOTEBOOK_OF_STAGE, Config, defines_the_run
-from bcnb.datasets import dataset_path, load_dataset, split_for_run
+from bcnb.datasets import dataset_path, load_dataset, split_for_run, stain_target_parameters
 from bcnb.runfolder import (
     HELD_BY_PARENT,
     RecordMismatch,
@@ -59,6 +59,8 @@ def check_inputs(cfg: Config, compare: bool = False) -> None:
         for backbone in {cfg.backbone, *(cfg.backbones_to_compare() if compare else [])}:
             resolve_weights(cfg.weights, False, backbone, cfg.img_size)
     split_for_run(cfg, load_dataset(cfg).table)
+    if cfg.stain_normalization != "none" and cfg.stain_target:
+        stain_target_parameters(cfg)
 
 
 @contextmanager

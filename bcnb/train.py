@@ -31,12 +31,13 @@ import pandas as pd
 from bcnb.augment import Augmentation, random_augment
 from bcnb.checkpoint import CHECKPOINT_FILE, FINE_TUNE_CHECKPOINT_FILE, ResumeTraining, run_fingerprint
 from bcnb.config import Config
-from bcnb.datasets import labels_of, tiles_of
+from bcnb.datasets import labels_of, stain_normalizer, tiles_of
 from bcnb.features import features_of, read_features
 from bcnb.files import read_run_json, write_json_atomic, write_text_atomic
 from bcnb.images import load_for_model
 from bcnb.model import classifier_head, unfreeze_top_layers
 from bcnb.seeds import seed_everything
+from bcnb.stain import StainNormalizer
 
 HISTORY_FILE = "history.csv"
 TRAINING_FILE = "training.json"
@@ -115,16 +116,17 @@ class ImageBatches(EpochBatches):
         resize: str,
         batch_size: int,
         augmentation: Augmentation | None = None,
+        stain: StainNormalizer | None = None,
         **order,
     ):
         super().__init__(labels_of(table), batch_size, **order)
         tile, tiles = tiles_of(table)
         self.sources = list(zip(table["path"], tiles, tile))
-        self.img_size, self.resize, self.augmentation = img_size, resize, augmentation
+        self.img_size, self.resize, self.augmentation, self.stain = img_size, resize, augmentation, stain
 
     def inputs(self, positions: np.ndarray) -> np.ndarray:
         images = [
-            load_for_model(path, self.img_size, self.resize, int(tiles), int(tile))
+            load_for_model(path, self.img_size, self.resize, int(tiles), int(tile), self.stain)
             for path, tiles, tile in (self.sources[p] for p in positions)
         ]
         if self.augmentation is None:
@@ -168,17 +170,19 @@ def steps_per_call(train_data) -> int:
 def image_inputs(cfg: Config, train: pd.DataFrame, val: pd.DataFrame, augment: bool = False, stream: int = 0):
     """(train_data, val_data) of images; ``augment`` transforms the training images."""
     augmentation = Augmentation.from_config(cfg) if augment else None
+    stain = stain_normalizer(cfg)
     train_data = ImageBatches(
         train,
         cfg.img_size,
         cfg.resize,
         cfg.batch_size,
         augmentation,
+        stain,
         shuffle=True,
         seed=cfg.seed,
         stream=stream,
     )
-    return train_data, ImageBatches(val, cfg.img_size, cfg.resize, cfg.batch_size)
+    return train_data, ImageBatches(val, cfg.img_size, cfg.resize, cfg.batch_size, stain=stain)
 
 
 def fine_tuning_inputs(cfg: Config, split: pd.DataFrame):

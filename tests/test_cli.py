@@ -74,6 +74,19 @@ BAD_INPUTS = {
         lambda t: ["--set", f"weights={t / 'w.h5'}"],
         "weights: file .*w.h5 does not exist",
     ),
+    "unknown stain normaliser": (
+        lambda t: ["--set", "stain_normalization=vahadane"],
+        "stain_normalization: expected one of none, reinhard, macenko",
+    ),
+    "stain target not an image": (
+        lambda t: [
+            "--set",
+            "stain_normalization=reinhard",
+            "--set",
+            f"stain_target={_file(t / 'p' / 't.txt')}",
+        ],
+        "stain_target: .*t.txt is not a readable image",
+    ),
     "missing manifest image": (
         lambda t: ["--set", f"dataset={_file(t / 'm.csv', MANIFEST_WITHOUT_IMAGES)}"],
         "dataset: 1 bad file\\(s\\) in .*m.csv .*x.png: missing file",

@@ -26,6 +26,8 @@ BAD_VALUES = {
     "img_size": (16, "img_size"),
     "resize": ("stretch", "resize: expected one of squash, center_crop"),
     "tiles_per_image": (-1, "tiles_per_image"),
+    "stain_normalization": ("vahadane", "stain_normalization: expected one of none, reinhard, macenko"),
+    "stain_target": ("target.png", "stain_target: a normalisation target; expected stain_normalization"),
     "weights": (" ", "weights"),
     "allow_random_weights": ("yes", "allow_random_weights: expected bool"),
     "dropout": (1.0, "dropout"),
