@@ -75,3 +75,30 @@ def test_a_model_trained_on_tiles_is_refused(run_dir, tmp_path):
     record_all(tmp_path, Config(img_size=IMG, tiles_per_image=4))
     with pytest.raises(ValueError, match="trained on tiles"):
         Predictor.from_run(tmp_path / "model.keras")
+
+
+def test_a_run_with_stain_normalisation_normalises_new_images_the_same_way(run_dir, images, tmp_path):
+    import shutil
+
+    from bcnb.stain import StainNormalizer, save_normalizer
+
+    folder = tmp_path / "stained_run"
+    shutil.copytree(run_dir, folder)
+    (folder / "config.yaml").unlink()
+    record_all(folder, Config(img_size=IMG, resize="center_crop", stain_normalization="reinhard"))
+    normalizer = StainNormalizer("reinhard", {"mean": [-0.3, -0.02, 0.01], "std": [0.1, 0.02, 0.005]})
+    save_normalizer(normalizer, folder, "a test target")
+    predictor = Predictor.from_run(folder / "model.keras")
+    assert predictor.stain == normalizer
+    path = find_images(images)[0]
+    pixels = normalizer(fit_to_square(read_rgb(path), IMG, "center_crop"))
+    expected, _ = decision.apply_decision(
+        predictor.rule, predictor.model.predict(pixels[None], verbose=0).ravel()
+    )
+    unnormalised = fit_to_square(read_rgb(path), IMG, "center_crop")
+    other, _ = decision.apply_decision(
+        predictor.rule, predictor.model.predict(unnormalised[None], verbose=0).ravel()
+    )
+    assert abs(expected[0] - other[0]) > 1e-4  # the normalisation matters to this model
+    row = predict_files(predictor, [path]).iloc[0]
+    assert row["probability"] == pytest.approx(expected[0], abs=1e-4)
