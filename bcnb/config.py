@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from bcnb.stain import STAIN_METHODS
+from bcnb.synthetic import spec_problems
 
 LAYOUTS = ("auto", "breakhis", "idc", "folders", "csv")
 ON_BAD_IMAGE = ("error", "skip")
@@ -174,9 +175,9 @@ class Config:
         if self.val_fraction + self.test_fraction > 0.6:
             yield "val_fraction + test_fraction: expected at most 0.6, leaving data to train on"
         yield from self._fold_problems()
-        yield from _at_least("synthetic_patients", self.synthetic_patients, 6)
-        yield from _at_least("synthetic_images_per_patient", self.synthetic_images_per_patient, 1)
-        yield from _between("synthetic_difficulty", self.synthetic_difficulty, 0.0, 1.0)
+        yield from spec_problems(
+            self.synthetic_patients, self.synthetic_images_per_patient, self.synthetic_difficulty
+        )
         yield from _at_least("img_size", self.img_size, 32)
         yield from _choice("resize", self.resize, RESIZE_MODES)
         yield from _at_least("tiles_per_image", self.tiles_per_image, 0)

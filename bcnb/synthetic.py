@@ -129,13 +129,22 @@ def write_synthetic_dataset(spec: SyntheticSpec, root: Path) -> pd.DataFrame:
     return manifest
 
 
+def spec_problems(patients: int, images_per_patient: int, difficulty: float) -> list[str]:
+    """What makes a built-in dataset impossible, named as Config's parameters (which check
+    themselves with this too): at least 6 patients for three splits of both classes."""
+    problems = []
+    if patients < 6:
+        problems.append(f"synthetic_patients: expected an integer >= 6, got {patients}")
+    if images_per_patient < 1:
+        problems.append(f"synthetic_images_per_patient: expected an integer >= 1, got {images_per_patient}")
+    if not 0.0 <= difficulty <= 1.0:
+        problems.append(f"synthetic_difficulty: expected a number between 0.0 and 1.0, got {difficulty}")
+    return problems
+
+
 def _check_spec(spec: SyntheticSpec) -> None:
-    if spec.patients < 6:
-        raise ValueError(f"synthetic patients must be at least 6, got {spec.patients}")
-    if spec.images_per_patient < 1:
-        raise ValueError(f"synthetic images_per_patient must be at least 1, got {spec.images_per_patient}")
-    if not 0.0 <= spec.difficulty <= 1.0:
-        raise ValueError(f"synthetic difficulty must be in [0, 1], got {spec.difficulty}")
+    for problem in spec_problems(spec.patients, spec.images_per_patient, spec.difficulty):
+        raise ValueError(problem)
 
 
 def _draw_patients(spec: SyntheticSpec, rng: np.random.Generator) -> list[dict]:

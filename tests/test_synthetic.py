@@ -101,7 +101,7 @@ def test_cache_key_changes_with_spec():
 @pytest.mark.parametrize(
     "spec,message",
     [
-        (SyntheticSpec(patients=2), "patients must be at least 6"),
+        (SyntheticSpec(patients=2), "synthetic_patients: expected an integer >= 6, got 2"),
         (SyntheticSpec(images_per_patient=0), "images_per_patient"),
         (SyntheticSpec(difficulty=-0.1), "difficulty"),
     ],
