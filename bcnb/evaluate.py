@@ -210,3 +210,14 @@ def paper_comparison(metrics: dict) -> pd.DataFrame:
         ("test loss", PAPER["test_loss"], metrics["test_loss"]),
     ]
     return pd.DataFrame(rows, columns=["", "paper", "this run"]).set_index("")
+
+
+def errors_by_patient(decided: pd.DataFrame) -> pd.DataFrame:
+    """Each test patient's class, images and wrongly called images, most errors first: a
+    model that fails on a few patients fails differently from one that errs everywhere."""
+    grouped = decided.assign(wrong=decided["label"] != decided["predicted"]).groupby("patient_id")
+    table = pd.DataFrame(
+        {"label": grouped["label"].first(), "images": grouped.size(), "wrong": grouped["wrong"].sum()}
+    )
+    table["share wrong"] = (table["wrong"] / table["images"]).round(3)
+    return table.sort_values(["wrong", "share wrong"], ascending=False, kind="stable")

@@ -79,3 +79,14 @@ def pick_examples(predictions: pd.DataFrame, per_group: int = 2, seed: int = 0) 
     groups = table.groupby(["label", "outcome"], sort=True)
     picked = [group.sample(min(per_group, len(group)), random_state=seed) for _, group in groups]
     return pd.concat(picked).reset_index(drop=True) if picked else table.head(0)
+
+
+def confident_errors(decided: pd.DataFrame, count: int = 6) -> pd.DataFrame:
+    """The ``count`` wrongly called test images the model was surest of, surest first (a
+    benign image called malignant at 97% before one at 60%). ``decided`` has label,
+    predicted and calibrated_probability, as predictions.csv does."""
+    wrong = decided[decided["label"] != decided["predicted"]]
+    probability = wrong["calibrated_probability"].to_numpy()
+    confidence = np.where(wrong["predicted"] == "malignant", probability, 1 - probability)
+    ranked = wrong.assign(outcome="wrong", confidence=confidence)
+    return ranked.sort_values("confidence", ascending=False, kind="stable").head(count).reset_index(drop=True)

@@ -145,3 +145,16 @@ def test_metrics_by_magnification():
     }
     assert found["400X"]["patient_recognition_rate"] == pytest.approx((0 + 1 / 2) / 2)
     assert found["400X"]["accuracy"] == pytest.approx(1 / 3) and found["400X"]["n_images"] == 3
+
+
+def test_errors_by_patient_puts_the_worst_patients_first():
+    decided = pd.DataFrame(
+        {
+            "patient_id": ["a", "a", "b", "b", "b", "c"],
+            "label": ["benign", "benign", "malignant", "malignant", "malignant", "benign"],
+            "predicted": ["benign", "malignant", "benign", "benign", "malignant", "benign"],
+        }
+    )
+    table = evaluate.errors_by_patient(decided)
+    assert table.index.tolist() == ["b", "a", "c"]
+    assert table.loc["b"].tolist() == ["malignant", 3, 2, 0.667] and table.loc["c", "wrong"] == 0

@@ -85,3 +85,18 @@ def test_pick_examples_covers_right_and_wrong_of_each_class():
     counts = picked.groupby(["label", "outcome"]).size().to_dict()
     expected = {("benign", "right"): 2, ("benign", "wrong"): 1, ("malignant", "right"): 2}
     assert counts == {**expected, ("malignant", "wrong"): 2}
+
+
+def test_confident_errors_come_surest_first_and_only_wrong_ones():
+    decided = pd.DataFrame(
+        {
+            "label": ["benign", "benign", "malignant", "malignant", "benign"],
+            "predicted": ["malignant", "malignant", "benign", "malignant", "benign"],
+            "calibrated_probability": [0.62, 0.97, 0.10, 0.99, 0.01],
+        }
+    )
+    errors = gradcam.confident_errors(decided, count=2)
+    # 0.97 called malignant (confidence 0.97), then 0.10 called benign (0.90); 0.62 is cut
+    assert errors["calibrated_probability"].tolist() == [0.97, 0.10]
+    assert errors["confidence"].round(2).tolist() == [0.97, 0.90] and set(errors["outcome"]) == {"wrong"}
+    assert gradcam.confident_errors(decided.iloc[3:]).empty
