@@ -44,7 +44,7 @@ STAGES = {
     "train": ("feature_cache", "class_weight", "batch_size", "epochs", "learning_rate", "patience",
               "strategy", "augment", "augment_brightness", "augment_contrast", "augment_stain",
               "fine_tune_layers", "fine_tune_epochs", "fine_tune_learning_rate", "tensorboard"),
-    "evaluate": ("threshold_rule", "target_sensitivity", "bootstrap_samples"),
+    "evaluate": ("threshold_rule", "target_sensitivity", "bootstrap_samples", "tta"),
     "compare": ("compare_backbones",),
     "predict": ("predict_images",),
 }  # fmt: skip
@@ -134,6 +134,9 @@ class Config:
     threshold_rule: str = "youden"
     target_sensitivity: float = 0.95
     bootstrap_samples: int = 2000  # resamples of test patients for confidence intervals
+    # Test-time augmentation: the mean probability over each image's 8 orientations
+    # (measured against one view on validation; the decision and results then use it).
+    tta: bool = False
     # Notebook 05: the backbones compared on the same split.
     compare_backbones: str = "resnet50v2,vgg19,densenet121,efficientnetb0,mobilenetv2"
     # Notebook 06: a file or folder of new images ("" stands in a few of the run's test images).

@@ -28,6 +28,7 @@ from bcnb.modelcard import MODEL_CARD_FILE
 from bcnb.report import DISCLAIMER
 from bcnb.scan import inspect_file
 from bcnb.stain import StainNormalizer, load_normalizer
+from bcnb.tta import tta_probabilities
 
 UNKNOWN = "unknown"
 
@@ -45,6 +46,7 @@ class Predictor:
     batch_size: int = Config.batch_size  # the run's
     model_card: Path | None = None  # the run's model_card.md, where notebook 04 wrote one
     stain: StainNormalizer | None = None  # the run's stain normalisation, if it used one
+    tta: bool = False  # the run's decision was fitted on 8-view means: so are these answers
 
     @classmethod
     def from_run(cls, model_path: str | Path) -> Predictor:
@@ -78,6 +80,7 @@ class Predictor:
             cfg.batch_size,
             card if card.is_file() else None,
             load_normalizer(path.parent, cfg.stain_normalization),
+            cfg.tta,
         )
 
     def notes(self) -> list[str]:
@@ -141,7 +144,10 @@ def predict_files(predictor: Predictor, paths: list[Path], cam_dir: str | Path |
         images = np.stack(
             [load_for_model(p, predictor.img_size, predictor.resize, stain=predictor.stain) for p in batch]
         )
-        probabilities = predictor.model.predict(images, verbose=0).reshape(-1)
+        if predictor.tta:
+            probabilities = tta_probabilities(predictor.model, [(images, None)])
+        else:
+            probabilities = predictor.model.predict(images, verbose=0).reshape(-1)
         calibrated, labels = apply_decision(predictor.rule, probabilities)
         for path, probability, label in zip(batch, calibrated, labels):
             rows.append(

@@ -52,6 +52,7 @@ BAD_VALUES = {
     "threshold_rule": ("median", "threshold_rule: expected one of fixed, youden, sensitivity"),
     "target_sensitivity": (0.2, "target_sensitivity"),
     "bootstrap_samples": (10, "bootstrap_samples: expected an integer >= 100"),
+    "tta": ("8", "tta: expected bool"),
     "compare_backbones": ("vgg19,lenet", "compare_backbones: expected one of .* got 'lenet'"),
     "predict_images": (3, "predict_images: expected str"),
     "interactive": ("true", "interactive: expected bool"),

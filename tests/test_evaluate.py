@@ -158,3 +158,32 @@ def test_errors_by_patient_puts_the_worst_patients_first():
     table = evaluate.errors_by_patient(decided)
     assert table.index.tolist() == ["b", "a", "c"]
     assert table.loc["b"].tolist() == ["malignant", 3, 2, 0.667] and table.loc["c", "wrong"] == 0
+
+
+def test_tta_views_are_the_eight_orientations_and_their_mean_is_taken():
+    import keras
+
+    from bcnb import tta
+
+    images = np.arange(2 * 3 * 3 * 1, dtype=np.float32).reshape(2, 3, 3, 1)
+    views = tta.dihedral_views(images)
+    as_bytes = {view[0].tobytes() for view in views}
+    assert len(views) == 8 and len(as_bytes) == 8  # all distinct for an asymmetric image
+    assert any(np.array_equal(view, images) for view in views)
+    # A "model" that answers the top-left pixel / 20: the mean over the eight views is the
+    # mean of the four corners, each seen twice (turned, and mirrored then turned).
+    inputs = keras.Input((3, 3, 1))
+    corner = keras.layers.Rescaling(1 / 20)(keras.layers.Cropping2D(((0, 2), (0, 2)))(inputs))
+    model = keras.Model(inputs, keras.layers.Flatten()(corner))
+    found = tta.tta_probabilities(model, [(images, None)])
+    corners = images[:, [0, 0, 2, 2], [0, 2, 0, 2], 0]
+    np.testing.assert_allclose(found, corners.mean(axis=1) / 20, rtol=1e-6)
+
+
+def test_tta_comparison_scores_both_on_the_same_labels():
+    from bcnb import tta
+
+    y = np.array([0, 0, 1, 1])
+    table = tta.tta_comparison(y, np.array([0.6, 0.2, 0.7, 0.4]), np.array([0.4, 0.2, 0.7, 0.6]))
+    assert table.loc["one view", "accuracy"] == 0.5 and table.loc["8 views (tta)", "accuracy"] == 1.0
+    assert table.loc["8 views (tta)", "Brier score"] < table.loc["one view", "Brier score"]

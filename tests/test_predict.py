@@ -102,3 +102,23 @@ def test_a_run_with_stain_normalisation_normalises_new_images_the_same_way(run_d
     assert abs(expected[0] - other[0]) > 1e-4  # the normalisation matters to this model
     row = predict_files(predictor, [path]).iloc[0]
     assert row["probability"] == pytest.approx(expected[0], abs=1e-4)
+
+
+def test_a_run_with_tta_answers_with_the_mean_of_eight_views(run_dir, images, tmp_path):
+    import shutil
+
+    from bcnb.tta import tta_probabilities
+
+    folder = tmp_path / "tta_run"
+    shutil.copytree(run_dir, folder)
+    (folder / "config.yaml").unlink()
+    record_all(folder, Config(img_size=IMG, resize="center_crop", tta=True))
+    predictor = Predictor.from_run(folder / "model.keras")
+    path = find_images(images)[0]
+    pixels = fit_to_square(read_rgb(path), IMG, "center_crop")[None]
+    expected, _ = decision.apply_decision(
+        predictor.rule, tta_probabilities(predictor.model, [(pixels, None)])
+    )
+    single, _ = decision.apply_decision(predictor.rule, predictor.model.predict(pixels, verbose=0).ravel())
+    assert predictor.tta and abs(expected[0] - single[0]) > 1e-5  # the views disagree on this image
+    assert predict_files(predictor, [path]).iloc[0]["probability"] == pytest.approx(expected[0], abs=1e-4)
