@@ -24,6 +24,7 @@ from bcnb.evaluate import compute_metrics, evaluation_inputs
 from bcnb.features import features_of
 from bcnb.files import write_json_atomic
 from bcnb.stain import TARGET_FILE
+from bcnb.subtypes import malignant_probability
 from bcnb.train import train_model
 
 COMPARE_DIR = "compare"
@@ -84,7 +85,7 @@ def _extraction_speed(cfg: Config, model, split: pd.DataFrame) -> float:
 def _probabilities(cfg: Config, model, split: pd.DataFrame, part: str) -> np.ndarray:
     """The model's probabilities for one split (from the cached features when they apply)."""
     evaluated, data = evaluation_inputs(cfg, model, split, part)
-    return evaluated.predict(data, verbose=0).reshape(-1)
+    return malignant_probability(evaluated.predict(data, verbose=0))
 
 
 def comparison_table(results: list[dict]) -> pd.DataFrame:

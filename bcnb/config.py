@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from bcnb.stain import STAIN_METHODS
+from bcnb.subtypes import TASKS
 from bcnb.synthetic import spec_problems
 
 LAYOUTS = ("auto", "breakhis", "idc", "folders", "csv")
@@ -36,8 +37,9 @@ CONFIG_FILE = "config.yaml"
 # Which stage first uses each parameter: its notebook's parameters cell holds it, and that
 # notebook records it in the run folder (bcnb reproduce records every stage it runs at once).
 STAGES = {
-    "data": ("dataset", "layout", "positive_class", "patient_pattern", "patient_id_from", "magnification",
-             "on_bad_image", "max_images", "val_fraction", "test_fraction", "folds", "fold", "split_file",
+    "data": ("task", "dataset", "layout", "positive_class", "patient_pattern", "patient_id_from",
+             "magnification", "on_bad_image", "max_images", "val_fraction", "test_fraction", "folds", "fold",
+             "split_file",
              "synthetic_patients", "synthetic_images_per_patient", "synthetic_difficulty",
              "tiles_per_image", "stain_normalization", "stain_target", "seed"),
     "model": ("img_size", "resize", "backbone", "weights", "allow_random_weights", "dropout", "precision"),
@@ -66,6 +68,9 @@ PRESENTATION = ("interactive", "predict_images", "run_dir")
 class Config:
     """Every parameter of a run; invalid values raise ValueError naming the field."""
 
+    # What to tell apart: "binary" (benign or malignant, the paper's) or "subtype" (BreakHis'
+    # eight tumour types, from the file names or a manifest's subtype column).
+    task: str = "binary"
     # Data: "synthetic" (the built-in dataset) or a path to BreakHis or a CSV manifest.
     dataset: str = "synthetic"
     layout: str = "auto"
@@ -164,6 +169,7 @@ class Config:
         """Yield a message for each value outside its allowed range."""
         if not self.dataset.strip():
             yield "dataset: expected 'synthetic' or a path, got an empty string"
+        yield from _choice("task", self.task, TASKS)
         yield from _choice("layout", self.layout, LAYOUTS)
         if not self.positive_class.strip():
             yield "positive_class: expected the name of a class folder, got an empty string"

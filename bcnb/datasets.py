@@ -28,6 +28,7 @@ from bcnb.stain import (
     median_target,
     save_normalizer,
 )
+from bcnb.subtypes import MALIGNANT_TYPES, SUBTYPE_NAMES, SUBTYPES, subtype_code, targets_of
 from bcnb.synthetic import SyntheticSpec, ensure_synthetic_dataset
 
 SPLITS = ("train", "val", "test")
@@ -61,6 +62,8 @@ def load_dataset(cfg: Config) -> LoadedDataset:
     scanned = find_bad_images(pd.concat([images, strays]), remember=scan_memory(source))
     table, bad = split_bad(scanned, cfg.on_bad_image, source)
     check_both_classes(table, source)
+    if cfg.task == "subtype":
+        table = with_subtypes(table, source)
     tiled = expand_tiles(table, cfg.tiles_per_image).reset_index(drop=True)
     return LoadedDataset(tiled, bad, found.layout, source, found.notes, found.patient_level)
 
@@ -82,11 +85,12 @@ def split_for_run(cfg: Config, table: pd.DataFrame) -> pd.DataFrame:
     a BreakHis fold file, or val_fraction and test_fraction of the images."""
     from bcnb import folds
 
+    by = "subtype" if cfg.task == "subtype" else "label"  # what each split must hold its share of
     if cfg.folds:
-        return folds.split_for_fold(table, cfg.folds, cfg.fold, cfg.val_fraction, cfg.seed)
+        return folds.split_for_fold(table, cfg.folds, cfg.fold, cfg.val_fraction, cfg.seed, by)
     if cfg.split_file:
-        return folds.split_from_fold_file(table, cfg.split_file, cfg.val_fraction, cfg.seed)
-    return split_by_patient(table, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+        return folds.split_from_fold_file(table, cfg.split_file, cfg.val_fraction, cfg.seed, by)
+    return split_by_patient(table, cfg.val_fraction, cfg.test_fraction, cfg.seed, by)
 
 
 def save_dataset_info(dataset: LoadedDataset, run_dir: str | Path) -> Path:
@@ -170,9 +174,10 @@ def expand_tiles(table: pd.DataFrame, tiles_per_image: int) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- split
 def split_by_patient(
-    table: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int
+    table: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int, by: str = "label"
 ) -> pd.DataFrame:
-    """Add a ``split`` column: train/val/test by patient, stratified by class.
+    """Add a ``split`` column: train/val/test by patient, stratified by class (``by="label"``)
+    or by tumour type (``by="subtype"``, see :func:`patient_strata`).
 
     Images of one patient are near-duplicates, so every patient's images go to one split;
     an image-level split would let the model recognise patients instead of tumours.
@@ -183,19 +188,23 @@ def split_by_patient(
     rng = np.random.default_rng(seed)
     images_per_patient = table.groupby("patient_id").size().sort_index()
     assignment: dict[str, str] = {}
-    for label, patients in patient_strata(table, len(SPLITS)).items():
+    for label, patients in patient_strata(table, len(SPLITS), by).items():
         shuffled = [patients[i] for i in rng.permutation(len(patients))]
         assignment.update(assign_patients(shuffled, images_per_patient[patients], shares, label))
     return table.assign(split=table["patient_id"].map(assignment))
 
 
-def patient_strata(table: pd.DataFrame, parts: int) -> dict[str, list[str]]:
-    """Patients grouped by class, to deal each group out across ``parts`` splits.
+def patient_strata(table: pd.DataFrame, parts: int, by: str = "label") -> dict[str, list[str]]:
+    """Patients grouped by class (or tumour type), to deal each group out across ``parts`` splits.
 
     A patient with images of both classes (IDC patches) counts under its majority class. If
     that leaves a class with fewer patients than parts, all patients are dealt out as one
     group: every split still gets whole patients, and image counts still follow the shares.
+    By tumour type, a type with fewer patients than parts joins the other rare types of its
+    class (see :func:`rare_types`), since it cannot reach every split.
     """
+    if by == "subtype":
+        return subtype_strata(table, parts)
     patient_class = table.groupby("patient_id")["label"].agg(lambda labels: labels.mode().max())
     strata = {label: sorted(group.index) for label, group in patient_class.groupby(patient_class)}
     mixed = (table.groupby("patient_id")["label"].nunique() > 1).any()
@@ -226,9 +235,64 @@ def assign_patients(patients, images_per_patient, shares, label) -> dict[str, st
     return assignment
 
 
+def subtype_strata(table: pd.DataFrame, parts: int) -> dict[str, list[str]]:
+    """Patients by tumour type; the types with fewer than ``parts`` patients pooled by class
+    (and the pool joined to its class' largest type if it is still too small)."""
+    patient_type = table.groupby("patient_id")["subtype"].first()
+    strata = {code: sorted(group.index) for code, group in patient_type.groupby(patient_type)}
+    for label in CLASSES:
+        rare = [
+            code for code, patients in strata.items() if len(patients) < parts and _class_of(code) == label
+        ]
+        pooled = sorted(p for code in rare for p in strata.pop(code))
+        if not pooled:
+            continue
+        same_class = [code for code in strata if _class_of(code) == label]
+        if len(pooled) >= parts or not same_class:
+            strata[f"rare {label} types"] = pooled
+        else:
+            strata[max(same_class, key=lambda code: len(strata[code]))] += pooled
+    return strata
+
+
+def rare_types(table: pd.DataFrame, parts: int) -> list[str]:
+    """One line per tumour type with too few patients to reach each of ``parts`` splits."""
+    counts = table.groupby("subtype")["patient_id"].nunique()
+    counts = counts.reindex([code for code in SUBTYPES if code in counts.index])  # benign types first
+    return [
+        f"task=subtype: {SUBTYPE_NAMES[code]} has {count} patient(s), too few for one in each of "
+        f"{parts} splits: some splits will have none (it is stratified with the other rare types)"
+        for code, count in counts.items()
+        if count < parts
+    ]
+
+
+def _class_of(code: str) -> str:
+    return CLASSES[1] if code in MALIGNANT_TYPES else CLASSES[0]
+
+
+def with_subtypes(table: pd.DataFrame, source: Path) -> pd.DataFrame:
+    """The table with each image's tumour type as a BreakHis code; one line naming the
+    problem where the dataset has no types, or a type that contradicts its label."""
+    if "subtype" not in table or (table["subtype"].astype(str).str.strip() == "").any():
+        raise ValueError(
+            f"task=subtype: {source} has no tumour type for every image "
+            "(expected BreakHis file names or a 'subtype' column in a CSV manifest)"
+        )
+    codes = table["subtype"].map(lambda value: subtype_code(value, f"task=subtype: {source}"))
+    clash = table[codes.map(_class_of) != table["label"]]
+    if len(clash):
+        row = clash.iloc[0]
+        raise ValueError(
+            f"task=subtype: {row['path']} is labelled {row['label']} but its type is {row['subtype']}"
+        )
+    return table.assign(subtype=codes)
+
+
 def save_split(table: pd.DataFrame, run_dir: str | Path) -> Path:
     """Write the split manifest: one row per image (per tile, when tiling) with its split."""
-    columns = TABLE_COLUMNS + (["tile", "tiles"] if "tiles" in table else []) + ["split"]
+    columns = TABLE_COLUMNS + (["subtype"] if "subtype" in table else [])
+    columns += (["tile", "tiles"] if "tiles" in table else []) + ["split"]
     return write_text_atomic(Path(run_dir) / SPLIT_FILE, table[columns].to_csv(index=False))
 
 
@@ -307,6 +371,7 @@ def make_dataset(
     batch_size: int,
     resize: str = "squash",
     stain: StainNormalizer | None = None,
+    task: str = "binary",
 ):
     """A tf.data pipeline of (image, label) batches in table order; images are uint8,
     img_size square (for feature extraction and evaluation; training uses
@@ -318,7 +383,7 @@ def make_dataset(
     """
     import tensorflow as tf
 
-    labels = labels_of(table).reshape(-1, 1)
+    labels = targets_of(table, task).reshape(-1, 1)
     tile, tiles = tiles_of(table)
     ds = tf.data.Dataset.from_tensor_slices(((table["path"].to_numpy(dtype=str), tile, tiles), labels))
 
@@ -336,7 +401,7 @@ def make_dataset(
 
 def image_dataset(cfg: Config, table: pd.DataFrame):
     """Stage entry point: the pipeline of ``table``'s images with cfg's size, resize and batch."""
-    return make_dataset(table, cfg.img_size, cfg.batch_size, cfg.resize, stain_normalizer(cfg))
+    return make_dataset(table, cfg.img_size, cfg.batch_size, cfg.resize, stain_normalizer(cfg), cfg.task)
 
 
 # --------------------------------------------------------------------------- stain normalisation

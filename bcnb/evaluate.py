@@ -17,6 +17,7 @@ from sklearn import metrics as skm
 
 from bcnb.datasets import labels_of, magnification_order
 from bcnb.files import read_run_json, write_json_atomic, write_text_atomic
+from bcnb.subtypes import targets_of
 
 # Prasuna et al.: model.evaluate(test_gen) -> loss 0.1723, accuracy 0.9344.
 PAPER = {"test_accuracy": 0.9344, "test_loss": 0.1723}
@@ -63,9 +64,10 @@ def evaluation_inputs(cfg, model, split: pd.DataFrame, part: str):
     if not cfg.feature_cache or cfg.fine_tunes:
         return model, image_dataset(cfg, rows)
     head = classifier_head(model)
-    compile_for_training(head, cfg.learning_rate)  # the paper's loss and accuracy
+    compile_for_training(head, cfg.learning_rate, task=cfg.task)  # the paper's loss and accuracy
     positions = np.flatnonzero(split["split"].to_numpy() == part)
-    return head, FeatureBatches(features_of(cfg, model, split), positions, labels_of(rows), cfg.batch_size)
+    targets = targets_of(rows, cfg.task)
+    return head, FeatureBatches(features_of(cfg, model, split), positions, targets, cfg.batch_size)
 
 
 def compute_metrics(y_true: np.ndarray, y_prob: np.ndarray, threshold: float = 0.5) -> dict:
@@ -147,15 +149,28 @@ def majority_class_baseline(y_true: np.ndarray) -> dict:
 
 
 def summarize_test_results(
-    test: pd.DataFrame, y_prob: np.ndarray, keras_results: dict, weights: dict, dataset: str
+    test: pd.DataFrame,
+    y_prob: np.ndarray,
+    keras_results: dict,
+    weights: dict,
+    dataset: str,
+    task: str = "binary",
 ) -> dict:
-    """Everything metrics.json holds about one evaluated run."""
+    """Everything metrics.json holds about one evaluated run. For a tumour-type model,
+    ``keras_results`` measure the eight types; the test accuracy and loss set beside the
+    paper's are then those of benign vs malignant from the summed type probabilities."""
     y_true = labels_of(test)
     found = compute_metrics(y_true, y_prob)
     correct = round(found["accuracy"] * len(test))
+    binary = (
+        keras_results
+        if task == "binary"
+        else {"accuracy": found["accuracy"], "loss": log_loss(y_true, y_prob)}
+    )
     return {
-        "test_accuracy": float(keras_results["accuracy"]),
-        "test_loss": float(keras_results["loss"]),
+        "task": task,
+        "test_accuracy": float(binary["accuracy"]),
+        "test_loss": float(binary["loss"]),
         "test_accuracy_95ci": list(wilson_interval(correct, len(test))),
         **{k: v for k, v in found.items() if k != "accuracy"},
         "patient_recognition_rate": patient_recognition_rate(y_true, y_prob, test["patient_id"]),
@@ -172,6 +187,13 @@ def summarize_test_results(
         if test["magnification"].nunique() > 1
         else {},
     }
+
+
+def log_loss(y_true, y_prob) -> float:
+    """Binary cross-entropy as Keras computes it (probabilities clipped to [1e-7, 1 - 1e-7])."""
+    p = np.clip(np.asarray(y_prob, dtype=np.float64), 1e-7, 1 - 1e-7)
+    y = np.asarray(y_true, dtype=np.float64)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
 def save_metrics(metrics: dict, run_dir: str | Path) -> Path:

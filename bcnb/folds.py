@@ -35,45 +35,46 @@ def check_folds(table: pd.DataFrame, folds: int) -> None:
         )
 
 
-def assign_folds(table: pd.DataFrame, folds: int, seed: int) -> np.ndarray:
-    """Each image's test fold (1..K): by patient, stratified by class, shuffled by ``seed``."""
+def assign_folds(table: pd.DataFrame, folds: int, seed: int, by: str = "label") -> np.ndarray:
+    """Each image's test fold (1..K): by patient, stratified by class (or tumour type, ``by``),
+    shuffled by ``seed``. scikit-learn warns where a type has fewer patients than folds."""
     from sklearn.model_selection import StratifiedGroupKFold
 
     check_folds(table, folds)
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     fold_of = np.zeros(len(table), dtype=int)
-    for number, (_, test) in enumerate(splitter.split(table, table["label"], table["patient_id"]), start=1):
+    for number, (_, test) in enumerate(splitter.split(table, table[by], table["patient_id"]), start=1):
         fold_of[test] = number
     return fold_of
 
 
 def split_for_fold(
-    table: pd.DataFrame, folds: int, fold: int, val_fraction: float, seed: int
+    table: pd.DataFrame, folds: int, fold: int, val_fraction: float, seed: int, by: str = "label"
 ) -> pd.DataFrame:
     """The table with a ``split`` column: fold ``fold`` is test, validation is carved from the rest."""
-    is_test = assign_folds(table, folds, seed) == fold
-    return _with_validation(table, is_test, val_fraction, seed)
+    is_test = assign_folds(table, folds, seed, by) == fold
+    return _with_validation(table, is_test, val_fraction, seed, by)
 
 
 def _with_validation(
-    table: pd.DataFrame, is_test: np.ndarray, val_fraction: float, seed: int
+    table: pd.DataFrame, is_test: np.ndarray, val_fraction: float, seed: int, by: str = "label"
 ) -> pd.DataFrame:
     """Test where ``is_test``; of the rest, about ``val_fraction`` of all images go to
     validation, by patient and stratified by class; the others train."""
     rest = table[~is_test]
     share = min(0.5, val_fraction * len(table) / max(len(rest), 1))
     split = pd.Series("test", index=table.index)
-    split[rest.index] = carve_validation(rest, share, seed)
+    split[rest.index] = carve_validation(rest, share, seed, by)
     return table.assign(split=split.to_numpy())
 
 
-def carve_validation(part: pd.DataFrame, share: float, seed: int) -> pd.Series:
+def carve_validation(part: pd.DataFrame, share: float, seed: int, by: str = "label") -> pd.Series:
     """ "val" or "train" for each row of ``part``: whole patients, about ``share`` of its images
     in each class to validation."""
     rng = np.random.default_rng(seed)
     images_per_patient = part.groupby("patient_id").size().sort_index()
     assignment: dict[str, str] = {}
-    for label, patients in patient_strata(part, 2).items():
+    for label, patients in patient_strata(part, 2, by).items():
         shuffled = [patients[i] for i in rng.permutation(len(patients))]
         shares = {"val": share, "train": 1 - share}
         counts = images_per_patient[patients]
@@ -117,7 +118,7 @@ def read_fold_file(path: str | Path) -> pd.DataFrame:
 
 
 def split_from_fold_file(
-    table: pd.DataFrame, path: str | Path, val_fraction: float, seed: int
+    table: pd.DataFrame, path: str | Path, val_fraction: float, seed: int, by: str = "label"
 ) -> pd.DataFrame:
     """``table`` (images the fold file lists) with its split: the file's test images are test,
     validation is carved from its training images."""
@@ -127,4 +128,4 @@ def split_from_fold_file(
     if unlisted:
         name = Path(path).name
         raise ValueError(f"split_file: {name} does not list {len(unlisted)} image(s), e.g. {unlisted[0]}")
-    return _with_validation(table, (names.map(group) == "test").to_numpy(), val_fraction, seed)
+    return _with_validation(table, (names.map(group) == "test").to_numpy(), val_fraction, seed, by)

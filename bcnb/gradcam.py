@@ -18,6 +18,7 @@ import pandas as pd
 from matplotlib import colormaps
 
 from bcnb.model import FEATURE_LAYER, base_of
+from bcnb.subtypes import MALIGNANT_TYPES, SUBTYPES
 
 
 def gradcam(model: keras.Model, images: np.ndarray, called_malignant=None) -> tuple[np.ndarray, np.ndarray]:
@@ -58,7 +59,14 @@ def _logit(model: keras.Model, maps):
 
     pooled = tf.cast(model.get_layer(FEATURE_LAYER)(maps), tf.float32)
     classifier = model.get_layer("classifier")
-    return tf.matmul(pooled, tf.cast(classifier.kernel, tf.float32)) + tf.cast(classifier.bias, tf.float32)
+    logits = tf.matmul(pooled, tf.cast(classifier.kernel, tf.float32)) + tf.cast(classifier.bias, tf.float32)
+    if logits.shape[-1] == 1:
+        return logits
+    # A tumour-type softmax: the log-odds of malignancy, log(sum of the malignant types'
+    # exp(logit)) - log(sum of the benign types'), whose sigmoid is their summed probability.
+    benign = len(SUBTYPES) - len(MALIGNANT_TYPES)
+    malignant_evidence = tf.reduce_logsumexp(logits[:, benign:], axis=1, keepdims=True)
+    return malignant_evidence - tf.reduce_logsumexp(logits[:, :benign], axis=1, keepdims=True)
 
 
 def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:

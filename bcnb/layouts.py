@@ -302,8 +302,8 @@ def read_manifest(csv_path: Path) -> Candidates:
         raise ValueError(f"{csv_path}: missing column {', '.join(missing)} (need path,label,patient_id)")
     if table.empty:
         raise ValueError(f"{csv_path}: has a header but no images")
-    used = [c for c in TABLE_COLUMNS if c in table.columns]
-    ignored = [c for c in table.columns if c not in TABLE_COLUMNS]
+    used = [c for c in [*TABLE_COLUMNS, "subtype"] if c in table.columns]
+    ignored = [c for c in table.columns if c not in used]
     if "magnification" not in table.columns:
         table["magnification"] = "unknown"
     table["label"] = [_label_word(value, csv_path) for value in table["label"]]
@@ -314,7 +314,8 @@ def read_manifest(csv_path: Path) -> Candidates:
     ]
     note = f"manifest columns used: {', '.join(used)}"
     notes = [note + (f"; ignored: {', '.join(ignored)}" if ignored else "")]
-    return Candidates(table[TABLE_COLUMNS + ["problem"]], "csv", notes)
+    kept = TABLE_COLUMNS + (["subtype"] if "subtype" in table.columns else [])  # task=subtype reads it
+    return Candidates(table[[*kept, "problem"]], "csv", notes)
 
 
 def _label_word(value: str, source: Path) -> str:

@@ -25,6 +25,7 @@ from bcnb.backbones import get_backbone
 from bcnb.config import Config
 from bcnb.files import read_run_json, replace_from_writer, write_json_atomic
 from bcnb.seeds import seed_everything
+from bcnb.subtypes import outputs_of
 
 FEATURE_LAYER = "pool"
 WEIGHTS_FILE = "weights.json"
@@ -147,11 +148,13 @@ def build_model(
     dropout: float = 0.2,
     precision: str = "float32",
     backbone: str = "resnet50v2",
+    task: str = "binary",
 ) -> keras.Model:
     """The paper's transfer model; ``weights`` is what Keras loads (see resolve_weights).
 
     ``precision="mixed_bfloat16"`` computes in bfloat16 (weights stay float32); the
-    probability is always computed in float32.
+    probability is always computed in float32. ``task="subtype"`` puts a softmax over
+    BreakHis' eight tumour types where the paper has one sigmoid unit.
     """
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(precision)  # Keras applications take the global policy
@@ -167,7 +170,8 @@ def build_model(
         x = base_model(x, training=False)
         x = keras.layers.GlobalAveragePooling2D(name=FEATURE_LAYER)(x)
         x = keras.layers.Dropout(dropout, name="dropout")(x)
-        outputs = keras.layers.Dense(1, activation="sigmoid", name="classifier", dtype="float32")(x)
+        units, activation = (1, "sigmoid") if task == "binary" else (outputs_of(task), "softmax")
+        outputs = keras.layers.Dense(units, activation=activation, name="classifier", dtype="float32")(x)
     finally:
         keras.config.set_dtype_policy(previous)
     return keras.Model(inputs, outputs, name=f"bcnb_{backbone}")
@@ -177,7 +181,7 @@ def build_transfer_model(cfg: Config) -> tuple[keras.Model, WeightsInfo]:
     """Stage entry point: resolve the weights and build the model for ``cfg``."""
     keras_weights, info = resolve_weights(cfg.weights, cfg.allow_random_weights, cfg.backbone, cfg.img_size)
     seed_everything(cfg.seed)  # random weights, where used, depend on the seed
-    return build_model(cfg.img_size, keras_weights, cfg.dropout, cfg.precision, cfg.backbone), info
+    return build_model(cfg.img_size, keras_weights, cfg.dropout, cfg.precision, cfg.backbone, cfg.task), info
 
 
 def base_of(model: keras.Model) -> keras.Model:

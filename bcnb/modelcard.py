@@ -21,18 +21,13 @@ from bcnb.datasets import load_dataset_info, load_split, summarize_split
 from bcnb.evaluate import PREDICTIONS_FILE, format_figure, load_metrics
 from bcnb.files import write_text_atomic
 from bcnb.layouts import parse_breakhis_name
-from bcnb.report import DISCLAIMER, markdown_table
+from bcnb.report import DISCLAIMER, head_of, markdown_table
+from bcnb.subtypes import SUBTYPE_NAMES
 from bcnb.train import load_training_summary
 
 MODEL_CARD_FILE = "model_card.md"
 # The metrics of the card's table, as decision.json's image_level names them.
 CARD_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "roc_auc")
-# BreakHis' tumour types as its file names abbreviate them (Spanhol et al., IEEE TBME 2016).
-SUBTYPE_NAMES = {
-    "A": "adenosis", "F": "fibroadenoma", "PT": "phyllodes tumour", "TA": "tubular adenoma",
-    "DC": "ductal carcinoma", "LC": "lobular carcinoma", "MC": "mucinous carcinoma",
-    "PC": "papillary carcinoma",
-}  # fmt: skip
 
 
 def write_model_card(run_dir: str | Path) -> Path:
@@ -95,7 +90,7 @@ def _model_section(config: dict, training: dict, metrics: dict) -> str:
     weights = {"imagenet": "ImageNet", "file": f"the file {metrics['weights_source']}"}
     lines = [
         f"- Architecture: {_title(config)} base (frozen, called with training=False) -> "
-        f"GlobalAveragePooling2D -> Dropout({config['dropout']}) -> Dense(1, sigmoid); "
+        f"GlobalAveragePooling2D -> Dropout({config['dropout']}) -> {head_of(config)}; "
         f"input {size}x{size} RGB pixels, 0-255 ({config['resize']}); precision {config['precision']}.",
         f"- Weights of the base: {weights.get(metrics['weights'], 'RANDOM (not pretrained)')}.",
         f"- Trained: {training['epochs_run']} epochs of {training['optimizer']} at learning rate "

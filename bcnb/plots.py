@@ -226,3 +226,14 @@ def plot_stain_normalization(rows: dict[str, list[np.ndarray]]) -> Figure:
         for ax in row:
             ax.axis("off")
     return fig
+
+
+def plot_type_confusion(matrix, names: list[str]) -> Figure:
+    """The tumour-type confusion matrix: true type by row, predicted type by column."""
+    fig = Figure(figsize=(6.4, 5.4), layout="tight")
+    ax = fig.subplots()
+    sns.heatmap(np.asarray(matrix), annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax)
+    ax.set_xticks(np.arange(len(names)) + 0.5, names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(np.arange(len(names)) + 0.5, names, rotation=0, fontsize=8)
+    ax.set(xlabel="predicted type", ylabel="true type", title="Tumour types on the test split")
+    return fig

@@ -28,6 +28,7 @@ from bcnb.modelcard import MODEL_CARD_FILE
 from bcnb.report import DISCLAIMER
 from bcnb.scan import inspect_file
 from bcnb.stain import StainNormalizer, load_normalizer
+from bcnb.subtypes import malignant_probability
 from bcnb.tta import tta_probabilities
 
 UNKNOWN = "unknown"
@@ -147,7 +148,7 @@ def predict_files(predictor: Predictor, paths: list[Path], cam_dir: str | Path |
         if predictor.tta:
             probabilities = tta_probabilities(predictor.model, [(images, None)])
         else:
-            probabilities = predictor.model.predict(images, verbose=0).reshape(-1)
+            probabilities = malignant_probability(predictor.model.predict(images, verbose=0))
         calibrated, labels = apply_decision(predictor.rule, probabilities)
         for path, probability, label in zip(batch, calibrated, labels):
             rows.append(

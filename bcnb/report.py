@@ -93,7 +93,7 @@ def _training_section(config: dict, training: dict, metrics: dict) -> str:
     size = config["img_size"]
     lines = [
         f"- model: {_title(config)} (frozen, training=False) -> GlobalAveragePooling2D -> "
-        f"Dropout({config['dropout']}) -> Dense(1, sigmoid), input {size}x{size}x3",
+        f"Dropout({config['dropout']}) -> {head_of(config)}, input {size}x{size}x3",
         f"- weights used: {weights}",
         f"- training: {how}; {training['optimizer']}, learning rate {training['learning_rate']}, "
         f"batch size {training['batch_size']}, class weights {training['class_weight']}",
@@ -117,6 +117,13 @@ def _training_section(config: dict, training: dict, metrics: dict) -> str:
         f"kept (lowest validation loss); {training['seconds']:.0f} s"
     )
     return "\n".join(lines)
+
+
+def head_of(config: dict) -> str:
+    """The classifier as the paper writes it, or the tumour-type head of task=subtype."""
+    if config.get("task", "binary") == "binary":
+        return "Dense(1, sigmoid)"
+    return "Dense(8, softmax) over BreakHis' tumour types (benign vs malignant: the malignant types' sum)"
 
 
 def _title(config: dict) -> str:

@@ -24,7 +24,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 
 # Bump when the drawing changes, so cached datasets from older code are not reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: each tumour type has a look of its own (task=subtype)
 
 # Half of BreakHis' 700x460 frames: the same aspect ratio, four times fewer pixels to draw.
 IMAGE_WIDTH, IMAGE_HEIGHT = 350, 230
@@ -107,7 +107,8 @@ def write_synthetic_dataset(spec: SyntheticSpec, root: Path) -> pd.DataFrame:
     for patient in _draw_patients(spec, rng):
         for magnification in MAGNIFICATIONS:
             for index in range(1, spec.images_per_patient + 1):
-                image = render_tissue(rng, patient["grade"], ZOOM[magnification], patient["stain"])
+                look = LOOKS[patient["code"]]
+                image = render_tissue(rng, patient["grade"], ZOOM[magnification], patient["stain"], look)
                 if spec.scale > 1:
                     size = (IMAGE_WIDTH * spec.scale, IMAGE_HEIGHT * spec.scale)
                     image = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
@@ -189,27 +190,57 @@ def _breakhis_path(patient: dict, magnification: str, index: int) -> Path:
 
 
 # --------------------------------------------------------------------------- drawing
+@dataclass(frozen=True)
+class Look:
+    """How a tumour type's fields differ from the others', beyond the grade (benign- or
+    malignant-looking nuclei): its glands, its scattered nuclei, mucin."""
+
+    glands: float = 1.0  # how many glands, relative
+    gland_size: float = 1.0  # their radius, relative
+    gland_aspect: float = 0.7  # a lumen's height over its width: 1 round, 0.2 a slit
+    nuclei: float = 1.0  # how many scattered nuclei, relative
+    nucleus_size: float = 1.0
+    rows: bool = False  # crowded nuclei in single-file lines instead of sheets
+    mucin: bool = False  # white spaces filled with pale blue mucin, and more of them
+
+
+# Caricatures of each type's textbook pattern, drawn so that the types differ, but (with the
+# grade's spread and each image's own noise) not so much that one glance tells them apart.
+LOOKS = {
+    "A": Look(glands=2.2, gland_size=0.7),  # adenosis: many small, crowded glands
+    "F": Look(glands=0.8, gland_aspect=0.25, nuclei=0.7),  # fibroadenoma: slit-like ducts in stroma
+    "PT": Look(glands=0.7, gland_size=1.7, gland_aspect=0.2, nuclei=1.4),  # phyllodes: leaf-like clefts
+    "TA": Look(glands=3.5, gland_size=0.45, gland_aspect=1.0),  # tubular adenoma: packed small tubules
+    "DC": Look(glands=0.4, nuclei=1.2),  # ductal carcinoma: solid sheets of cells
+    "LC": Look(glands=0.3, nucleus_size=0.75, rows=True),  # lobular: small cells in single file
+    "MC": Look(glands=0.3, nuclei=0.6, mucin=True),  # mucinous: cell clusters floating in mucin
+    "PC": Look(glands=1.0, gland_size=1.5, gland_aspect=0.9),  # papillary: large spaces with fronds
+}
+PLAIN = Look()
 STROMA = np.array([236.0, 166.0, 200.0])  # eosin pink
 LUMEN = np.array([246.0, 238.0, 246.0])  # empty space, nearly white
+MUCIN = np.array([206.0, 212.0, 234.0])  # pale blue-grey extracellular mucin
 NUCLEUS_LIGHT = np.array([150.0, 110.0, 190.0])  # pale, open chromatin
 NUCLEUS_DARK = np.array([62.0, 38.0, 120.0])  # hyperchromatic
 
 
-def render_tissue(rng: np.random.Generator, grade: float, zoom: float, stain: float = 1.0) -> np.ndarray:
+def render_tissue(
+    rng: np.random.Generator, grade: float, zoom: float, stain: float = 1.0, look: Look = PLAIN
+) -> np.ndarray:
     """Draw one H&E-like field of view as a (height, width, 3) uint8 array.
 
     ``grade`` (0 benign-like .. 1 malignant-like) sets nuclear density, size, shape and
     darkness; ``zoom`` is the magnification relative to 40X; ``stain`` scales how strongly
-    the dyes took, a nuisance that varies by patient.
+    the dyes took, a nuisance that varies by patient; ``look`` is the tumour type's pattern.
     """
     grade = float(np.clip(grade + rng.normal(0, 0.04), 0, 1))  # image-to-image variation
-    canvas = _stroma(rng, stain)
+    canvas = _stroma(rng, stain, look.mucin)
     layer = Image.fromarray(canvas.astype(np.uint8))
     draw = ImageDraw.Draw(layer)
-    n_glands = rng.poisson(2.5 * (1.2 - grade) + 0.3)
+    n_glands = rng.poisson((2.5 * (1.2 - grade) + 0.3) * look.glands)
     for _ in range(n_glands):
-        _draw_gland(draw, rng, grade, zoom)
-    _draw_nuclei(draw, rng, grade, zoom)
+        _draw_gland(draw, rng, grade, zoom, look)
+    _draw_nuclei(draw, rng, grade, zoom, look)
     layer = layer.filter(ImageFilter.GaussianBlur(radius=0.7))
     pixels = np.asarray(layer, dtype=np.float32) + rng.normal(0, 3.0, size=canvas.shape)
     return np.clip(pixels, 0, 255).astype(np.uint8)
@@ -223,44 +254,48 @@ def _smooth_noise(rng: np.random.Generator, cell: int) -> np.ndarray:
     return np.asarray(big, dtype=np.float32) / 127.5 - 1
 
 
-def _stroma(rng: np.random.Generator, stain: float) -> np.ndarray:
-    """Pink connective tissue with patchy density and a few white spaces."""
+def _stroma(rng: np.random.Generator, stain: float, mucin: bool = False) -> np.ndarray:
+    """Pink connective tissue with patchy density and a few white spaces (pools of mucin,
+    more of them, for a mucinous tumour)."""
     density = _smooth_noise(rng, 40)
     fibres = _smooth_noise(rng, 6)
     pink = 255 - (255 - STROMA) * stain * (1 + 0.25 * density[..., None] + 0.1 * fibres[..., None])
     # Where the smooth field is low the section is thin or torn: white space.
-    holes = np.clip((-density - 0.55) * 4, 0, 1)[..., None]
-    return pink * (1 - holes) + LUMEN * holes
+    holes = np.clip((-density - (0.3 if mucin else 0.55)) * 4, 0, 1)[..., None]
+    return pink * (1 - holes) + (MUCIN if mucin else LUMEN) * holes
 
 
-def _draw_gland(draw: ImageDraw.ImageDraw, rng: np.random.Generator, grade: float, zoom: float):
+def _draw_gland(draw: ImageDraw.ImageDraw, rng: np.random.Generator, grade: float, zoom: float, look: Look):
     """A lumen lined by one orderly row of small nuclei: the mark of benign architecture."""
     cx, cy = rng.uniform(0, IMAGE_WIDTH), rng.uniform(0, IMAGE_HEIGHT)
-    radius = rng.uniform(8, 18) * zoom
+    radius = rng.uniform(8, 18) * zoom * look.gland_size
+    aspect = look.gland_aspect
     draw.ellipse(
-        [cx - radius, cy - radius * 0.7, cx + radius, cy + radius * 0.7], fill=tuple(LUMEN.astype(int))
+        [cx - radius, cy - radius * aspect, cx + radius, cy + radius * aspect], fill=tuple(LUMEN.astype(int))
     )
     n_lining = int(2 * np.pi * radius / (4.5 * zoom))
     for angle in np.linspace(0, 2 * np.pi, n_lining, endpoint=False):
         x = cx + (radius + 2 * zoom) * np.cos(angle)
-        y = cy + (radius + 2 * zoom) * 0.7 * np.sin(angle)
+        y = cy + (radius + 2 * zoom) * aspect * np.sin(angle)
         _draw_nucleus(draw, rng, x, y, 1.6 * zoom, irregularity=0.05, darkness=0.4 + 0.3 * grade)
 
 
-def _draw_nuclei(draw: ImageDraw.ImageDraw, rng: np.random.Generator, grade: float, zoom: float):
+def _draw_nuclei(draw: ImageDraw.ImageDraw, rng: np.random.Generator, grade: float, zoom: float, look: Look):
     """Scattered nuclei whose number, size, shape and colour follow the grade."""
-    per_pixel = (0.0025 + 0.0075 * grade) / zoom**2
+    per_pixel = (0.0025 + 0.0075 * grade) / zoom**2 * look.nuclei
     count = rng.poisson(per_pixel * IMAGE_WIDTH * IMAGE_HEIGHT)
     # Malignant nuclei crowd into sheets: sample some of them around a few cluster centres.
     centres = rng.uniform([0, 0], [IMAGE_WIDTH, IMAGE_HEIGHT], size=(1 + rng.poisson(3 * grade), 2))
     clustered = rng.random(count) < 0.6 * grade
     spread = 25 * np.sqrt(zoom)
     for is_clustered in clustered:
-        if is_clustered:
-            x, y = centres[rng.integers(len(centres))] + rng.normal(0, spread, 2)
+        if is_clustered:  # around a centre: a sheet, or for lobular cells a single-file line
+            x, y = centres[rng.integers(len(centres))] + rng.normal(0, spread, 2) * (
+                (3, 0.08) if look.rows else 1
+            )
         else:
             x, y = rng.uniform(0, IMAGE_WIDTH), rng.uniform(0, IMAGE_HEIGHT)
-        size = zoom * (1.4 + 1.4 * grade) * rng.lognormal(0, 0.1 + 0.25 * grade)
+        size = zoom * (1.4 + 1.4 * grade) * rng.lognormal(0, 0.1 + 0.25 * grade) * look.nucleus_size
         darkness = float(np.clip(rng.normal(0.35 + 0.55 * grade, 0.12), 0, 1))
         _draw_nucleus(draw, rng, x, y, size, irregularity=0.05 + 0.35 * grade, darkness=darkness)
 

@@ -31,13 +31,14 @@ import pandas as pd
 from bcnb.augment import Augmentation, random_augment
 from bcnb.checkpoint import CHECKPOINT_FILE, FINE_TUNE_CHECKPOINT_FILE, ResumeTraining, run_fingerprint
 from bcnb.config import Config
-from bcnb.datasets import labels_of, stain_normalizer, tiles_of
+from bcnb.datasets import stain_normalizer, tiles_of
 from bcnb.features import features_of, read_features
 from bcnb.files import read_run_json, write_json_atomic, write_text_atomic
 from bcnb.images import load_for_model
 from bcnb.model import classifier_head, unfreeze_top_layers
 from bcnb.seeds import seed_everything
 from bcnb.stain import StainNormalizer
+from bcnb.subtypes import targets_of
 
 HISTORY_FILE = "history.csv"
 TRAINING_FILE = "training.json"
@@ -117,9 +118,10 @@ class ImageBatches(EpochBatches):
         batch_size: int,
         augmentation: Augmentation | None = None,
         stain: StainNormalizer | None = None,
+        task: str = "binary",
         **order,
     ):
-        super().__init__(labels_of(table), batch_size, **order)
+        super().__init__(targets_of(table, task), batch_size, **order)
         tile, tiles = tiles_of(table)
         self.sources = list(zip(table["path"], tiles, tile))
         self.img_size, self.resize, self.augmentation, self.stain = img_size, resize, augmentation, stain
@@ -155,9 +157,10 @@ def training_inputs(cfg: Config, model: keras.Model, split: pd.DataFrame):
     path = features_of(cfg, model, split)
     rows = {name: np.flatnonzero(split["split"].to_numpy() == name) for name in ("train", "val")}
     train_data = FeatureBatches(
-        path, rows["train"], labels_of(train), cfg.batch_size, shuffle=True, seed=cfg.seed
+        path, rows["train"], targets_of(train, cfg.task), cfg.batch_size, shuffle=True, seed=cfg.seed
     )
-    val_data = FeatureBatches(path, rows["val"], labels_of(val), max(cfg.batch_size, VALIDATION_BATCH))
+    val_targets = targets_of(val, cfg.task)
+    val_data = FeatureBatches(path, rows["val"], val_targets, max(cfg.batch_size, VALIDATION_BATCH))
     return classifier_head(model), train_data, val_data
 
 
@@ -178,11 +181,12 @@ def image_inputs(cfg: Config, train: pd.DataFrame, val: pd.DataFrame, augment: b
         cfg.batch_size,
         augmentation,
         stain,
+        cfg.task,
         shuffle=True,
         seed=cfg.seed,
         stream=stream,
     )
-    return train_data, ImageBatches(val, cfg.img_size, cfg.resize, cfg.batch_size, stain=stain)
+    return train_data, ImageBatches(val, cfg.img_size, cfg.resize, cfg.batch_size, stain=stain, task=cfg.task)
 
 
 def fine_tuning_inputs(cfg: Config, split: pd.DataFrame):
@@ -196,17 +200,19 @@ def class_weights(cfg: Config, split: pd.DataFrame) -> dict[int, float] | None:
     """``fit``'s class_weight: None, or each class weighed by the inverse of its share."""
     if cfg.class_weight != "balanced":
         return None
-    return balanced_class_weight(labels_of(split[split["split"] == "train"]))
+    return balanced_class_weight(targets_of(split[split["split"] == "train"], cfg.task))
 
 
 def balanced_class_weight(labels: np.ndarray) -> dict[int, float]:
-    """Weights that make each class count equally in the loss: n / (2 * n_class).
+    """Weights that make each class present count equally in the loss: n / (k * n_class)
+    for k classes present.
 
     On BreakHis (31% benign) a benign image then weighs about 1.6, a malignant one 0.73.
     """
     labels = np.asarray(labels).astype(int)
     counts = np.bincount(labels, minlength=2)
-    return {cls: len(labels) / (2 * count) for cls, count in enumerate(counts) if count}
+    present = np.count_nonzero(counts)
+    return {cls: len(labels) / (present * count) for cls, count in enumerate(counts) if count}
 
 
 def resume_training(
@@ -242,14 +248,29 @@ def metrics_line(logs: dict | None) -> str:
 
 
 # --------------------------------------------------------------------------- training
-def compile_for_training(model: keras.Model, learning_rate: float, steps_per_execution: int = 1) -> None:
-    """The paper's compile: Adam on binary cross-entropy, reporting accuracy."""
+def compile_for_training(
+    model: keras.Model, learning_rate: float, steps_per_execution: int = 1, task: str = "binary"
+) -> None:
+    """The paper's compile: Adam on binary cross-entropy, reporting accuracy; for tumour
+    types, cross-entropy over the eight classes (the label is the type's index)."""
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-        loss=keras.losses.BinaryCrossentropy(),
-        metrics=[keras.metrics.BinaryAccuracy(name="accuracy")],
+        loss=loss_of(task),
+        metrics=[accuracy_of(task)],
         steps_per_execution=steps_per_execution,
     )
+
+
+def loss_of(task: str) -> keras.losses.Loss:
+    if task == "binary":
+        return keras.losses.BinaryCrossentropy()
+    return keras.losses.SparseCategoricalCrossentropy()
+
+
+def accuracy_of(task: str) -> keras.metrics.Metric:
+    if task == "binary":
+        return keras.metrics.BinaryAccuracy(name="accuracy")
+    return keras.metrics.SparseCategoricalAccuracy(name="accuracy")
 
 
 def fit_phase(
@@ -294,13 +315,13 @@ def train_model(
     """
     trainee, train_data, val_data = training_inputs(cfg, model, split)
     seed_everything(cfg.seed)  # the same dropout, cache or not
-    compile_for_training(trainee, cfg.learning_rate, steps_per_call(train_data))
+    compile_for_training(trainee, cfg.learning_rate, steps_per_call(train_data), cfg.task)
     lines = [EpochLines(cfg.epochs, progress)] if progress else []
     phases = [fit_phase(cfg, split, "head", trainee, train_data, val_data, callbacks=lines)]
     fine_tuned = []
     if cfg.fine_tunes:
         fine_tuned = unfreeze_top_layers(model, cfg.fine_tune_layers)
-        compile_for_training(model, cfg.fine_tune_learning_rate)
+        compile_for_training(model, cfg.fine_tune_learning_rate, task=cfg.task)
         lines = [EpochLines(cfg.fine_tune_epochs, progress, "fine-tuning ")] if progress else []
         tune_data, val_images = fine_tuning_inputs(cfg, split)
         phases.append(
@@ -324,7 +345,9 @@ def finish_training(
     """After the last ``fit``: compile the full model as the paper did (so that ``evaluate``
     reports its loss and accuracy), save the history and what training used, and remove the
     checkpoints (finished: a re-run trains afresh). Returns the history of every phase."""
-    compile_for_training(model, cfg.fine_tune_learning_rate if cfg.fine_tunes else cfg.learning_rate)
+    compile_for_training(
+        model, cfg.fine_tune_learning_rate if cfg.fine_tunes else cfg.learning_rate, task=cfg.task
+    )
     model.optimizer.build(model.trainable_variables)  # so the saved model loads without a warning
     rows = [{**row, "phase": phase} for phase, done in zip(PHASES, phases) for row in done.history]
     history = history_frame(rows)

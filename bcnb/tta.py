@@ -15,6 +15,7 @@ import pandas as pd
 
 from bcnb import calibrate
 from bcnb.evaluate import compute_metrics
+from bcnb.subtypes import malignant_probability
 
 VIEWS = 8  # 4 quarter turns x (as is, mirrored)
 
@@ -32,7 +33,7 @@ def tta_probabilities(model, batches) -> np.ndarray:
     for images, _ in batches:
         images = np.asarray(images)
         views = [model.predict_on_batch(np.ascontiguousarray(view)) for view in dihedral_views(images)]
-        found.append(np.mean(views, axis=0).reshape(-1))
+        found.append(malignant_probability(np.mean(views, axis=0)))  # per type first, then summed
     return np.concatenate(found) if found else np.zeros(0)
 
 

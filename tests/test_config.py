@@ -6,6 +6,7 @@ from bcnb.config import PRESENTATION, STAGES, Config, defines_the_run, field_nam
 
 # One bad value per field, with a word the error message must contain.
 BAD_VALUES = {
+    "task": ("grade", "task: expected one of binary, subtype"),
     "dataset": ("", "dataset"),
     "layout": ("tree", "layout: expected one of auto, breakhis, idc, folders, csv"),
     "positive_class": ("", "positive_class"),

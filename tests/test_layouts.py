@@ -69,14 +69,14 @@ def test_read_breakhis_from_any_level(breakhis_sample, level):
 
 
 def test_breakhis_folder_and_csv_manifest_agree(breakhis_sample):
-    columns = layouts.TABLE_COLUMNS
+    columns = [*layouts.TABLE_COLUMNS, "subtype"]  # the manifest's subtype column is kept (task=subtype)
     from_folders = layouts.read_breakhis(breakhis_sample).table[columns].sort_values("path")
     found = layouts.read_manifest(breakhis_sample / "manifest.csv")
     from_csv = found.table[columns].sort_values("path")
     pd.testing.assert_frame_equal(from_folders.reset_index(drop=True), from_csv.reset_index(drop=True))
     used, ignored = found.notes[0].split("; ")
-    assert used == "manifest columns used: path, label, patient_id, magnification"
-    assert ignored == "ignored: subtype, width, height, sha256"
+    assert used == "manifest columns used: path, label, patient_id, magnification, subtype"
+    assert ignored == "ignored: width, height, sha256"
 
 
 def test_strays_in_breakhis_image_folders(tmp_path):
