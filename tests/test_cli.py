@@ -87,11 +87,28 @@ BAD_INPUTS = {
         ],
         "stain_target: .*t.txt is not a readable image",
     ),
+    "no tumour types for task=subtype": (
+        lambda t: ["--set", "task=subtype", "--set", f"dataset={_manifest_without_types(t / 'untyped')}"],
+        "task=subtype: .*m.csv has no tumour type for every image",
+    ),
     "missing manifest image": (
         lambda t: ["--set", f"dataset={_file(t / 'm.csv', MANIFEST_WITHOUT_IMAGES)}"],
         "dataset: 1 bad file\\(s\\) in .*m.csv .*x.png: missing file",
     ),
 }
+
+
+def _manifest_without_types(folder):
+    """A usable manifest of six distinct images, two classes, no subtype column."""
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rows = ["path,label,patient_id"]
+    for i in range(6):
+        Image.new("RGB", (40, 40), (200, 100 + 20 * i, 180)).save(folder / f"{i}.png")
+        rows.append(f"{i}.png,{'benign' if i % 2 else 'malignant'},p{i}")
+    (folder / "m.csv").write_text("\n".join(rows) + "\n")
+    return folder / "m.csv"
 
 
 def _mkdir(path):
