@@ -84,12 +84,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="override one parameter for every cell (repeatable)",
     )
     extract = commands.add_parser(
-        "extract", help="compute one shard of a run's feature cache (run notebooks 01-02 first)"
+        "extract", help="compute a run's feature cache, one shard or on a Dask cluster (run 01-02 first)"
     )
     extract.add_argument(
         "--out", required=True, type=Path, help="the run (finished, or stopped with --stop-after)"
     )
-    extract.add_argument("--shard", required=True, metavar="I/N", help="this process' share, e.g. 0/4")
+    where = extract.add_mutually_exclusive_group(required=True)
+    where.add_argument("--shard", metavar="I/N", help="this process' share, e.g. 0/4")
+    where.add_argument(
+        "--dask",
+        metavar="SCHEDULER",
+        help="all of it on a Dask cluster: local:N worker processes or tcp://host:port",
+    )
+    extract.add_argument("--chunk", type=int, default=256, metavar="ROWS", help="images per Dask task (256)")
     predict = commands.add_parser(
         "predict", help="calibrated malignancy of new images with a finished run's model"
     )
@@ -162,7 +169,9 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 def _extract(args: argparse.Namespace) -> int:
     try:
-        shard, shards = parse_shard(args.shard)
+        shard, shards = parse_shard(args.shard) if args.shard else (0, 1)
+        if args.chunk < 1:
+            raise ValueError(f"--chunk: expected at least 1 image per task, got {args.chunk}")
         from bcnb.reproduce import run_folder
 
         folder = run_folder(args.out)
@@ -174,8 +183,24 @@ def _extract(args: argparse.Namespace) -> int:
         model = bcnb_model.load_model(folder / bcnb_model.INITIAL_MODEL_FILE)
     except (ValueError, FileNotFoundError) as error:
         return _fail(str(error), EXIT_BAD_INPUT)
+    if args.dask:
+        return _extract_on_cluster(args, cfg, model, split)
     path = features.extract_shard(cfg, model, split, shard, shards)
     _say(f"shard {shard}/{shards}: {path}")
+    return 0
+
+
+def _extract_on_cluster(args: argparse.Namespace, cfg: Config, model, split) -> int:
+    from bcnb.cluster import connect, extract_on_cluster
+    from bcnb.runfolder import RunLock
+
+    try:  # one writer of the run folder, as for bcnb reproduce
+        with RunLock(args.out, "bcnb extract --dask"), connect(args.dask) as client:
+            _say(f"Dask dashboard: {client.dashboard_link}")
+            path = extract_on_cluster(cfg, model, split, client, args.chunk, _say)
+    except ValueError as error:  # a busy folder, no scheduler, an unreadable image: nothing written
+        return _fail(str(error), EXIT_BAD_INPUT)
+    _say(f"features of {len(split)} images: {path} (bcnb reproduce --out {args.out} --resume trains on them)")
     return 0
 
 

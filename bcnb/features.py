@@ -129,7 +129,7 @@ def cached_features(
     path = Path(path)
     key_path = path.with_suffix(".key.json")
     key = feature_cache_key(model, table, img_size, resize, stain)
-    if _is_current(path, key, len(table)):
+    if is_current(path, key, len(table)):
         return path
     key_path.unlink(missing_ok=True)  # from here on, the old file is no longer trusted
     shards = _complete_shards(model, table, img_size, resize, path, stain)
@@ -141,7 +141,8 @@ def cached_features(
     return path
 
 
-def _is_current(path: Path, key: str, rows: int) -> bool:
+def is_current(path: Path, key: str, rows: int) -> bool:
+    """True when ``path`` holds ``rows`` rows and its key file says ``key``: no need to compute."""
     return _stored_key(path.with_suffix(".key.json")) == key and _holds_rows(path, rows)
 
 
@@ -165,7 +166,7 @@ def _complete_shards(
         parts = [shard_path(path, shard, shards) for shard in range(shards)]
         rows = [table.iloc[shard_rows(len(table), shard, shards)] for shard in range(shards)]
         keys = [feature_cache_key(model, part, img_size, resize, stain) for part in rows]
-        if all(_is_current(part, key, len(r)) for part, key, r in zip(parts, keys, rows)):
+        if all(is_current(part, key, len(r)) for part, key, r in zip(parts, keys, rows)):
             return parts
     return []
 

@@ -1,0 +1,98 @@
+"""Feature extraction in one process against a local Dask cluster of 1 and 2 workers.
+
+    .venv/bin/python benchmarks/dask_extract.py            # writes benchmarks/dask_results.md
+
+On the built-in dataset (480 images at 224x224, random weights), each way in its own run
+folder copy: the single-process path (``features.features_of``), then ``bcnb extract --dask
+local:1`` and ``local:2`` (cluster start-up included, as a user waits for it), and the cost
+of small chunks (the per-task overhead: the same 2 workers with chunks of 16 and 256 images).
+On a 2-core machine two workers share the two cores that one TensorFlow process already
+uses, so little gain is expected here: the point of --dask is more machines, not this one.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).with_name("dask_results.md")
+
+
+def prepared_run(root: Path):
+    """A run folder as notebooks 01-02 leave it, on the built-in dataset."""
+    from bcnb import Config, datasets
+    from bcnb import model as bcnb_model
+    from bcnb.runfolder import record_all
+
+    cfg = Config(weights="none", run_dir=str(root / "prepared"))
+    split = datasets.split_for_run(cfg, datasets.load_dataset(cfg).table)
+    Path(cfg.run_dir).mkdir(parents=True)
+    record_all(cfg.run_dir, cfg)
+    datasets.save_split(split, cfg.run_dir)
+    bcnb_model.save_model(
+        bcnb_model.build_model(cfg.img_size, None), Path(cfg.run_dir) / "model_initial.keras"
+    )
+    return cfg, split
+
+
+def timed(label: str, cfg, root: Path, extract) -> dict:
+    from bcnb import model as bcnb_model
+
+    folder = root / label.replace(" ", "_").replace(":", "")
+    shutil.copytree(cfg.run_dir, folder)
+    run = cfg.replace(run_dir=str(folder))
+    model = bcnb_model.load_model(folder / "model_initial.keras")
+    started = time.perf_counter()
+    extract(run, model)
+    return {"way": label, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def main() -> None:
+    from bcnb import cluster, datasets, features
+
+    root = Path(tempfile.mkdtemp(prefix="bcnb-dask-"))
+    cfg, split = prepared_run(root)
+    quiet = lambda line: None  # noqa: E731
+
+    def on_cluster(address, chunk):
+        def extract(run, model):
+            with cluster.connect(address) as client:
+                cluster.extract_on_cluster(run, model, datasets.load_split(run.run_dir), client, chunk, quiet)
+
+        return extract
+
+    rows = [
+        timed("one process", cfg, root, lambda run, model: features.features_of(run, model, split)),
+        timed("local:1, chunks of 256", cfg, root, on_cluster("local:1", 256)),
+        timed("local:2, chunks of 256", cfg, root, on_cluster("local:2", 256)),
+        timed("local:2, chunks of 16", cfg, root, on_cluster("local:2", 16)),
+    ]
+    for row in rows:
+        row["images/s"] = round(len(split) / row["seconds"], 1)
+    chunks = {size: -(-len(split) // size) for size in (16, 256)}
+    overhead = (rows[3]["seconds"] - rows[2]["seconds"]) / (chunks[16] - chunks[256])
+    from bcnb.bench import machine
+
+    lines = [
+        "# bcnb extract --dask against one process",
+        "",
+        f"Machine: {machine()}. {len(split)} images, 224x224, random weights, the built-in dataset;",
+        "cluster start-up included.",
+        "",
+        "| way | seconds | images/s |",
+        "|---|---|---|",
+        *[f"| {r['way']} | {r['seconds']} | {r['images/s']} |" for r in rows],
+        "",
+        f"Overhead per chunk (2 workers, 16- against 256-image chunks): {overhead * 1000:.0f} ms.",
+        "",
+    ]
+    RESULTS.write_text("\n".join(lines))
+    print("\n".join(lines))
+    shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""bcnb extract --dask: feature extraction on a local Dask cluster of worker processes."""
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+pytest.importorskip("distributed", reason="the [dask] extra is not installed")  # the test extra has it
+
+from bcnb import cli, cluster, datasets, features  # noqa: E402
+from bcnb import model as bcnb_model  # noqa: E402
+from bcnb.runfolder import record_all  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def run(tiny_cfg, tiny_split, tmp_path_factory):
+    """A run as notebooks 01-02 leave it (record, split, initial model), and the features
+    the single-process path computes for it."""
+    folder = tmp_path_factory.mktemp("dask") / "run"
+    folder.mkdir()
+    cfg = tiny_cfg.replace(run_dir=str(folder))
+    record_all(folder, cfg)
+    datasets.save_split(tiny_split, folder)
+    bcnb_model.save_model(bcnb_model.build_model(cfg.img_size, None), folder / bcnb_model.INITIAL_MODEL_FILE)
+    model = bcnb_model.load_model(folder / bcnb_model.INITIAL_MODEL_FILE)
+    reference = features.extract_features(
+        model, datasets.load_split(folder), cfg.img_size, features.EXTRACTION_BATCH
+    )
+    return cfg, model, reference
+
+
+def _fresh(cfg, tmp_path):
+    """A copy of the run folder without features."""
+    import shutil
+
+    folder = tmp_path / "run"
+    shutil.copytree(cfg.run_dir, folder, ignore=shutil.ignore_patterns("features"))
+    return cfg.replace(run_dir=str(folder))
+
+
+def test_two_workers_write_the_single_process_cache_even_when_one_is_killed(run, tmp_path):
+    """Chunks of 4 images on 2 worker processes; one worker is killed once the first chunk is
+    in. Dask redoes its chunks elsewhere, and the file equals the single-process features
+    (within float tolerance 1e-5: batches are composed differently) under the same key."""
+    cfg, model, reference = run
+    cfg = _fresh(cfg, tmp_path)
+    split = datasets.load_split(cfg.run_dir)
+    lines = []
+    with cluster.connect("local:2") as client:
+        pids = list(client.run(os.getpid).values())
+
+        def say(line):
+            if not lines:  # the first chunk is done: kill a worker with work still queued
+                os.kill(pids[0], signal.SIGKILL)
+            lines.append(line)
+
+        path = cluster.extract_on_cluster(cfg, model, split, client, chunk=4, say=say)
+    np.testing.assert_allclose(np.load(path), reference, atol=1e-5)
+    assert features.is_current(path, features.feature_cache_key(model, split, cfg.img_size), len(split))
+    assert len(lines) == -(-len(split) // 4) and lines[-1].startswith(f"chunk {len(lines)}/{len(lines)} done")
+    # and a second run finds it current: nothing is submitted
+    with cluster.connect("local:1") as client:
+        said = []
+        cluster.extract_on_cluster(cfg, model, split, client, say=said.append)
+    assert said == [f"{path}: already computed for this run"]
+
+
+def test_an_unreadable_image_stops_the_job_naming_it(run, tmp_path, capsys):
+    cfg, _, _ = run
+    cfg = _fresh(cfg, tmp_path)
+    split = datasets.load_split(cfg.run_dir)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    split.loc[3, "path"] = str(broken)
+    datasets.save_split(split, cfg.run_dir)
+    status = cli.main(["extract", "--out", cfg.run_dir, "--dask", "local:1", "--chunk", "8"])
+    err = capsys.readouterr().err
+    assert status == 2 and f"{broken}: " in err and "no features written" in err
+    assert not (tmp_path / "run" / "features" / "all.npy").exists()
+
+
+def test_an_unreachable_scheduler_is_one_line(run, capsys):
+    cfg, _, _ = run
+    assert cli.main(["extract", "--out", cfg.run_dir, "--dask", "tcp://127.0.0.1:9"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "cannot reach a Dask scheduler at tcp://127.0.0.1:9" in lines[0]
+
+
+def test_without_dask_the_option_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "dask.distributed", None)
+    with pytest.raises(ValueError, match=r'needs dask.distributed, .*pip install -e "\.\[dask\]"'):
+        cluster.connect("local:1")
+
+
+@pytest.mark.parametrize("address", ["local:0", "local:two"])
+def test_a_local_cluster_needs_a_number_of_workers(address):
+    with pytest.raises(ValueError, match="expected local:N with N >= 1"):
+        cluster.connect(address)
+
+
+def test_chunk_bounds_cover_every_row_once():
+    assert cluster.chunk_bounds(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert cluster.chunk_bounds(0, 4) == []
