@@ -77,7 +77,9 @@ def features_of_chunk(run_dir: str, start: int, stop: int) -> np.ndarray:
     cfg = Config.from_file(Path(run_dir) / CONFIG_FILE, run_dir=run_dir)
     rows = load_split(run_dir).iloc[start:stop]
     model = _worker_model(run_dir)
-    batch_size = max(cfg.batch_size, EXTRACTION_BATCH)
+    # As the single-process path, but never more than the chunk: a batch is padded to full
+    # size, so a 16-image chunk in a 64-image batch would cost four times its work.
+    batch_size = min(max(cfg.batch_size, EXTRACTION_BATCH), len(rows))
     try:
         return extract_features(
             model, rows, cfg.img_size, batch_size, resize=cfg.resize, stain=stain_normalizer(cfg)

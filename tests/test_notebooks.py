@@ -163,8 +163,10 @@ def test_metrics_agree_with_the_predictions_and_split(run):
 @pytest.mark.slow
 def test_split_is_by_patient(run):
     split = pd.read_csv(run[0] / "split.csv", dtype={"patient_id": str})
-    assert list(split.columns) == ["path", "label", "patient_id", "magnification", "split"]
+    # the built-in data has BreakHis names: each image's tumour type travels with it
+    assert list(split.columns) == ["path", "label", "patient_id", "magnification", "subtype", "split"]
     assert split.groupby("patient_id")["split"].nunique().max() == 1
+    assert split.groupby("patient_id")["subtype"].nunique().max() == 1  # one type per patient
 
 
 @pytest.mark.slow
