@@ -14,10 +14,13 @@ from pathlib import Path
 
 import yaml
 
-from bcnb.config import CONFIG_FILE, Config, parse_override
+from bcnb.config import Config, parse_override, read_parameters
+from bcnb.nativelog import native_stderr
+from bcnb.sweep import MAX_CELLS
 
 EXIT_BAD_INPUT = 2
 EXIT_RUN_FAILED = 1
+CHUNK_DEFAULT = 256  # bcnb extract --dask: images per task (bcnb.cluster.CHUNK_ROWS, without importing it)
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -28,9 +31,13 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog="bcnb", description="Breast cancer histopathology notebooks.")
+    parser = _OneLineParser(
+        prog="bcnb",
+        description="Breast cancer histopathology notebooks: the paper's ResNet50V2 transfer model, "
+        "taught and reproduced. For teaching and research, never for diagnosis.",
+    )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
-    run = commands.add_parser("reproduce", help="run the notebooks headless into a run folder")
+    run = _command(commands, "reproduce", "run the notebooks headless into a run folder")
     run.add_argument("--out", required=True, type=Path, help="the run folder to create or replace")
     run.add_argument("--config", type=Path, help="YAML file of parameter: value pairs")
     run.add_argument(
@@ -62,9 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--stop-after", metavar="NOTEBOOK", help="stop, unfinished, after this notebook (e.g. 02)"
     )
-    sweep = commands.add_parser(
-        "sweep", help="the pipeline for every combination of --grid values, one table"
-    )
+    sweep = _command(commands, "sweep", "the pipeline for every combination of --grid values, one table")
     sweep.add_argument("--out", required=True, type=Path, help="the folder of the sweep's run folders")
     sweep.add_argument(
         "--grid",
@@ -74,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="a parameter and its values (repeatable: every combination runs)",
     )
     sweep.add_argument("--folds", type=int, default=0, metavar="K", help="a K-fold cross-validation per cell")
+    sweep.add_argument(
+        "--max-cells",
+        type=int,
+        default=MAX_CELLS,
+        metavar="N",
+        help=f"run a grid of up to N cells (default {MAX_CELLS}: a larger grid must be meant)",
+    )
     sweep.add_argument("--config", type=Path, help="YAML file of parameter: value pairs")
     sweep.add_argument(
         "--set",
@@ -83,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override one parameter for every cell (repeatable)",
     )
-    extract = commands.add_parser(
-        "extract", help="compute a run's feature cache, one shard or on a Dask cluster (run 01-02 first)"
+    extract = _command(
+        commands, "extract", "compute a run's feature cache, one shard or on a Dask cluster (run 01-02 first)"
     )
     extract.add_argument(
         "--out", required=True, type=Path, help="the run (finished, or stopped with --stop-after)"
@@ -96,41 +108,80 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SCHEDULER",
         help="all of it on a Dask cluster: local:N worker processes or tcp://host:port",
     )
-    extract.add_argument("--chunk", type=int, default=256, metavar="ROWS", help="images per Dask task (256)")
-    predict = commands.add_parser(
-        "predict", help="calibrated malignancy of new images with a finished run's model"
+    extract.add_argument(
+        "--chunk", type=int, metavar="ROWS", help=f"with --dask: images per task ({CHUNK_DEFAULT})"
     )
-    predict.add_argument("images", type=Path, metavar="IMAGE_OR_FOLDER")
+    predict = _command(commands, "predict", "calibrated malignancy of new images with a finished run's model")
+    predict.add_argument(
+        "images", type=Path, nargs="*", metavar="IMAGE_OR_FOLDER", help="image files and folders of them"
+    )
     predict.add_argument("--model", required=True, type=Path, help="a run's model.keras")
+    predict.add_argument(
+        "--examples",
+        action="store_true",
+        help="instead of images: a few of the run's own test images, both classes (from RUN/split.csv)",
+    )
     predict.add_argument("--cam-dir", type=Path, help="write a Grad-CAM overlay per image here")
     predict.add_argument("--csv", type=Path, help="also write the table to this CSV file")
-    commands.add_parser("config", help="print every parameter with its default, as YAML")
-    fetch = commands.add_parser("download", help="fetch, check and unpack a real data set (breakhis, idc)")
-    fetch.add_argument("name", choices=("breakhis", "idc"))
+    _command(commands, "config", "print every parameter with its default, as YAML")
+    fetch = _command(commands, "download", "fetch, check and unpack a real data set (breakhis, idc)")
+    fetch.add_argument("name", choices=("breakhis", "idc"), help="the data set: breakhis or idc")
     fetch.add_argument("--to", required=True, type=Path, help="the folder to unpack into")
     fetch.add_argument("--url", default="", help="a mirror's address for the archive")
     fetch.add_argument("--archive", default="", type=str, help="an archive already on disk")
-    weights = commands.add_parser("weights", help="the ImageNet weights files: fetch, import, status")
+    weights = _command(commands, "weights", "the ImageNet weights files: fetch, import, status")
     actions = weights.add_subparsers(dest="action", required=True, parser_class=_OneLineParser)
-    get = actions.add_parser("fetch", help="download into Keras' cache (md5 checked)")
+    get = _command(actions, "fetch", "download into Keras' cache (md5 checked)")
     get.add_argument("--backbone", default="resnet50v2", help="a backbone, or all")
-    get.add_argument("--img-size", type=int, default=224)
-    bring = actions.add_parser("import", help="check a downloaded weights file and put it in Keras' cache")
-    bring.add_argument("file", type=Path)
-    actions.add_parser("status", help="each backbone's weights file: present and verified, or not")
-    bench = commands.add_parser("bench", help="measure speed and memory of the fast path (minutes)")
-    bench.add_argument("--img-size", type=int, default=224)
-    bench.add_argument("--batch-size", type=int, default=64)
+    get.add_argument("--img-size", type=int, default=224, help="the input size the weights are for (224)")
+    bring = _command(actions, "import", "check a downloaded weights file and put it in Keras' cache")
+    bring.add_argument("file", type=Path, help="the .h5 file, named as Keras names it")
+    _command(actions, "status", "each backbone's weights file: present and verified, or not")
+    bench = _command(commands, "bench", "measure speed and memory of the fast path (minutes)")
+    bench.add_argument("--img-size", type=int, default=224, help="the model's input size in pixels (224)")
+    bench.add_argument("--batch-size", type=int, default=64, help="images per batch (64)")
     bench.add_argument("--out", type=Path, help="also write the table to this Markdown file")
     return parser
+
+
+# What `bcnb COMMAND --help` says first, beyond the one line of `bcnb --help`.
+DESCRIPTIONS = {
+    "reproduce": "Runs notebooks 01-04 and 06 (05 too with --compare) headless with papermill into "
+    "--out: the run's record (config.yaml), split, model, metrics, report.md, model_card.md and the "
+    "executed notebooks. --out is replaced only when it is a run folder bcnb made, and only once "
+    "every notebook has succeeded. --resume goes on with an interrupted run, --only runs notebooks "
+    "of a finished run again, --folds and --repeats run a protocol of several runs and summarise it.",
+    "sweep": "Runs the pipeline once per combination of the --grid values (or a --folds protocol per "
+    "combination), each in its own folder inside --out, then writes sweep.md and sweep.csv. Run "
+    "again, it keeps the finished cells and goes on with the others.",
+    "extract": "Computes the feature cache of a run stopped after notebook 02 (bcnb reproduce "
+    "--stop-after 02), as one of N shard processes or on a Dask cluster; bcnb reproduce --resume "
+    "then trains on it.",
+    "predict": "Gives the calibrated probability of malignancy of each image and the call of the "
+    "run's decision rule (chosen on validation). For teaching and research, never for diagnosis.",
+    "config": "Prints every parameter with its default, as YAML: a starting point for --config.",
+    "download": "Downloads (resuming an interrupted download), checks against the published counts "
+    "and unpacks BreakHis, or unpacks the IDC archive you downloaded (--archive).",
+    "weights": "The ImageNet weights files Keras loads: fetch them into Keras' cache, import a "
+    "copy from elsewhere (a classroom without internet), or see which are there.",
+    "bench": "Measures images per second and memory of feature extraction and training on this "
+    "machine (several minutes).",
+}
+
+
+def _command(commands, name: str, summary: str) -> argparse.ArgumentParser:
+    """A subcommand with its one line for the list and its description for its own --help."""
+    description = DESCRIPTIONS.get(name, summary[0].upper() + summary[1:] + ".")
+    return commands.add_parser(name, help=summary, description=description)
 
 
 def given_parameters(args: argparse.Namespace) -> dict:
     """The parameters the command line sets: those the --config file names, then each --set."""
     given = {}
     if args.config:
-        from_file = Config.from_file(args.config)  # checks the file and each value
-        given = {name: getattr(from_file, name) for name in yaml.safe_load(args.config.read_text()) or {}}
+        named = read_parameters(args.config)  # one line naming the file if it cannot be used
+        from_file = Config(**named)  # each value checked (and normalised, e.g. 40 -> 40X)
+        given = {name: getattr(from_file, name) for name in named}
     return {**given, **dict(parse_override(text) for text in args.overrides)}
 
 
@@ -141,22 +192,22 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "config":
-        print(yaml.safe_dump(Config().to_dict(), sort_keys=False), end="")
-        return 0
-    if args.command == "bench":
-        return _bench(args)
-    if args.command == "extract":
-        return _extract(args)
-    if args.command == "sweep":
-        return _sweep(args)
-    if args.command == "download":
-        return _download(args)
-    if args.command == "weights":
-        return _weights(args)
-    if args.command == "predict":
-        return _predict(args)
-    return _reproduce(args)
+    # TensorFlow's C++ start-up lines never reach the terminal, whichever command starts it.
+    with native_stderr():
+        try:
+            return _COMMANDS[args.command](args)
+        except OSError as error:  # a file a command could not read or write: say which, once
+            return _fail(_os_error_line(error), EXIT_BAD_INPUT)
+
+
+def _os_error_line(error: OSError) -> str:
+    where = error.filename or ""
+    return f"{where}: {error.strerror}" if where and error.strerror else str(error)
+
+
+def _config(args: argparse.Namespace) -> int:
+    print(yaml.safe_dump(Config().to_dict(), sort_keys=False), end="")
+    return 0
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -168,64 +219,112 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def _extract(args: argparse.Namespace) -> int:
+    """Every argument and the run folder are checked before TensorFlow starts."""
     try:
         shard, shards = parse_shard(args.shard) if args.shard else (0, 1)
-        if args.chunk < 1:
+        if args.chunk is not None and not args.dask:
+            raise ValueError("--chunk: the images per Dask task, for --dask only (a shard is one task)")
+        if args.dask and (args.chunk or CHUNK_DEFAULT) < 1:
             raise ValueError(f"--chunk: expected at least 1 image per task, got {args.chunk}")
-        from bcnb.reproduce import run_folder
-
-        folder = run_folder(args.out)
-        cfg = Config.from_file(folder / CONFIG_FILE, run_dir=str(folder))
-        from bcnb import datasets, features
-        from bcnb import model as bcnb_model
-
-        split = datasets.load_split(folder)
-        model = bcnb_model.load_model(folder / bcnb_model.INITIAL_MODEL_FILE)
+        folder, cfg = _extraction_run(args.out)
     except (ValueError, FileNotFoundError) as error:
         return _fail(str(error), EXIT_BAD_INPUT)
     if args.dask:
-        return _extract_on_cluster(args, cfg, model, split)
+        return _extract_on_cluster(args, folder, cfg)
+    from bcnb import features
+
+    model, split = _extraction_inputs(folder)
     path = features.extract_shard(cfg, model, split, shard, shards)
     _say(f"shard {shard}/{shards}: {path}")
     return 0
 
 
-def _extract_on_cluster(args: argparse.Namespace, cfg: Config, model, split) -> int:
+def _extraction_run(out: Path) -> tuple[Path, Config]:
+    """The run (finished, or stopped with --stop-after) whose features are asked for."""
+    from bcnb.reproduce import run_folder
+    from bcnb.runfolder import check_writable, folder_kind, load_run_config
+
+    folder = run_folder(out)
+    if folder_kind(folder) != "run":
+        raise FileNotFoundError(
+            f"--out: {out} is not a run folder (make one with bcnb reproduce --stop-after 02)"
+        )
+    check_writable(folder, "--out")
+    return folder, load_run_config(folder)
+
+
+def _extraction_inputs(folder: Path):
+    from bcnb import datasets
+    from bcnb import model as bcnb_model
+
+    return bcnb_model.load_model(folder / bcnb_model.INITIAL_MODEL_FILE), datasets.load_split(folder)
+
+
+def _extract_on_cluster(args: argparse.Namespace, folder: Path, cfg: Config) -> int:
     from bcnb.cluster import connect, extract_on_cluster
     from bcnb.runfolder import RunLock
 
-    try:  # one writer of the run folder, as for bcnb reproduce
+    try:  # one writer of the run folder, as for bcnb reproduce; the scheduler before TensorFlow
         with RunLock(args.out, "bcnb extract --dask"), connect(args.dask) as client:
+            model, split = _extraction_inputs(folder)
             _say(f"Dask dashboard: {client.dashboard_link}")
-            path = extract_on_cluster(cfg, model, split, client, args.chunk, _say)
-    except ValueError as error:  # a busy folder, no scheduler, an unreadable image: nothing written
+            path = extract_on_cluster(cfg, model, split, client, args.chunk or CHUNK_DEFAULT, _say)
+    except (ValueError, FileNotFoundError) as error:  # busy, no scheduler, a bad image: nothing written
         return _fail(str(error), EXIT_BAD_INPUT)
     _say(f"features of {len(split)} images: {path} (bcnb reproduce --out {args.out} --resume trains on them)")
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
-    """Print one line per image; refused files are named on stderr (exit status 2)."""
+    """Print the decision rule, then one line per image; refused files are named on stderr
+    (exit status 2). Every path is checked before TensorFlow starts."""
     try:
-        from bcnb.predict import Predictor, find_images, predict_files
+        from bcnb.predict import (
+            Predictor,
+            describe_predictions,
+            describe_rule,
+            find_images,
+            predict_files,
+            read_run,
+            run_examples,
+        )
 
-        paths = find_images(args.images)
+        if bool(args.images) == args.examples:
+            raise ValueError("predict: expected image files or folders, or --examples (one of the two)")
+        paths = find_images(args.images) if args.images else []
+        read_run(args.model)  # --model checked before Keras starts, as the images are
+        paths = paths or run_examples(args.model)
+        _check_outputs({"--csv": args.csv, "--cam-dir": args.cam_dir})
         predictor = Predictor.from_run(args.model)
     except (ValueError, FileNotFoundError) as error:
         return _fail(str(error), EXIT_BAD_INPUT)
     for note in predictor.notes():  # before the rows: what the answers can mean
         _say(note)
     table = predict_files(predictor, paths, args.cam_dir)
-    for row in table.itertuples():
-        if row.refused:
-            _fail(f"{row.file}: refused, {row.refused}", EXIT_BAD_INPUT)
-        else:
-            print(f"{row.file}\t{row.label}\tmalignant {row.malignant}")
+    for row in table[table["refused"] != ""].itertuples():
+        _fail(f"{row.file}: refused, {row.refused}", EXIT_BAD_INPUT)
+    print(describe_rule(predictor.rule))
+    for line in describe_predictions(table, predictor.rule):
+        print(line)
     if args.csv:
         from bcnb.files import write_text_atomic
 
         write_text_atomic(args.csv, table.to_csv(index=False))
     return EXIT_BAD_INPUT if (table["refused"] != "").any() else 0
+
+
+def _check_outputs(outputs: dict[str, Path | None]) -> None:
+    """Files and folders a command will write, checked before its work starts (one line)."""
+    from bcnb.runfolder import check_writable
+
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        if option == "--csv" and path.is_dir():
+            raise ValueError(
+                f"--csv: {path} is a folder; expected a file name, e.g. {path / 'predictions.csv'}"
+            )
+        check_writable(path if path.is_dir() else path.parent, option)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -280,7 +379,8 @@ def _download(args: argparse.Namespace) -> int:
         folder = download(SOURCES[args.name], args.to, args.url, args.archive, _say, sys.stderr.isatty())
     except (ValueError, FileNotFoundError) as error:
         return _fail(str(error), EXIT_BAD_INPUT)
-    found = json.loads((args.to / "download.json").read_text())["found"]
+    # The record lies beside the unpacked folder, in --to as download() resolved it (~ expanded).
+    found = json.loads((folder.parent / "download.json").read_text())["found"]
     _say(
         f"{folder}: {found['images']} images checked against the published figures; "
         f"{patients_note(found, SOURCES[args.name].published)}"
@@ -289,7 +389,7 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _weights(args: argparse.Namespace) -> int:
-    from bcnb.distribute import import_tensorflow_quietly
+    from bcnb.nativelog import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     from bcnb import weights
@@ -318,8 +418,11 @@ def _sweep(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         if args.folds == 1 or args.folds < 0:
-            raise ValueError("--folds: expected at least 2")
-        out = run_sweep(config_from_args(args), args.out, parse_grid(args.grid), args.folds, _say)
+            raise ValueError(f"--folds: expected at least 2, got {args.folds}")
+        if args.max_cells < 1:
+            raise ValueError(f"--max-cells: expected at least 1, got {args.max_cells}")
+        grid = parse_grid(args.grid)
+        out = run_sweep(config_from_args(args), args.out, grid, args.folds, _say, max_cells=args.max_cells)
     except NotebookFailed as error:
         return _fail(f"{error}; run the same command again to go on", EXIT_RUN_FAILED)
     except (ValueError, FileNotFoundError) as error:
@@ -334,10 +437,12 @@ def _reproduce_protocol(args: argparse.Namespace, notebooks: Path, live: bool, s
     """--folds K or --repeats R: every run, then the summary (errors are the caller's)."""
     from bcnb.crossval import run_protocol
 
+    if args.folds == 1 or args.folds < 0:
+        raise ValueError(f"--folds: expected at least 2, got {args.folds}")
+    if args.repeats < 0:
+        raise ValueError(f"--repeats: expected at least 1, got {args.repeats}")
     if args.folds and args.repeats:
         raise ValueError("--folds and --repeats: expected one of them, not both")
-    if args.folds == 1 or args.folds < 0 or args.repeats < 0:
-        raise ValueError("--folds: expected at least 2 (--repeats: at least 1)")
     if args.only or args.stop_after or args.compare:
         raise ValueError("--folds/--repeats: they go without --only, --stop-after and --compare")
     cfg = config_from_args(args)
@@ -354,6 +459,18 @@ def _fail(message: str, status: int) -> int:
     # One line, whatever the message held.
     print(f"bcnb: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
     return status
+
+
+_COMMANDS = {
+    "reproduce": _reproduce,
+    "sweep": _sweep,
+    "extract": _extract,
+    "predict": _predict,
+    "config": _config,
+    "download": _download,
+    "weights": _weights,
+    "bench": _bench,
+}
 
 
 if __name__ == "__main__":

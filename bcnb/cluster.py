@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bcnb.config import CONFIG_FILE, Config
-from bcnb.files import replace_from_writer, write_json_atomic
+from bcnb.config import Config
+from bcnb.files import replace_from_writer
+from bcnb.runfolder import load_run_config
 
 CHUNK_ROWS = 256  # images per task: large enough that the per-task overhead is small
 INSTALL_HINT = 'pip install -e ".[dask]"'
@@ -74,7 +75,7 @@ def features_of_chunk(run_dir: str, start: int, stop: int) -> np.ndarray:
     from bcnb.datasets import load_split, stain_normalizer
     from bcnb.features import EXTRACTION_BATCH, extract_features
 
-    cfg = Config.from_file(Path(run_dir) / CONFIG_FILE, run_dir=run_dir)
+    cfg = load_run_config(run_dir)
     rows = load_split(run_dir).iloc[start:stop]
     model = _worker_model(run_dir)
     # As the single-process path, but never more than the chunk: a batch is padded to full
@@ -120,18 +121,28 @@ def extract_on_cluster(
     """Stage entry point: run_dir/features/all.npy computed chunk by chunk on ``client``'s
     workers, with its key, unless a current one is there already."""
     from bcnb.datasets import stain_normalizer
-    from bcnb.features import ALL_FEATURES, FEATURES_DIR, feature_cache_key, is_current
+    from bcnb.features import (
+        ABSENT,
+        ALL_FEATURES,
+        FEATURES_DIR,
+        feature_cache_key,
+        stale_reason,
+        write_feature_key,
+    )
     from bcnb.model import feature_extractor
 
     path = Path(cfg.run_dir) / FEATURES_DIR / ALL_FEATURES
     key = feature_cache_key(model, split, cfg.img_size, cfg.resize, stain_normalizer(cfg))
-    if is_current(path, key, len(split)):
+    reason = stale_reason(path, key, len(split))
+    if reason is None:
         say(f"{path}: already computed for this run")
         return path
+    if reason != ABSENT:  # stored features that are stale or damaged: say why they are redone
+        say(f"{path}: {reason}: recomputing")
     path.with_suffix(".key.json").unlink(missing_ok=True)
     shape = (len(split), feature_extractor(model).output.shape[-1])
     replace_from_writer(path, lambda temporary: _gather(client, cfg.run_dir, shape, chunk, temporary, say))
-    write_json_atomic(path.with_suffix(".key.json"), {"key": key, "rows": len(split)})
+    write_feature_key(path, key, len(split))
     return path
 
 

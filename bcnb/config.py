@@ -62,6 +62,14 @@ NOTEBOOK_OF_STAGE = {
 # Parameters that change how a run is shown or used, never what it is: a notebook may run
 # on a finished run folder with other values of these.
 PRESENTATION = ("interactive", "predict_images", "run_dir")
+# Parameters that name a file or folder, with the words they take instead of a path.
+PATH_PARAMETERS = {
+    "dataset": ("synthetic",),
+    "weights": ("imagenet", "none"),
+    "split_file": ("",),
+    "stain_target": ("",),
+    "predict_images": ("",),
+}
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,7 @@ class Config:
     fold: int = 0
     split_file: str = ""
     # The built-in dataset's size and how much benign and malignant overlap (0 to 1).
+    # Images per patient are per magnification: 3 gives each patient 12 (at 40X-400X).
     synthetic_patients: int = 40
     synthetic_images_per_patient: int = 3
     synthetic_difficulty: float = 0.5
@@ -240,17 +249,7 @@ class Config:
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> Config:
         """Load a YAML file of ``field: value`` pairs; ``overrides`` win over the file."""
-        path = Path(path)
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except OSError as error:
-            raise ValueError(f"{path}: cannot read config file ({error.strerror})") from None
-        except yaml.YAMLError as error:
-            raise ValueError(f"{path}: not valid YAML ({error.__class__.__name__})") from None
-        if not isinstance(values, dict):
-            raise ValueError(f"{path}: expected a mapping of parameter: value")
-        _reject_unknown(values, where=str(path))
-        return cls(**{**values, **overrides})
+        return cls(**{**read_parameters(path), **overrides})
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed (validated again)."""
@@ -261,8 +260,37 @@ class Config:
         return dataclasses.asdict(self)
 
 
+def read_parameters(path: str | Path) -> dict[str, Any]:
+    """The ``parameter: value`` pairs of a YAML file; ValueError naming the file if it cannot
+    be read, is not UTF-8 YAML, or names a parameter bcnb does not have."""
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read config file ({error.strerror})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text (expected a YAML file of parameter: value pairs)") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML ({error.__class__.__name__})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of parameter: value")
+    _reject_unknown(values, where=str(path))
+    return values
+
+
 def field_names() -> list[str]:
     return [field.name for field in fields(Config)]
+
+
+def resolve_paths(cfg: Config) -> Config:
+    """``cfg`` with every path parameter absolute (``~`` expanded), so that it names the same
+    file from any working folder (notebooks run in their run folder, not the caller's)."""
+    changes = {
+        name: str(Path(getattr(cfg, name)).expanduser().resolve())
+        for name, words in PATH_PARAMETERS.items()
+        if getattr(cfg, name).lower() not in words
+    }
+    return cfg.replace(**changes) if changes else cfg
 
 
 def stage_of(name: str) -> str:

@@ -74,49 +74,39 @@ def run_protocol(
     progress_bar: bool = False,
     resume: bool = False,
 ) -> Path:
-    """Run every fold or repeat into ``out`` (replaced only when all are done), then summarise."""
+    """Run every fold or repeat into ``out`` (replaced only when all are done), then summarise.
+
+    With ``resume`` the interrupted protocol goes on: finished runs are kept and an unfinished
+    one carries on, once every run in it is known to have been made with its parameters.
+    """
     from bcnb import reproduce
+    from bcnb.runfolder import check_destination, start_folder
 
     out = Path(out).resolve()
     notebooks_dir = Path(notebooks_dir or reproduce.NOTEBOOKS_DIR)
     reproduce.check_notebooks(notebooks_dir, list(FOLD_NOTEBOOKS))
     runs = protocol_runs(reproduce.headless(cfg), folds, repeats)
+    check_destination(out, "protocol")
     with RunLock(out, "bcnb reproduce " + (f"--folds {folds}" if folds else f"--repeats {repeats}")):
         progress("checking the dataset and parameters")
         reproduce.check_inputs(next(iter(runs.values())))  # K against the patients, before any notebook
-        staging = reproduce.staging_folder(out)
-        if not resume:
-            shutil.rmtree(staging, ignore_errors=True)
-        elif not staging.is_dir():
-            raise FileNotFoundError(f"--resume: no interrupted run to resume ({staging} does not exist)")
+        staging = reproduce.open_staging(out, "protocol", runs, resume)
         for number, (name, run_cfg) in enumerate(runs.items(), start=1):
             folder = staging / name
             if (folder / REPORT_FILE).is_file():
                 progress(f"{name}: finished before, kept")
                 continue
-            progress(f"{name} ({number}/{len(runs)})")
+            start_folder(folder, "run")
             record_parameters(folder, run_cfg, (), ["data", "model", "train", "evaluate"])
-            _run_fold(run_cfg.replace(run_dir=str(folder)), notebooks_dir, staging, progress, progress_bar)
+            share_features(staging, folder)
+            label = f"{name} ({number}/{len(runs)}) "
+            reproduce.run_notebooks(
+                folder, list(FOLD_NOTEBOOKS), run_cfg, notebooks_dir, progress, progress_bar, label=label
+            )
         summary = summarize(staging, list(runs), describe(cfg, folds, repeats))
         write_summary(staging, summary)
         reproduce.swap_into_place(staging, out)
     return out
-
-
-def _run_fold(cfg: Config, notebooks_dir: Path, staging: Path, progress, progress_bar: bool) -> None:
-    from bcnb import reproduce
-
-    folder = Path(cfg.run_dir)
-    (folder / "notebooks").mkdir(parents=True, exist_ok=True)
-    with (
-        reproduce.kernels_work_in(folder),
-        reproduce.native_stderr_to(folder / "notebooks" / reproduce.KERNEL_LOG),
-    ):
-        for name in FOLD_NOTEBOOKS:
-            if name == "03_train.ipynb":
-                share_features(staging, folder)
-            progress(f"{folder.name}: {name}")
-            reproduce.execute(notebooks_dir / name, folder / "notebooks" / name, cfg, progress_bar)
 
 
 def share_features(staging: Path, folder: Path) -> None:

@@ -6,8 +6,9 @@ batch by batch to a ``.npy`` file and read back batch by batch while the head tr
 use does not grow with the number of images (8 KB of features per image stay on disk).
 
 Each ``NAME.npy`` has a ``NAME.key.json`` beside it holding a hash of everything the features
-depend on. The key is written last, so a file from an interrupted run has no valid key and
-is recomputed, never read.
+depend on, the number of rows and a SHA-256 checksum of the file. The key is written last, so
+a file from an interrupted run has no valid key and is recomputed, never read; a file changed
+after it was written (same shape, other values) fails its checksum and is recomputed too.
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ FEATURES_DIR = "features"
 EXTRACTION_BATCH = 64
 ALL_FEATURES = "all.npy"
 SHARDS_DIR = "shards"  # bcnb extract --shard I/N writes features/shards/all.I-of-N.npy
+# Checksums read the file in blocks: a BreakHis cache is ~65 MB, never held in memory at once.
+CHECKSUM_BLOCK = 1 << 20
+ABSENT = "there are no stored features"  # the one reason to compute that is not worth a note
+# Why cached_features last recomputed each file over stored features, in this process:
+# train.training_inputs hands back only the path, so notebook 03 asks here afterwards.
+_RECOMPUTED: dict[str, str] = {}
 
 
 def feature_batches(
@@ -125,25 +132,76 @@ def cached_features(
     resize: str = "squash",
     stain: StainNormalizer | None = None,
 ) -> Path:
-    """The feature file for ``table`` at ``path`` (.npy), recomputed unless its key matches."""
+    """The feature file for ``table`` at ``path`` (.npy), recomputed unless its key and checksum
+    match; why it was recomputed over stored features, :func:`recompute_note` says."""
     path = Path(path)
-    key_path = path.with_suffix(".key.json")
     key = feature_cache_key(model, table, img_size, resize, stain)
-    if is_current(path, key, len(table)):
+    reason = stale_reason(path, key, len(table))
+    _RECOMPUTED.pop(_note_key(path), None)
+    if reason is None:
         return path
-    key_path.unlink(missing_ok=True)  # from here on, the old file is no longer trusted
+    path.with_suffix(".key.json").unlink(missing_ok=True)  # from here on, the old file is no longer trusted
     shards = _complete_shards(model, table, img_size, resize, path, stain)
     if shards:
         _concatenate(shards, path)
     else:
         write_features(model, table, img_size, batch_size, path, resize=resize, stain=stain)
-    write_json_atomic(key_path, {"key": key, "rows": len(table)})
+    write_feature_key(path, key, len(table))
+    if reason != ABSENT:
+        _RECOMPUTED[_note_key(path)] = f"{path}: {reason}: recomputed"
     return path
 
 
+def recompute_note(path: str | Path) -> str | None:
+    """Why this process' last :func:`cached_features` of ``path`` recomputed stored features, or None."""
+    return _RECOMPUTED.get(_note_key(Path(path)))
+
+
+def write_feature_key(path: Path, key: str, rows: int) -> Path:
+    """Write ``path``'s key file (key, rows, checksum of the file as it is now): the last step of a cache."""
+    return write_json_atomic(
+        path.with_suffix(".key.json"), {"key": key, "rows": rows, "sha256": file_checksum(path)}
+    )
+
+
 def is_current(path: Path, key: str, rows: int) -> bool:
-    """True when ``path`` holds ``rows`` rows and its key file says ``key``: no need to compute."""
-    return _stored_key(path.with_suffix(".key.json")) == key and _holds_rows(path, rows)
+    """True when ``path`` holds ``rows`` rows, its key file says ``key`` and its checksum matches."""
+    return stale_reason(path, key, rows) is None
+
+
+def stale_reason(path: Path, key: str, rows: int) -> str | None:
+    """Why the features at ``path`` cannot be used for ``key`` and ``rows`` (:data:`ABSENT` when
+    there are none), or None when they can."""
+    path = Path(path)
+    if not path.is_file():
+        return ABSENT
+    if path.stat().st_size == 0:  # np.load raises EOFError on it: as good as absent
+        return "the stored features were an empty file"
+    stored = _stored_key(path.with_suffix(".key.json"))
+    if stored is None:
+        return "the stored features had no valid key file (an interrupted run?)"
+    if stored.get("key") != key:
+        return "the stored features were computed for other images, settings or weights"
+    if not _holds_rows(path, rows):
+        return f"the stored features were not a complete file of {rows} rows"
+    if "sha256" not in stored:
+        return "the stored features had no checksum (written by an older bcnb)"
+    if stored["sha256"] != file_checksum(path):
+        return "the stored features did not match their checksum"
+    return None
+
+
+def file_checksum(path: Path) -> str:
+    """SHA-256 of the file's bytes, read in 1 MB blocks, as hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while block := stream.read(CHECKSUM_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _note_key(path: Path) -> str:
+    return str(path.resolve())
 
 
 # --------------------------------------------------------------------------- shards
@@ -199,15 +257,17 @@ def _holds_rows(path: Path, rows: int) -> bool:
     """True when ``path`` is a complete feature file of ``rows`` rows (not cut short)."""
     try:
         return np.load(path, mmap_mode="r").shape[0] == rows
-    except (OSError, ValueError):  # absent, or shorter than its header says
+    except (OSError, ValueError, EOFError):  # absent, empty, or shorter than its header says
         return False
 
 
-def _stored_key(key_path: Path) -> str | None:
+def _stored_key(key_path: Path) -> dict | None:
+    """The key file's fields, or None when it is absent or damaged (then there is no cache)."""
     try:
-        return json.loads(key_path.read_text())["key"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # absent or damaged: treat as no cache
+        stored = json.loads(key_path.read_text())
+    except (OSError, ValueError):
+        return None
+    return stored if isinstance(stored, dict) and "key" in stored else None
 
 
 def features_of(cfg: Config, model: keras.Model, split: pd.DataFrame) -> Path:

@@ -9,6 +9,27 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    """The process' umask (reading it means setting it: put it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _as_if_created(path: str | Path, mode: int = 0o666) -> None:
+    """Give a file made by ``mkstemp``/``mkdtemp`` (always 0600/0700, private) the mode a plain
+    ``open``/``mkdir`` would have given it, so that classmates on a shared machine can read a
+    run as they can read its executed notebooks."""
+    os.chmod(path, mode & ~_umask())
+
+
+def make_temporary_folder(prefix: str, dir: str | Path) -> Path:
+    """A fresh folder in ``dir``, with the permissions ``mkdir`` would give it (to rename into place)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=dir))
+    _as_if_created(folder, 0o777)
+    return folder
+
+
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to a temporary file beside ``path``, then rename it into place.
 
@@ -19,6 +40,7 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        _as_if_created(temporary)
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
         os.replace(temporary, path)
@@ -42,6 +64,7 @@ def temporary_path_beside(path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.close(handle)
+    _as_if_created(temporary)
     return Path(temporary)
 
 

@@ -86,46 +86,107 @@ def carve_validation(part: pd.DataFrame, share: float, seed: int, by: str = "lab
 def read_fold_file(path: str | Path) -> pd.DataFrame:
     """Spanhol et al.'s fold file: one row per line, ``file|magnification|fold|train or test``.
 
-    A line that does not have that form stops with its number and what was expected.
+    A line that does not have that form, an image listed as both train and test, or a file
+    without test (or train) images stops with the file, the line numbers and what was expected.
     """
+    return _fold_file_lines(path).drop(columns="line")
+
+
+def _fold_file_lines(path: str | Path) -> pd.DataFrame:
+    """The fold file's rows, with the number of the line each came from (``line``)."""
     path = Path(path)
     try:
         lines = path.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as error:
         raise ValueError(f"split_file: cannot read {path} ({error.__class__.__name__})") from None
-    rows = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        fields = [field.strip() for field in line.split("|")]
-        numbers = len(fields) == 4 and fields[1].isdigit() and fields[2].isdigit()
-        if not numbers or fields[3] not in ("train", "test"):
-            raise ValueError(
-                f"split_file: {path} line {number}: expected file name|magnification|fold|train or test "
-                f"(e.g. SOB_B_A-14-22549AB-40-001.png|40|1|train), got {line.strip()[:80]!r}"
-            )
-        rows.append(
-            {
-                "file": Path(fields[0]).name,
-                "magnification": f"{fields[1]}X",
-                "fold": int(fields[2]),
-                "group": fields[3],
-            }
-        )
+    rows = [_fold_file_row(path, number, line) for number, line in enumerate(lines, start=1) if line.strip()]
     if not rows:
         raise ValueError(f"split_file: {path} lists no images")
-    return pd.DataFrame(rows, columns=FOLD_FILE_COLUMNS)
+    table = pd.DataFrame(rows, columns=[*FOLD_FILE_COLUMNS, "line"])
+    _check_groups(path, table)
+    return table
+
+
+def _fold_file_row(path: Path, number: int, line: str) -> dict:
+    """One line of a fold file as a row; a line of another form stops, naming it."""
+    fields = [field.strip() for field in line.split("|")]
+    numbers = len(fields) == 4 and fields[1].isdigit() and fields[2].isdigit()
+    if not numbers or fields[3] not in ("train", "test"):
+        raise ValueError(
+            f"split_file: {path} line {number}: expected file name|magnification|fold|train or test "
+            f"(e.g. SOB_B_A-14-22549AB-40-001.png|40|1|train), got {line.strip()[:80]!r}"
+        )
+    return {
+        "file": Path(fields[0]).name,
+        "magnification": f"{fields[1]}X",
+        "fold": int(fields[2]),
+        "group": fields[3],
+        "line": number,
+    }
+
+
+def _check_groups(path: Path, table: pd.DataFrame) -> None:
+    """Refuse an image listed as both train and test, and a file without train or test images
+    (a run on it would fail only once trained). The same line twice is harmless."""
+    first = table.drop_duplicates(["file", "group"])
+    both = first[first.duplicated("file", keep=False)]
+    if not both.empty:
+        name = both["file"].iloc[0]
+        lines = both[both["file"] == name].set_index("group")["line"]
+        raise ValueError(
+            f"split_file: {path} lists {name} as train (line {lines['train']}) and as test "
+            f"(line {lines['test']}); expected each image in one of them"
+        )
+    for group in ("train", "test"):
+        if not (table["group"] == group).any():
+            raise ValueError(f"split_file: {path} has no {group} lines; expected both train and test images")
 
 
 def split_from_fold_file(
     table: pd.DataFrame, path: str | Path, val_fraction: float, seed: int, by: str = "label"
 ) -> pd.DataFrame:
     """``table`` (images the fold file lists) with its split: the file's test images are test,
-    validation is carved from its training images."""
-    group = read_fold_file(path).drop_duplicates("file").set_index("file")["group"]
+    validation is carved from its training images. Refused when the file puts a patient on
+    both sides, or none of ``table``'s images on one side."""
+    rows = _fold_file_lines(path).drop_duplicates("file").set_index("file")
     names = table["path"].map(lambda p: Path(p).name)
-    unlisted = sorted(set(names) - set(group.index))
+    name = Path(path).name
+    unlisted = sorted(set(names) - set(rows.index))
     if unlisted:
-        name = Path(path).name
         raise ValueError(f"split_file: {name} does not list {len(unlisted)} image(s), e.g. {unlisted[0]}")
-    return _with_validation(table, (names.map(group) == "test").to_numpy(), val_fraction, seed, by)
+    listed = table.assign(group=names.map(rows["group"]).to_numpy(), line=names.map(rows["line"]).to_numpy())
+    _check_patients(listed, name)
+    for group in ("train", "test"):
+        if not (listed["group"] == group).any():
+            raise ValueError(
+                f"split_file: {name} puts none of the {len(table)} images of this run in {group}; "
+                f"expected both train and test images"
+            )
+    return _with_validation(table, (listed["group"] == "test").to_numpy(), val_fraction, seed, by)
+
+
+def _check_patients(listed: pd.DataFrame, name: str) -> None:
+    """Refuse a fold file that puts one patient's images in both train and test."""
+    sides = listed.groupby("patient_id")["group"].nunique()
+    straddling = sorted(sides[sides > 1].index)
+    if not straddling:
+        return
+    patient = straddling[0]
+    images = listed[listed["patient_id"] == patient]
+    line = {group: int(images[images["group"] == group]["line"].min()) for group in ("train", "test")}
+    others = f" (and {len(straddling) - 1} more patients)" if len(straddling) > 1 else ""
+    raise ValueError(
+        f"split_file: {name} puts patient {patient} in train (line {line['train']}) and in test "
+        f"(line {line['test']}){others}; expected each patient on one side{_shared_slide_hint(images)}"
+    )
+
+
+def _shared_slide_hint(images: pd.DataFrame) -> str:
+    """Where the patient's images are of two BreakHis tumour types: the likely cause, and the fix."""
+    if "subtype" not in images or images["subtype"].nunique() < 2:
+        return ""
+    types = " and ".join(sorted(images["subtype"].unique()))
+    return (
+        f"; its images are of two tumour types ({types}), one slide number in two BreakHis folders: "
+        "patient_id_from=folder counts BreakHis' patients as the fold files do"
+    )

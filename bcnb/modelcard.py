@@ -13,7 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from bcnb import __version__
 from bcnb.config import CONFIG_FILE
@@ -22,6 +21,7 @@ from bcnb.evaluate import PREDICTIONS_FILE, format_figure, load_metrics
 from bcnb.files import write_text_atomic
 from bcnb.layouts import parse_breakhis_name
 from bcnb.report import DISCLAIMER, head_of, markdown_table
+from bcnb.runfolder import read_record
 from bcnb.subtypes import SUBTYPE_NAMES
 from bcnb.train import load_training_summary
 
@@ -34,7 +34,7 @@ def write_model_card(run_dir: str | Path) -> Path:
     """Build model_card.md from the records notebooks 01-04 left in ``run_dir``."""
     run_dir = Path(run_dir)
     records = {
-        "config": yaml.safe_load((run_dir / CONFIG_FILE).read_text()),
+        "config": read_record(run_dir),
         "dataset": load_dataset_info(run_dir),
         "split": load_split(run_dir),
         "training": load_training_summary(run_dir),

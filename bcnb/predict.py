@@ -2,34 +2,48 @@
 
 For each image: the calibrated probability of malignancy in percent, the label at the
 threshold chosen on validation (``decision.json``, written by notebook 04), and optionally a
-Grad-CAM overlay. Files that are not readable images are refused one by one with the reason;
-a model file is only loaded with Keras' safe mode on, so a file that would run arbitrary code
-(a Lambda layer) is refused too. Teaching and research only, never diagnosis.
+Grad-CAM overlay. A model file is only loaded with Keras' safe mode on, so a file that would
+run arbitrary code (a Lambda layer) is refused. Teaching and research only, never diagnosis.
+
+Files are refused one by one with the reason, and the others predicted: files that are not
+PNG, JPEG, TIFF or BMP (the types the data sets hold; a GIF too), broken symlinks, files that
+do not decode, images too large to decode safely (a decompression bomb), and images smaller
+than ``MIN_SIDE`` pixels on a side. Hidden files (``.DS_Store``) in a folder are skipped.
+
+Checking paths needs no TensorFlow: Keras is imported only to load the model, so a wrong
+path costs one fast line, not the seconds TensorFlow takes to start.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from bcnb.calibrate import as_percent
 from bcnb.config import CONFIG_FILE, Config
-from bcnb.decision import apply_decision, load_decision
+from bcnb.datasets import load_split
 from bcnb.files import replace_from_writer
-from bcnb.gradcam import gradcam, overlay
 from bcnb.images import IMAGE_SUFFIXES, load_for_model
-from bcnb.model import WEIGHTS_FILE, WeightsInfo, load_model, load_weights_info
-from bcnb.modelcard import MODEL_CARD_FILE
-from bcnb.report import DISCLAIMER
+from bcnb.layouts import CLASSES
+from bcnb.runfolder import load_run_config
 from bcnb.scan import inspect_file
 from bcnb.stain import StainNormalizer, load_normalizer
-from bcnb.subtypes import malignant_probability
-from bcnb.tta import tta_probabilities
+
+if TYPE_CHECKING:
+    import keras
+
+    from bcnb.model import WeightsInfo
+
+# Smaller images are refused: fitted to the model's input (224 px) a 1x1 or 8x8 image is
+# nearly all invented pixels. 16 keeps every real data set's images (IDC's patches are 50 px,
+# BreakHis' 700x460) and refuses icons and placeholder images.
+MIN_SIDE = 16
+EXAMPLE_COUNT = 4  # bcnb predict --examples and notebook 06's stand-ins
 
 UNKNOWN = "unknown"
 
@@ -53,24 +67,20 @@ class Predictor:
     def from_run(cls, model_path: str | Path) -> Predictor:
         """Load ``model_path`` (a run's model.keras) and the decision rule beside it."""
         path = Path(model_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"--model: {path} does not exist")
+        rule, cfg = read_run(path)
+        from bcnb.model import WEIGHTS_FILE, load_model, load_weights_info
+        from bcnb.modelcard import MODEL_CARD_FILE
+
         try:
             model = load_model(path)
         except Exception as error:  # Keras raises many kinds; all mean "not loadable safely"
             reason = " ".join(str(error).split())[:200]
             raise ValueError(f"--model: {path} cannot be loaded in safe mode ({reason})") from None
-        rule = load_decision(path.parent)
-        config = path.parent / CONFIG_FILE
-        cfg = Config.from_file(config) if config.is_file() else Config()
-        if cfg.tiles_per_image:  # its inputs were tiles; a squashed whole image is another input
-            raise ValueError(
-                f"--model: {path} was trained on tiles (tiles_per_image={cfg.tiles_per_image}); "
-                "bcnb predict takes models of whole images"
-            )
-        weights = load_weights_info(path.parent) if (path.parent / WEIGHTS_FILE).is_file() else None
-        trained_on = cfg.dataset if config.is_file() else UNKNOWN
-        card = path.parent / MODEL_CARD_FILE
+        folder = path.parent
+        weights = load_weights_info(folder) if (folder / WEIGHTS_FILE).is_file() else None
+        trained_on = cfg.dataset if cfg else UNKNOWN
+        cfg = cfg or Config()
+        card = folder / MODEL_CARD_FILE
         return cls(
             model,
             rule,
@@ -80,22 +90,28 @@ class Predictor:
             trained_on,
             cfg.batch_size,
             card if card.is_file() else None,
-            load_normalizer(path.parent, cfg.stain_normalization),
+            load_normalizer(folder, cfg.stain_normalization),
             cfg.tta,
         )
 
     def notes(self) -> list[str]:
         """One line each: where the model's base and training data came from, when that
         limits what its answers mean, then the disclaimer."""
+        from bcnb.report import DISCLAIMER
+
         notes = (self._weights_note(), self._data_note(), self._card_note(), DISCLAIMER)
         return [line for line in notes if line]
 
     def banner(self) -> str:
         """The weights as notebooks 02 and 04 show them, the note on the data, the disclaimer."""
+        from bcnb.report import DISCLAIMER
+
         weights = (self.weights.warning() or self.weights.summary()) if self.weights else self._weights_note()
         return "\n".join(line for line in (weights, self._data_note(), self._card_note(), DISCLAIMER) if line)
 
     def _weights_note(self) -> str:
+        from bcnb.model import WEIGHTS_FILE
+
         if self.weights is None:
             return f"WARNING: no {WEIGHTS_FILE} beside the model: whether its base was pretrained is unknown"
         if not self.weights.pretrained:
@@ -111,6 +127,8 @@ class Predictor:
         return ""
 
     def _card_note(self) -> str:
+        from bcnb.modelcard import MODEL_CARD_FILE
+
         if self.model_card is None:
             return f"no {MODEL_CARD_FILE} beside the model: notebook 04 writes what it is for and how it did"
         return f"model card: {self.model_card} (what this model is for, how it was measured, where it fails)"
@@ -120,24 +138,112 @@ class Predictor:
         return {"weights": self.weights.used if self.weights else UNKNOWN, "trained_on": self.trained_on}
 
 
-def find_images(target: str | Path) -> list[Path]:
-    """The image files named by ``target``: one file, or every image under a folder."""
-    target = Path(target)
-    if target.is_file():
+# --------------------------------------------------------------------------- before Keras
+def read_run(model_path: str | Path) -> tuple[dict, Config | None]:
+    """The decision rule and the Config (None without config.yaml) of the run that
+    ``model_path`` belongs to, checked without loading Keras."""
+    path = Path(model_path)
+    if path.is_dir():
+        raise ValueError(
+            f"--model: {path} is a folder; expected a run's model file, e.g. {path / 'model.keras'}"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"--model: {path} does not exist")
+    from bcnb.decision import load_decision
+
+    rule = load_decision(path.parent)
+    cfg = load_run_config(path.parent) if (path.parent / CONFIG_FILE).is_file() else None
+    if cfg and cfg.tiles_per_image:  # its inputs were tiles; a squashed whole image is another input
+        raise ValueError(
+            f"--model: {path} was trained on tiles (tiles_per_image={cfg.tiles_per_image}); "
+            "bcnb predict takes models of whole images"
+        )
+    return rule, cfg
+
+
+def find_images(targets: str | Path | Iterable[str | Path]) -> list[Path]:
+    """Every file that ``targets`` name (files, and folders searched through), in order.
+
+    Hidden files in folders are left out; whether the rest are images is
+    :func:`check_image`'s to say, so that none is skipped without a word.
+    """
+    targets = [Path(targets)] if isinstance(targets, (str, Path)) else [Path(t) for t in targets]
+    if not targets:
+        raise ValueError("expected at least one image file or folder")
+    # All of them first: a typo in the third path is named before any work is done.
+    missing = [str(target) for target in targets if not (target.exists() or target.is_symlink())]
+    if missing:
+        raise FileNotFoundError(f"{', '.join(missing)}: no such file or folder")
+    found = [path for target in targets for path in _files_in(target)]
+    return list(dict.fromkeys(found))  # a file named twice (itself and its folder) once
+
+
+def _files_in(target: Path) -> list[Path]:
+    """``target`` itself, or every file under the folder but hidden ones, sorted."""
+    if not target.is_dir():
         return [target]
-    if target.is_dir():
-        found = sorted(p for p in target.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not found:
-            raise ValueError(f"{target}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-        return found
-    raise FileNotFoundError(f"{target}: no such file or folder")
+    found = sorted(
+        path
+        for path in target.rglob("*")
+        if not path.is_dir() and not any(part.startswith(".") for part in path.relative_to(target).parts)
+    )
+    if not found:
+        raise ValueError(f"{target}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    return found
 
 
+def check_image(path: str | Path) -> str:
+    """Why bcnb predict refuses ``path``, or "" for an image it can classify."""
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        return "not a regular file"  # a pipe or a device: reading it could wait forever
+    if path.exists() and path.suffix.lower() not in IMAGE_SUFFIXES:
+        expected = ", ".join(IMAGE_SUFFIXES)
+        return f"not a supported image type ({path.suffix or 'no suffix'}; expected {expected})"
+    return inspect_file(path)[0] or _too_small(path)
+
+
+def _too_small(path: Path) -> str:
+    """Why an image is too small to classify, or "" (its header only is read)."""
+    with Image.open(path) as image:
+        width, height = image.size
+    if min(width, height) >= MIN_SIDE:
+        return ""
+    return f"too small to classify ({width}x{height} pixels; expected at least {MIN_SIDE} on each side)"
+
+
+def example_images(split: pd.DataFrame, count: int = EXAMPLE_COUNT) -> list[Path]:
+    """``count`` test images of ``split``: the classes take turns, each image from another
+    patient while the split has patients left; the same ones every time."""
+    test = split[split["split"] == "test"].sort_values(["patient_id", "path"])
+    if test.empty:
+        raise ValueError("split: no test images to take examples from")
+    # Every patient's first image before anyone's second, then benign and malignant in turn.
+    test = test.assign(visit=test.groupby("patient_id").cumcount()).sort_values(["visit", "patient_id"])
+    order = {name: rank for rank, name in enumerate(CLASSES)}
+    rank = test["label"].map(order).fillna(len(order))  # a label of another task: after both
+    test = test.assign(turn=test.groupby("label").cumcount(), rank=rank)
+    picked = test.sort_values(["turn", "rank", "label"], kind="stable").head(count)
+    return [Path(path) for path in picked["path"]]
+
+
+def run_examples(model_path: str | Path, count: int = EXAMPLE_COUNT) -> list[Path]:
+    """A few of the run's own test images (split.csv beside ``model_path``), to try it on."""
+    return example_images(load_split(Path(model_path).parent), count)
+
+
+# --------------------------------------------------------------------------- predicting
 def predict_files(predictor: Predictor, paths: list[Path], cam_dir: str | Path | None = None) -> pd.DataFrame:
     """One row per file: its calibrated malignancy (probability and percent) and label, or
     the reason it was refused. With ``cam_dir``, a Grad-CAM overlay PNG per image."""
+    from bcnb.calibrate import as_percent
+    from bcnb.decision import apply_decision
+    from bcnb.gradcam import gradcam, overlay
+    from bcnb.subtypes import malignant_probability
+    from bcnb.tta import tta_probabilities
+
     position = {path: i for i, path in enumerate(paths)}
-    problems = {path: inspect_file(path)[0] for path in paths}
+    problems = {path: check_image(path) for path in paths}
     readable = [path for path in paths if not problems[path]]
     rows = [{**_refused(path, problems[path]), **predictor.provenance()} for path in paths if problems[path]]
     for start in range(0, len(readable), predictor.batch_size):
@@ -176,4 +282,61 @@ def _refused(path: Path, problem: str) -> dict:
 
 
 def save_overlay(pixels: np.ndarray, path: Path) -> Path:
+    """Write an overlay as a PNG file, whole or not at all."""
     return replace_from_writer(path, lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG"))
+
+
+# --------------------------------------------------------------------------- what is printed
+def describe_rule(rule: dict) -> str:
+    """The line above the predictions: the threshold, on what, and how it was chosen."""
+    how = rule.get("threshold_rule", "")
+    if how == "fixed":
+        chosen = "the paper's 0.5, fixed, not chosen on data"
+    elif how == "youden":
+        chosen = "chosen on validation (Youden's J)"
+    elif how == "sensitivity":
+        target = rule["target_sensitivity"]
+        chosen = f"chosen on validation (the highest that finds {target:.0%} of malignant images there)"
+    else:
+        chosen = f"by the rule {how or 'not recorded'}"
+    return (
+        f"threshold {rule['threshold']:.3f} on the calibrated probability of malignancy, {chosen}; "
+        f"calibration temperature {rule['temperature']:.2f}"
+    )
+
+
+def describe_predictions(table: pd.DataFrame, rule: dict) -> list[str]:
+    """One line per predicted image of ``table`` (refused ones left out): the label in
+    capitals and the probability beside the threshold, in words that cannot be misread."""
+    shown = table[table["refused"] == ""]
+    width = max((len(name) for name in shown["file"]), default=0)
+    return [
+        _describe_one(row.file.ljust(width), row.probability, row.label == "malignant", rule["threshold"])
+        for row in shown.itertuples()
+    ]
+
+
+def _describe_one(file: str, probability: float, malignant: bool, threshold: float) -> str:
+    percent, bar = _percents(probability, threshold, malignant)
+    label, side = ("MALIGNANT", "at or above") if malignant else ("BENIGN   ", "below")
+    return f"{file}  {label}  probability of malignancy {percent} ({side} the {bar} threshold)"
+
+
+def _percents(probability: float, threshold: float, malignant: bool) -> tuple[str, str]:
+    """Probability and threshold in percent, with as many decimals as it takes for them to
+    read in the label's order: never "79% (below the 78.9% threshold)"."""
+    for digits in (0, 1, 2):
+        (percent, value), (bar, limit) = _shown(probability, digits), _shown(threshold, max(digits, 1))
+        if (value >= limit) == malignant:
+            break
+    return percent, bar
+
+
+def _shown(p: float, digits: int) -> tuple[str, float]:
+    """``p`` in percent rounded half up to ``digits`` decimals: (as printed, as read)."""
+    from bcnb.calibrate import as_percent
+
+    if digits == 0 and not 0.01 <= p <= 0.99:  # "<1%" and ">99%", as everywhere in bcnb
+        return as_percent(p), 0.5 if p < 0.01 else 99.5
+    value = np.floor(round(100 * p * 10**digits, 9) + 0.5) / 10**digits
+    return f"{value:.{digits}f}%", float(value)

@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
-from bcnb.config import CONFIG_FILE
 from bcnb.datasets import load_dataset_info, load_split, summarize_split
 from bcnb.evaluate import format_figure, load_metrics
 from bcnb.files import write_text_atomic
+from bcnb.runfolder import read_record
 from bcnb.train import load_training_summary
 
 REPORT_FILE = "report.md"
@@ -20,7 +19,7 @@ DISCLAIMER = "bcnb is for teaching and research, never for diagnosis."
 def write_report(run_dir: str | Path) -> Path:
     """Build report.md from the files the notebooks left in ``run_dir``."""
     run_dir = Path(run_dir)
-    config = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
+    config = read_record(run_dir)  # checked: a hand-edited record is refused, never reported
     text = render_report(
         config,
         load_dataset_info(run_dir),

@@ -1,16 +1,17 @@
 """The scan before training: open every image once and find the ones that would break a run.
 
-Empty, truncated or corrupt files, files that are not images, unreadable files and broken
-symlinks are found here, before any model sees them, and so are identical images filed under
-two classes or two patients (a label error, or a leak between splits). With
-``on_bad_image="error"`` the run stops with the list; with ``"skip"`` they are left out and
-recorded in the run folder.
+Empty, truncated or corrupt files, files that are not images, unreadable files, broken
+symlinks and images too large to decode safely (a decompression bomb) are found here, before
+any model sees them, and so are identical images filed under two classes or two patients (a
+label error, or a leak between splits). With ``on_bad_image="error"`` the run stops with the
+list; with ``"skip"`` they are left out and recorded in the run folder.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -45,9 +46,20 @@ def inspect_file(path: str | Path) -> tuple[str, str]:
             to_rgb8(image)
     except UnidentifiedImageError:
         return "not an image (unrecognised content)", ""
+    except Image.DecompressionBombError as error:  # not an OSError: Pillow's guard, raised on opening
+        return f"too large to decode safely ({_pixels_of(error)})", ""
     except (OSError, ValueError, SyntaxError) as error:
         return f"truncated or corrupt image ({str(error).splitlines()[0][:80]})", ""
     return "", hashlib.sha256(data).hexdigest()
+
+
+def _pixels_of(error: Image.DecompressionBombError) -> str:
+    """How many pixels a refused image declares, from Pillow's message ("Image size (N pixels)")."""
+    found = re.search(r"\((\d+) pixels\) exceeds limit of (\d+)", str(error))
+    if not found:
+        return "above Pillow's decompression-bomb limit"
+    pixels, limit = (int(number) for number in found.groups())
+    return f"{pixels:,} pixels, above Pillow's decompression-bomb limit of {limit:,}"
 
 
 def find_bad_images(

@@ -9,7 +9,7 @@ def seed_everything(seed: int) -> None:
     Call it first in every notebook, before any model is built *or loaded*: a loaded model's
     Dropout layer draws its own random state when it is created.
     """
-    from bcnb.distribute import import_tensorflow_quietly
+    from bcnb.nativelog import import_tensorflow_quietly
 
     import_tensorflow_quietly()  # the first import of TensorFlow in a notebook, without its noise
     import keras

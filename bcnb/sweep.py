@@ -7,25 +7,34 @@ papers report them, are a sweep over ``magnification``.
 
 Run again, a sweep goes on where it stopped: a finished cell (its report or summary is there)
 is kept, a cell cut short goes on from what it had finished (its folds, its training
-checkpoint), as ``--resume`` would. Both must have been made with the cell's parameters, else
-the sweep stops and says so. ``sweep.md`` and ``sweep.csv`` hold one row per finished cell.
+checkpoint), as ``--resume`` would. Both must have been made with the cell's parameters (a
+single run for a cell without ``--folds``, a protocol of those folds with it), else the sweep
+stops and says so. Cell folders are safe names inside ``DIR`` whatever the values (see
+:func:`cell_name`), and ``DIR`` itself must be a sweep's folder, or new or empty.
+``sweep.md`` and ``sweep.csv`` hold one row per finished cell.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from bcnb.config import Config, parse_override
+from bcnb.config import PRESENTATION, Config, parse_override
 from bcnb.files import write_text_atomic
-from bcnb.runfolder import RunLock
+from bcnb.runfolder import RunLock, check_destination, check_runs_made_with, start_folder
 
 TABLE = "sweep"  # sweep.md, sweep.csv
 SHOWN = ("accuracy", "balanced_accuracy", "roc_auc", "patient_recognition_rate")
+# A grid multiplies: past this many cells, --max-cells says the size was meant.
+MAX_CELLS = 200
+NAME_LIMIT = 150  # characters of a cell's folder name before its hash (file systems allow 255 bytes)
 
 
 def parse_grid(texts: list[str]) -> dict[str, list[Any]]:
@@ -33,28 +42,48 @@ def parse_grid(texts: list[str]) -> dict[str, list[Any]]:
     typed and checked like ``--set`` (an unknown parameter or a bad value: ValueError)."""
     grid: dict[str, list[Any]] = {}
     for text in texts:
-        key, sep, values = text.partition("=")
-        if not sep or not values.strip():
-            raise ValueError(f"--grid {text!r}: expected key=value1,value2,...")
-        if key.strip() in grid:
-            raise ValueError(f"--grid: {key.strip()} is given twice")
-        parsed = [parse_override(f"{key}={value.strip()}") for value in values.split(",") if value.strip()]
-        grid[parsed[0][0]] = [value for _, value in parsed]
+        key, sep, values = (part.strip() for part in text.partition("="))
+        listed = [value.strip() for value in values.split(",") if value.strip()]
+        if not sep or not key or not listed:
+            raise ValueError(f"--grid {text!r}: expected key=value1,value2,... (a parameter and its values)")
+        if key in grid:
+            raise ValueError(f"--grid: {key} is given twice")
+        if key in PRESENTATION:
+            raise ValueError(f"--grid: {key} changes how a run is shown, not the run: it cannot be swept")
+        grid[key] = [parse_override(f"{key}={value}")[1] for value in listed]
     return grid
 
 
-def cells(cfg: Config, grid: dict[str, list[Any]]) -> dict[str, Config]:
+def cells(cfg: Config, grid: dict[str, list[Any]], max_cells: int = MAX_CELLS) -> dict[str, Config]:
     """Every combination, by folder name (``key=value,key=value``, keys in alphabetical order);
     each is checked as a whole Config, so a bad value stops the sweep before it starts."""
     keys = sorted(grid)
+    count = math.prod(len(grid[key]) for key in keys)
+    if count > max_cells:
+        sizes = " x ".join(str(len(grid[key])) for key in keys)
+        raise ValueError(
+            f"--grid: {count} cells ({sizes}), over {max_cells}: to run them all, add --max-cells {count}"
+        )
     found = {}
     for values in itertools.product(*(grid[key] for key in keys)):
         changes = dict(zip(keys, values))
         try:
-            found[",".join(f"{key}={value}" for key, value in changes.items())] = cfg.replace(**changes)
+            found[cell_name(changes)] = cfg.replace(**changes)
         except ValueError as error:
             raise ValueError(f"--grid: {error}") from None
     return found
+
+
+def cell_name(changes: dict[str, Any]) -> str:
+    """A cell's folder name, one name inside the sweep's folder whatever the values hold: other
+    characters than letters, digits and ``.+-_`` become ``_`` (``../x.png`` -> ``.._x.png``),
+    and a name so changed, or too long, ends with a hash of the real values to stay unique."""
+    readable = ",".join(f"{key}={value}" for key, value in changes.items())
+    safe = re.sub(r"[^A-Za-z0-9.+_=,-]", "_", readable)
+    if safe == readable and len(safe) <= NAME_LIMIT:
+        return safe
+    digest = hashlib.sha256(readable.encode()).hexdigest()[:10]
+    return f"{safe[:NAME_LIMIT]}~{digest}"
 
 
 def run_sweep(
@@ -64,19 +93,27 @@ def run_sweep(
     folds: int = 0,
     progress: Callable[[str], None] = lambda message: None,
     run_cell: Callable[[Config, Path], Path] | None = None,
+    max_cells: int = MAX_CELLS,
 ) -> Path:
     """Run every unfinished cell into ``out``, then write the table; return ``out``."""
+    from bcnb.reproduce import staging_folder
+
     out = Path(out).resolve()
-    todo = cells(cfg, grid)
+    todo = cells(cfg, grid, max_cells)
     run_cell = run_cell or _cell_runner(folds, progress)
+    check_destination(out, "sweep")
     with RunLock(out, "bcnb sweep"):
+        start_folder(out, "sweep")
         for number, (name, cell_cfg) in enumerate(todo.items(), start=1):
-            if finished(out / name):
-                check_made_with(out / name, cell_cfg)
+            folder = out / name
+            if finished(folder):
+                check_cell(folder, cell_cfg, folds)
                 progress(f"[{number}/{len(todo)}] {name}: finished before, kept")
                 continue
+            if staging_folder(folder).is_dir():  # cut short before: it goes on, if it is this cell's
+                check_cell(staging_folder(folder), cell_cfg, folds)
             progress(f"[{number}/{len(todo)}] {name}")
-            run_cell(cell_cfg, out / name)
+            run_cell(cell_cfg, folder)
         write_table(out, sweep_table(out, todo, grid))
     return out
 
@@ -97,22 +134,16 @@ def _cell_runner(folds: int, progress) -> Callable[[Config, Path], Path]:
     return run
 
 
-def check_made_with(folder: Path, cell_cfg: Config) -> None:
-    """A finished cell kept by a sweep must have been made with the cell's parameters."""
+def check_cell(folder: Path, cell_cfg: Config, folds: int) -> None:
+    """A finished cell kept by a sweep must be what the cell asks for: a K-fold protocol with
+    ``folds``, a single run without, every run in it made with the cell's parameters."""
+    from bcnb.crossval import protocol_runs
     from bcnb.reproduce import headless
-    from bcnb.runfolder import RecordMismatch, differences, read_record
 
-    record = (
-        folder / "config.yaml" if (folder / "config.yaml").is_file() else next(folder.glob("*/config.yaml"))
-    )
-    made_with = read_record(record.parent)
     expected = headless(cell_cfg)
-    changed = differences(made_with, expected, [k for k in made_with if k not in ("folds", "fold")])
-    if changed:
-        raise RecordMismatch(
-            f"--out: {folder} was made with {', '.join(changed)}; a sweep keeps its finished cells: "
-            "for other parameters, use another --out"
-        )
+    kind, runs = ("protocol", protocol_runs(expected, folds)) if folds else ("run", {"": expected})
+    advice = "a sweep keeps the cells it has made: for other parameters or --folds, use another --out"
+    check_runs_made_with(folder, kind, runs, f"--out: {advice}")
 
 
 def finished(folder: Path) -> bool:

@@ -15,13 +15,14 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
+
+from bcnb.files import make_temporary_folder
 
 # Bump when the drawing changes, so cached datasets from older code are not reused.
 GENERATOR_VERSION = 2  # 2: each tumour type has a look of its own (task=subtype)
@@ -86,7 +87,7 @@ def ensure_synthetic_dataset(spec: SyntheticSpec, cache_dir: Path | None = None)
     if (target / "manifest.csv").exists():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".generating-", dir=cache_dir))
+    staging = make_temporary_folder(".generating-", cache_dir)
     try:
         write_synthetic_dataset(spec, staging)
         os.replace(staging, target)

@@ -144,11 +144,11 @@ class ImageBatches(EpochBatches):
 
 # --------------------------------------------------------------------------- inputs
 def training_inputs(cfg: Config, model: keras.Model, split: pd.DataFrame):
-    """What ``fit`` trains and on what: (trainee, train_data, val_data).
+    """What ``fit`` trains and on what: (model_to_fit, train_data, val_data).
 
-    With ``feature_cache`` the trainee is the head, sharing the model's Dropout and Dense
+    With ``feature_cache`` model_to_fit is the head, sharing the model's Dropout and Dense
     layers (training it trains the model), and the data are the cached features of each
-    image (computed now if they are not cached yet); otherwise the trainee is the whole
+    image (computed now if they are not cached yet); otherwise model_to_fit is the whole
     model and the data are images, which pass through the frozen base on every epoch.
     """
     train, val = split[split["split"] == "train"], split[split["split"] == "val"]
@@ -277,19 +277,19 @@ def fit_phase(
     cfg: Config,
     split: pd.DataFrame,
     phase: str,
-    trainee: keras.Model,
+    model_to_fit: keras.Model,
     train_data,
     val_data,
     must_beat: float | None = None,
     callbacks: list = (),
 ) -> ResumeTraining:
-    """One compiled trainee's ``fit``, with early stopping and resuming, as notebook 03 writes it."""
+    """``model_to_fit.fit`` (compiled already), with early stopping and resuming, as notebook 03 writes it."""
     early_stopping = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=cfg.patience, restore_best_weights=True
     )
     resume = resume_training(cfg, split, phase, early_stopping, train_data, must_beat)
     logs = [keras.callbacks.TensorBoard(tensorboard_dir(cfg, phase))] if cfg.tensorboard else []
-    trainee.fit(
+    model_to_fit.fit(
         train_data,
         validation_data=val_data,
         epochs=cfg.epochs if phase == "head" else cfg.fine_tune_epochs,
@@ -313,11 +313,11 @@ def train_model(
     ``history.csv`` and ``training.json`` (features too, with ``feature_cache``);
     ``progress`` receives one line per epoch.
     """
-    trainee, train_data, val_data = training_inputs(cfg, model, split)
+    model_to_fit, train_data, val_data = training_inputs(cfg, model, split)
     seed_everything(cfg.seed)  # the same dropout, cache or not
-    compile_for_training(trainee, cfg.learning_rate, steps_per_call(train_data), cfg.task)
+    compile_for_training(model_to_fit, cfg.learning_rate, steps_per_call(train_data), cfg.task)
     lines = [EpochLines(cfg.epochs, progress)] if progress else []
-    phases = [fit_phase(cfg, split, "head", trainee, train_data, val_data, callbacks=lines)]
+    phases = [fit_phase(cfg, split, "head", model_to_fit, train_data, val_data, callbacks=lines)]
     fine_tuned = []
     if cfg.fine_tunes:
         fine_tuned = unfreeze_top_layers(model, cfg.fine_tune_layers)

@@ -10,6 +10,7 @@ returns a figure or a table for the parameters' values instead.
 from __future__ import annotations
 
 import io
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -183,10 +184,13 @@ def try_an_image(predictor, paths: list[Path] = (), interactive: bool = True):
 
     Static: the same for ``paths``.
     """
-    from bcnb.predict import predict_files
+    from bcnb.predict import describe_predictions, predict_files
 
     if not interactive:
-        return predict_files(predictor, list(paths))[["file", "malignant", "label", "refused"]]
+        table = predict_files(predictor, list(paths))
+        return table[["file", "label", "malignant", "refused"]].rename(
+            columns={"label": "call", "malignant": "probability of malignancy"}
+        )
     import ipywidgets as widgets
 
     upload = widgets.FileUpload(accept="image/*", multiple=False, description="image")
@@ -203,7 +207,9 @@ def try_an_image(predictor, paths: list[Path] = (), interactive: bool = True):
         if row["refused"]:
             verdict.value = f"<b>{path.name}</b>: refused, {row['refused']}"
             return
-        verdict.value = f"<b>{path.name}</b>: {row['label']}, malignant <b>{row['malignant']}</b>"
+        # The words bcnb predict prints: the call, then the probability beside the threshold.
+        (line,) = describe_predictions(row.to_frame().T.assign(file=path.name), predictor.rule)
+        verdict.value = f"<b>{line}</b>"
         picture.value = Path(row["grad_cam"]).read_bytes()
 
     upload.observe(predict, names="value")
@@ -215,14 +221,48 @@ def training_progress(epochs: int, interactive: bool = True, title: str = ""):
     """A callback for ``fit(..., verbose=0)`` that shows its progress.
 
     In JupyterLab a live bar over the epochs with the current epoch, batch and the last
-    epoch's metrics. Static (papermill, log files): one line per epoch, with none of the
-    carriage returns that Keras' own progress bar floods a log with (keras-team/keras#13716).
+    epoch's metrics. Static (papermill, log files): a few lines (:class:`EpochHighlights`),
+    with none of the carriage returns that Keras' own progress bar floods a log with
+    (keras-team/keras#13716).
     """
-    from bcnb.train import EpochLines
-
     if not interactive:
-        return EpochLines(epochs, print, title)
+        return EpochHighlights(epochs, print, title)
     return LiveProgress(epochs, title)
+
+
+class EpochHighlights(keras.callbacks.Callback):
+    """Headless progress in about ``lines`` lines: the first epoch, every Nth, the last one run
+    and, when ``fit`` ended before ``epochs``, that it stopped early.
+
+    One line per epoch made an executed notebook 100 lines long at the defaults, burying the
+    figures; these few keep what a reader looks for: the start, the trend and where it ended.
+    """
+
+    def __init__(self, epochs: int, say=print, title: str = "", lines: int = 10):
+        super().__init__()
+        self.epochs, self.say, self.title = epochs, say, title
+        self.every = max(1, math.ceil(epochs / lines))
+        self.last, self.held = None, None
+
+    def on_train_begin(self, logs=None):
+        self.last, self.held = None, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        from bcnb.train import metrics_line
+
+        line = f"{self.title}epoch {epoch + 1}/{self.epochs}: {metrics_line(logs)}"
+        # The first epoch of this fit (a resumed one starts past epoch 1), every Nth, the last.
+        shown = self.last is None or (epoch + 1) % self.every == 0 or epoch + 1 == self.epochs
+        self.last = epoch
+        if shown:
+            self.say(line)
+        self.held = None if shown else line  # printed at the end if it turns out to be the last
+
+    def on_train_end(self, logs=None):
+        if self.held:
+            self.say(self.held)
+        if self.last is not None and self.last + 1 < self.epochs:
+            self.say(f"{self.title}stopped early after epoch {self.last + 1} of {self.epochs}")
 
 
 class LiveProgress(keras.callbacks.Callback):

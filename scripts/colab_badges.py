@@ -6,8 +6,9 @@ first code cell, which installs bcnb on Colab only. Run it whenever the address 
 
     .venv/bin/python scripts/colab_badges.py
 
-Colab opens notebooks straight from GitHub, so badges need a github.com address; until there
-is one, they say what to set instead of pointing anywhere.
+Colab opens notebooks straight from GitHub, so badges need a github.com address. Until there
+is one, the badge's place holds only an HTML comment saying what to set: a student has nothing
+to do about it, and the rendered notebook shows nothing there.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from pathlib import Path
 import nbformat
 
 ROOT = Path(__file__).resolve().parent.parent
-BADGE_MARK = "<!-- colab badge: scripts/colab_badges.py -->"
+MARK = "colab badge: scripts/colab_badges.py"  # finds the line to replace, whatever it says
+BADGE_MARK = f"<!-- {MARK} -->"
 SETUP_TAG = "colab-setup"
 SETUP = """# Colab only (elsewhere this cell does nothing): bcnb beside Colab's TensorFlow and Keras.
 import importlib.util
@@ -43,24 +45,28 @@ def repository() -> str:
 
 
 def badge(notebook: str, address: str) -> str:
-    """The badge line for one notebook (or the README, notebook="")."""
+    """The badge line for one notebook (or the README, notebook="").
+
+    The line must render as Markdown: a line that *starts* with an HTML comment is an HTML
+    block, shown verbatim up to its end, so the comment comes after the badge, or alone.
+    """
     found = re.match(r"https://github\.com/([^/]+/[^/]+?)(?:\.git)?/?$", address)
     if not found:
         return (
-            f"{BADGE_MARK} *Open in Colab: not yet, bcnb has no public GitHub address (set "
-            "`[project.urls] Repository` in pyproject.toml, then run scripts/colab_badges.py).*"
+            f"<!-- {MARK}: no Colab badge until bcnb has a public GitHub address; set "
+            "[project.urls] Repository in pyproject.toml, then run this script -->"
         )
     target = f"notebooks/{notebook}" if notebook else "notebooks/01_data.ipynb"
     link = f"https://colab.research.google.com/github/{found[1]}/blob/main/{target}"
     return (
-        f"{BADGE_MARK} [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({link})"
+        f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({link}) {BADGE_MARK}"
     )
 
 
 def with_badge(text: str, line: str) -> str:
     """``text`` with its badge line replaced, or inserted after its first heading."""
     lines = text.splitlines()
-    kept = [current for current in lines if BADGE_MARK not in current]
+    kept = [current for current in lines if MARK not in current]
     heading = next(i for i, current in enumerate(kept) if current.startswith("# "))
     return "\n".join([*kept[: heading + 1], "", line, *kept[heading + 1 :]]).replace("\n\n\n", "\n\n")
 

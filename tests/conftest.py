@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,30 @@ def run_dir(tmp_path_factory):
     decision.save_decision({"temperature": 2.0, "threshold": 0.5, "threshold_rule": "fixed"}, folder)
     record_all(folder, Config(img_size=32, resize="center_crop"))
     return folder
+
+
+@contextmanager
+def small_file_system(folder: Path, size: str = "64m"):
+    """A tmpfs of ``size`` mounted at ``folder``: a disk that can fill up, or be made read-only
+    (:func:`remount_read_only`), for real, even for root. Skips where mounting is not allowed."""
+    import subprocess
+
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(
+            f"cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN, as CI has): {mounted.stderr!r}"
+        )
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def remount_read_only(folder: Path) -> None:
+    """Make a :func:`small_file_system` read-only: writes fail with EROFS, for root too."""
+    import subprocess
+
+    subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True, capture_output=True)

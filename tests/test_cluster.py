@@ -58,10 +58,17 @@ def test_two_workers_write_the_single_process_cache_even_when_one_is_killed(run,
         path = cluster.extract_on_cluster(cfg, model, split, client, chunk=4, say=say)
         said = []  # and a second run finds it current: nothing is submitted
         cluster.extract_on_cluster(cfg, model, split, client, say=said.append)
+        stored = np.load(path, mmap_mode="r+")  # values changed in place, same shape: redone, and said
+        stored[[0, 5], :3] += 1.5
+        stored.flush()
+        del stored
+        redone = []
+        cluster.extract_on_cluster(cfg, model, split, client, chunk=8, say=redone.append)
     np.testing.assert_allclose(np.load(path), reference, atol=1e-5)
     assert features.is_current(path, features.feature_cache_key(model, split, cfg.img_size), len(split))
     assert len(lines) == -(-len(split) // 4) and lines[-1].startswith(f"chunk {len(lines)}/{len(lines)} done")
     assert said == [f"{path}: already computed for this run"]
+    assert redone[0] == f"{path}: the stored features did not match their checksum: recomputing"
 
 
 def test_an_unreadable_image_stops_the_job_naming_it(run, tmp_path, capsys):

@@ -1,13 +1,16 @@
 """Colab: the setup cell of every notebook, and the badges, from pyproject.toml's address."""
 
+import html.parser
 import importlib.machinery
 import importlib.util
 import sys
 import tomllib
 import types
 
+import mistune  # nbconvert's Markdown renderer
 import nbformat
 import pytest
+from markdown_it import MarkdownIt  # CommonMark
 
 from bcnb.reproduce import NOTEBOOKS, NOTEBOOKS_DIR, ROOT_DIR
 
@@ -55,10 +58,63 @@ def test_badges_come_from_the_one_address():
         (ROOT_DIR / "README.md").read_text(),
         *(nbformat.read(NOTEBOOKS_DIR / n, as_version=4).cells[0].source for n in NOTEBOOKS),
     ]:
-        assert colab_badges.BADGE_MARK in text
-    assert "not yet, bcnb has no public GitHub address" in colab_badges.badge("02_model.ipynb", ADDRESS)
+        assert colab_badges.MARK in text
+    # no public address: only an HTML comment, for whoever maintains the project
+    unpublished = colab_badges.badge("02_model.ipynb", ADDRESS)
+    assert unpublished.startswith("<!--") and unpublished.endswith("-->") and unpublished.count("-->") == 1
     link = colab_badges.badge("02_model.ipynb", "https://github.com/someone/bcnb")
     assert "colab.research.google.com/github/someone/bcnb/blob/main/notebooks/02_model.ipynb" in link
+
+
+class _Shown(html.parser.HTMLParser):
+    """What a reader sees of rendered HTML: its text (comments are not shown) and its links."""
+
+    def __init__(self):
+        super().__init__()
+        self.text, self.links = [], []
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "a":
+            self.links.append(dict(attrs)["href"])
+
+
+def _rendered(markdown, renderer):
+    """``markdown`` as a reader sees it, rendered as CommonMark (JupyterLab's marked follows
+    it) or by mistune (nbconvert's HTML)."""
+    if renderer == "commonmark":
+        page = MarkdownIt("commonmark").render(markdown)
+    else:
+        page = mistune.html(markdown)
+    shown = _Shown()
+    shown.feed(page)
+    return "".join(shown.text), shown.links
+
+
+@pytest.mark.parametrize("renderer", ["commonmark", "mistune"])
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_the_first_cell_renders_without_a_maintainers_note(name, renderer):
+    """The Colab line renders as Markdown, never as literal asterisks and backticks, and while
+    bcnb has no public address a student sees nothing of it: no note on pyproject.toml."""
+    first = nbformat.read(NOTEBOOKS_DIR / name, as_version=4).cells[0].source
+    text, links = _rendered(first, renderer)
+    assert "*" not in text and "`" not in text, text[:300]
+    assert "pyproject" not in text and "colab_badges" not in text and "Colab" not in text
+    assert not any("colab" in link for link in links)
+
+
+@pytest.mark.parametrize("renderer", ["commonmark", "mistune"])
+def test_with_a_public_address_the_badge_renders_as_a_link(renderer):
+    name = "03_train.ipynb"
+    first = nbformat.read(NOTEBOOKS_DIR / name, as_version=4).cells[0].source
+    published = colab_badges.with_badge(first, colab_badges.badge(name, "https://github.com/someone/bcnb"))
+    text, links = _rendered(published, renderer)
+    assert links == [f"https://colab.research.google.com/github/someone/bcnb/blob/main/notebooks/{name}"]
+    assert "colab badge" not in text and "*" not in text
+    # and back: the same script takes the badge out again when the address goes
+    assert colab_badges.with_badge(published, colab_badges.badge(name, ADDRESS)) == first
 
 
 def test_the_stored_files_are_what_the_script_writes(tmp_path):

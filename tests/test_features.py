@@ -1,5 +1,7 @@
 """The feature cache: right features, reused only while valid, streamed from disk."""
 
+import hashlib
+import json
 import os
 
 import keras
@@ -95,6 +97,71 @@ def test_an_incomplete_cache_is_recomputed_not_read(setup, damage):
     good = features.read_features(_cache(model, part, path))
     damage(path)
     np.testing.assert_allclose(features.read_features(_cache(model, part, path)), good, atol=1e-6)
+
+
+def _counting_writer(monkeypatch):
+    """Count the calls of write_features, which still computes: how many times a cache was redone."""
+    calls = []
+    real = features.write_features
+
+    def counted(*args, **kwargs):
+        calls.append(args[-1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(features, "write_features", counted)
+    return calls
+
+
+def _corrupt_values(path):
+    """Change a few values of a feature file in place: same shape, same size, same header."""
+    stored = np.load(path, mmap_mode="r+")
+    stored[[0, 2], :3] += 1.5
+    stored.flush()
+    del stored
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (_corrupt_values, "the stored features did not match their checksum"),
+        (lambda path: path.write_bytes(b""), "the stored features were an empty file"),
+    ],
+)
+def test_damaged_values_are_recomputed_and_reported(setup, monkeypatch, damage, reason):
+    model, part, path = setup
+    good = features.read_features(_cache(model, part, path))
+    damage(path)
+    calls = _counting_writer(monkeypatch)
+    np.testing.assert_allclose(features.read_features(_cache(model, part, path)), good, atol=1e-6)
+    assert len(calls) == 1
+    assert features.recompute_note(path) == f"{path}: {reason}: recomputed"
+    _cache(model, part, path)  # now current again: used as it is, and nothing to report
+    assert len(calls) == 1 and features.recompute_note(path) is None
+
+
+def test_an_unchanged_cache_is_neither_recomputed_nor_reported(setup, monkeypatch):
+    model, part, path = setup
+    calls = _counting_writer(monkeypatch)
+    _cache(model, part, path)
+    assert len(calls) == 1 and features.recompute_note(path) is None  # the first computation: no note
+    for _ in range(2):
+        _cache(model, part, path)
+    assert len(calls) == 1 and features.recompute_note(path) is None
+    stored = json.loads(path.with_suffix(".key.json").read_text())
+    assert stored["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_key_without_a_checksum_is_not_trusted(setup, monkeypatch):
+    """A key file written before checksums existed cannot vouch for the values: recomputed."""
+    model, part, path = setup
+    _cache(model, part, path)
+    key_path = path.with_suffix(".key.json")
+    key_path.write_text(
+        json.dumps({k: v for k, v in json.loads(key_path.read_text()).items() if k != "sha256"})
+    )
+    calls = _counting_writer(monkeypatch)
+    _cache(model, part, path)
+    assert len(calls) == 1 and "no checksum" in features.recompute_note(path)
 
 
 def test_feature_batches_cover_every_row_once_in_a_seeded_order(setup):
@@ -206,3 +273,32 @@ def test_an_incomplete_set_of_shards_is_not_used(tiny_cfg, tiny_split, tmp_path)
     np.testing.assert_allclose(
         features.read_features(path), features.extract_features(model, tiny_split, 32, 8), atol=1e-5
     )
+
+
+def test_a_damaged_shard_is_not_merged(tiny_cfg, tiny_split, tmp_path, monkeypatch):
+    """Both shards are there with their keys, but one's values changed: the merge is not made
+    from it; the features are computed again and equal the single-process ones."""
+    cfg = _run_folder(tiny_cfg, tiny_split, tmp_path)
+    model = bcnb_model.load_model(tmp_path / bcnb_model.INITIAL_MODEL_FILE)
+    shards = [features.extract_shard(cfg, model, tiny_split, shard, 2) for shard in range(2)]
+    _corrupt_values(shards[1])
+    calls = _counting_writer(monkeypatch)
+    path = features.features_of(cfg, model, tiny_split)
+    assert len(calls) == 1  # extracted, not merged
+    np.testing.assert_allclose(
+        features.read_features(path), features.extract_features(model, tiny_split, 32, 8), atol=1e-5
+    )
+
+
+def test_the_run_cache_damaged_between_stages_is_recomputed_with_a_note(tiny_cfg, tiny_split, tmp_path):
+    """features_of, which training and evaluation read all.npy through, checks it each time."""
+    cfg = _run_folder(tiny_cfg, tiny_split, tmp_path)
+    model = bcnb_model.load_model(tmp_path / bcnb_model.INITIAL_MODEL_FILE)
+    path = features.features_of(cfg, model, tiny_split)
+    good = features.read_features(path)
+    _corrupt_values(path)
+    np.testing.assert_allclose(
+        features.read_features(features.features_of(cfg, model, tiny_split)), good, atol=1e-6
+    )
+    note = features.recompute_note(f"{cfg.run_dir}/features/all.npy")  # as notebook 03 asks
+    assert note.endswith("all.npy: the stored features did not match their checksum: recomputed")

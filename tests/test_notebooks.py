@@ -2,6 +2,7 @@
 
 import ast
 import json
+import os
 import subprocess
 import sys
 
@@ -68,6 +69,63 @@ def test_cells_are_short_and_explained(name):
     assert all(len(cell.source.splitlines()) <= 15 for cell in code)
     prose = sum(len(cell.source.split()) for cell in cells if cell.cell_type == "markdown")
     assert prose > 250, "the notebooks are lessons: prose explains each step"
+
+
+def _cell_with(name, text):
+    """The one code cell of notebook ``name`` whose source contains ``text``."""
+    (cell,) = [cell for cell in _code_cells(_notebook(name)) if text in cell.source]
+    return cell.source
+
+
+def test_notebook_02_writes_the_papers_head_as_the_paper_does():
+    """The paper's Dense line, word for word, as the first branch; the tumour-type head only
+    as the marked variant beside it."""
+    source = _cell_with("02_model.ipynb", "keras.Model(inputs, outputs")
+    (branch,) = [node for node in ast.parse(source).body if isinstance(node, ast.If)]
+    assert ast.unparse(branch.test) == "cfg.task == 'binary'"
+    paper = 'outputs = keras.layers.Dense(1, activation="sigmoid", name="classifier", dtype="float32")(x)'
+    variant = 'outputs = keras.layers.Dense(8, activation="softmax", name="classifier", dtype="float32")(x)'
+    lines = [line.strip() for line in source.splitlines()]
+    above = {line: lines[lines.index(line) - 1] for line in (paper, variant)}  # the branch's line
+    assert above[paper].startswith('if cfg.task == "binary":  # the paper')
+    assert above[variant].startswith("else:  # VARIANT")
+
+
+PAPERS_CALLS = [("03_train.ipynb", "compile"), ("03_train.ipynb", "fit"), ("04_evaluate.ipynb", "evaluate")]
+
+
+@pytest.mark.parametrize(("name", "method"), PAPERS_CALLS)
+def test_the_papers_compile_fit_and_evaluate_are_called_on_a_model(name, method):
+    """A student finds the paper's model.compile, model.fit and model.evaluate: each call names
+    a model (the head on cached features stands in for it, the prose says how)."""
+    calls = [
+        node.func.value.id
+        for cell in _code_cells(_notebook(name))
+        for node in ast.walk(ast.parse(cell.source))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == method
+        if isinstance(node.func.value, ast.Name)
+    ]
+    assert calls and all("model" in receiver for receiver in calls), calls
+    first = next(cell.source for cell in _code_cells(_notebook(name)) if f".{method}(" in cell.source)
+    assert f"the paper's model.{method}" in first  # said where the call is
+
+
+def test_course_cross_validation_runs_the_demo_config():
+    """docs/course.md's folds exercise: without --config, offline, the head of a random base
+    at the default learning rate calls everything malignant, so the folds would measure
+    only class balance. The config it names has random weights on purpose and a larger rate."""
+    import re
+    import shlex
+
+    from bcnb.reproduce import ROOT_DIR
+
+    course = (ROOT_DIR / "docs" / "course.md").read_text()
+    commands = [shlex.split(found) for found in re.findall(r"`(bcnb reproduce [^`]*--folds[^`]*)`", course)]
+    assert commands
+    for command in commands:
+        assert "--config" in command, command
+        cfg = Config.from_file(ROOT_DIR / command[command.index("--config") + 1])
+        assert cfg.weights == "none" and cfg.learning_rate > Config().learning_rate
 
 
 # --------------------------------------------------------------------------- a real run
@@ -271,9 +329,12 @@ def test_a_failing_notebook_leaves_the_earlier_run_untouched(tmp_path):
         if name == "02_model.ipynb":
             notebook.cells.insert(4, nbformat.v4.new_code_cell('raise RuntimeError("boom")'))
         nbformat.write(notebook, notebooks / name)
+    from bcnb.runfolder import start_folder
+
     out = tmp_path / "runs" / "demo"
-    out.mkdir(parents=True)
+    record_all(start_folder(out, "run"), Config())
     (out / "report.md").write_text("the earlier run\n")
+    before = _snapshot(out)
     sets = [arg for key, value in SMALL.items() for arg in ("--set", f"{key}={value}")]
     result = subprocess.run(
         [sys.executable, "-m", "bcnb", "reproduce", "--out", str(out), "--notebooks", str(notebooks), *sets],
@@ -285,9 +346,11 @@ def test_a_failing_notebook_leaves_the_earlier_run_untouched(tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("bcnb: error:")]
     assert len(errors) == 1 and "02_model.ipynb failed" in errors[0] and "RuntimeError: boom" in errors[0]
     assert "Traceback" not in result.stderr
-    assert [p.name for p in out.iterdir()] == ["report.md"]
-    assert (out / "report.md").read_text() == "the earlier run\n"
-    assert (out.parent / ".demo.partial" / "split.csv").is_file()  # 01 ran; its work is kept
+    assert _snapshot(out) == before
+    staging = out.parent / ".demo.partial"
+    assert (staging / "split.csv").is_file()  # 01 ran; its work is kept
+    assert "boom" in (staging / "notebooks" / "02_model.ipynb").read_text()  # the failed notebook, to read
+    assert f"executed notebook kept in {staging / 'notebooks' / '02_model.ipynb'}" in errors[0]
 
 
 def _reproduce(out, *extra):
@@ -318,7 +381,7 @@ def test_resume_refuses_other_parameters(tmp_path):
     result = subprocess.run(
         _reproduce(tmp_path / "run", "--resume", "--set", "seed=3"), capture_output=True, text=True
     )
-    assert result.returncode == 2 and "seed: 42 -> 3" in result.stderr
+    assert result.returncode == 2 and "seed=42 (not 3); run without --resume" in result.stderr
 
 
 @pytest.mark.slow
@@ -558,6 +621,23 @@ def test_notebook_02_builds_the_model_of_build_model(model_stage):
 
 
 @pytest.mark.slow
+def test_notebook_02_tumour_type_variant_is_the_head_of_build_model(model_stage):
+    """The variant branch, run with task="subtype" on the lesson's own base, gives the head
+    bcnb.model.build_model gives for that task."""
+    from bcnb import model as bcnb_model
+
+    shown, _ = model_stage
+    cfg = shown["cfg"].replace(task="subtype")
+    namespace = {**shown, "cfg": cfg}
+    exec(_cell_with("02_model.ipynb", "keras.Model(inputs, outputs"), namespace)
+    built = bcnb_model.build_model(cfg.img_size, None, cfg.dropout, cfg.precision, cfg.backbone, cfg.task)
+    head = ["pool", "dropout", "classifier"]
+    ours = [layer for layer in _layers(namespace["model"]) if layer[1] in head]
+    assert ours == [layer for layer in _layers(built) if layer[1] in head]
+    assert namespace["model"].output.shape == built.output.shape == (None, 8)
+
+
+@pytest.mark.slow
 def test_notebook_03_trains_like_train_model(model_stage, tmp_path):
     """The compile and fit the lesson writes out give what bcnb.train.train_model gives."""
     import shutil
@@ -600,3 +680,84 @@ def test_every_backbone_runs_through_notebooks_02_to_06(data_stage, written, tmp
     assert f"- model: {get_backbone(name).title} (frozen" in (folder / "report.md").read_text()
     assert json.loads((folder / "metrics.json").read_text())["n_test_images"] > 0
     assert len(shown["table"]) == 4 and len(list((folder / "predictions").glob("*_gradcam.png"))) == 4
+
+
+# --------------------------------------------------------------------------- a finished run, again
+@pytest.mark.slow
+def test_executed_notebooks_name_the_run_folder_not_its_staging(run):
+    out, _ = run
+    for path in sorted((out / "notebooks").glob("*.ipynb")):
+        text = path.read_text()
+        assert ".partial" not in text and ".rerun" not in text, path.name
+        injected = [
+            c
+            for c in nbformat.reads(text, as_version=4).cells
+            if "injected-parameters" in c.metadata.get("tags", [])
+        ]
+        assert 'run_dir = ".."' in injected[0].source, path.name  # RUN/notebooks/.. is RUN
+
+
+@pytest.mark.slow
+def test_every_executed_notebook_of_a_finished_run_runs_again_in_place(run, tmp_path):
+    """As a student opening RUN/notebooks/04_evaluate.ipynb in JupyterLab would: the notebook's
+    own folder as working folder, its injected parameters as they are."""
+    import shutil
+
+    import papermill
+
+    copy = tmp_path / "moved" / "small"  # the run moved elsewhere: nothing names the old place
+    shutil.copytree(run[0], copy, symlinks=True)
+    before = json.loads((copy / "metrics.json").read_text())
+    for path in sorted((copy / "notebooks").glob("*.ipynb")):
+        papermill.execute_notebook(str(path), str(path), cwd=str(path.parent), progress_bar=False)
+    after = json.loads((copy / "metrics.json").read_text())
+    assert after["n_test_images"] == before["n_test_images"]
+    assert (copy / "config.yaml").read_bytes() == (run[0] / "config.yaml").read_bytes()
+
+
+@pytest.mark.slow
+def test_a_finished_run_holds_no_empty_leftovers_and_its_files_follow_the_umask(run):
+    out, _ = run
+    empty = [
+        p
+        for p in out.rglob("*")
+        if (p.is_dir() and not any(p.iterdir())) or (p.is_file() and p.stat().st_size == 0)
+    ]
+    assert empty == []  # no empty checkpoint/ and no empty kernels.log
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for path in [
+        out / "config.yaml",
+        out / "metrics.json",
+        out / "model.keras",
+        out / "figures" / "roc_curve.png",
+    ]:
+        assert path.stat().st_mode & 0o777 == 0o666 & ~mask, path  # as a plain open() would make it
+
+
+@pytest.mark.slow
+def test_no_command_shows_tensorflow_s_cpp_lines(run):
+    _, result = run
+    assert [line for line in result.stderr.splitlines() if not line.startswith("bcnb: ")] == []
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_only_is_one_line_and_changes_nothing(run, tmp_path):
+    """--only 04 on a disk with room for the run but not for 04's new files."""
+    import shutil
+
+    from conftest import small_file_system
+
+    files = [p for p in run[0].rglob("*") if p.is_file() and "compare" not in p.parts]
+    room = sum(p.stat().st_size for p in files) + 96 * 1024
+    with small_file_system(tmp_path / "disk", size=str(room)) as disk:
+        out = disk / "small"
+        shutil.copytree(run[0], out, ignore=shutil.ignore_patterns("compare"))
+        before = _snapshot(out)
+        command = [sys.executable, "-m", "bcnb", "reproduce", "--out", str(out), "--only", "04"]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 2, result.stderr[-2000:]
+        (line,) = [line for line in result.stderr.splitlines() if line.startswith("bcnb: error:")]
+        assert "No space left on device" in line and "Traceback" not in result.stderr
+        assert _snapshot(out) == before
+        assert sorted(p.name for p in disk.iterdir()) == ["small"]  # no .small.rerun, no lock left

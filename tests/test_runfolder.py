@@ -12,13 +12,20 @@ import yaml
 from bcnb.config import STAGES, Config
 from bcnb.runfolder import (
     HELD_BY_PARENT,
+    DestinationRefused,
     RecordMismatch,
+    RecordTampered,
     RunFolderBusy,
     RunLock,
+    check_destination,
+    check_runs_made_with,
+    load_run_config,
     lock_path,
     open_run,
     read_record,
     record_all,
+    record_parameters,
+    start_folder,
 )
 
 
@@ -80,10 +87,129 @@ def test_record_round_trips_through_config(tmp_path):
     assert Config.from_file(tmp_path / "config.yaml", run_dir=str(tmp_path)) == cfg
 
 
-def test_a_damaged_record_is_named(tmp_path):
-    (tmp_path / "config.yaml").write_text("epochz: 3\n")
-    with pytest.raises(ValueError, match="config.yaml: expected parameter: value pairs"):
+def test_a_hand_edited_record_is_refused_wherever_it_is_read(tmp_path):
+    """The record is tamper-evident: its digest, kept from the first write, no longer matches."""
+    from bcnb.report import write_report
+
+    record_all(tmp_path, Config(seed=42))
+    path = tmp_path / "config.yaml"
+    path.write_text(path.read_text().replace("seed: 42", "seed: 7"))
+    for read in (read_record, load_run_config, write_report):
+        with pytest.raises(RecordTampered, match=r"config.yaml was changed after bcnb wrote it"):
+            read(tmp_path)
+    with pytest.raises(RecordTampered):
+        open_run(_cell("evaluate", tmp_path), "evaluate")
+    with pytest.raises(RecordTampered):  # nor can a notebook record more on top of it
+        record_parameters(tmp_path, Config(seed=7), (), ["evaluate"])
+
+
+def test_a_record_without_its_digest_or_a_removed_record_is_refused(tmp_path):
+    (tmp_path / "config.yaml").write_text("epochs: 3\n")  # written by hand: no digest
+    with pytest.raises(RecordTampered, match="no digest of it in .bcnb.json"):
         read_record(tmp_path)
+    record_all(tmp_path / "made", Config())
+    (tmp_path / "made" / "config.yaml").unlink()
+    with pytest.raises(RecordTampered, match="has been removed"):
+        read_record(tmp_path / "made")
+
+
+def test_a_kill_between_the_record_and_its_digest_leaves_a_pair_that_checks(tmp_path, monkeypatch):
+    """The digest accepts the new record before it is written and keeps only it after."""
+    import bcnb.runfolder as runfolder
+
+    record_parameters(tmp_path, Config(), (), ["data"])
+    writes = []
+    real = runfolder.write_text_atomic
+
+    def killed_after_the_record(path, text):
+        real(path, text)
+        writes.append(path)
+        raise KeyboardInterrupt  # the digest's last write never happens
+
+    monkeypatch.setattr(runfolder, "write_text_atomic", killed_after_the_record)
+    with pytest.raises(KeyboardInterrupt):
+        record_parameters(tmp_path, Config(img_size=64), (), ["model"])
+    monkeypatch.setattr(runfolder, "write_text_atomic", real)
+    assert writes and read_record(tmp_path)["img_size"] == 64
+
+
+def test_the_record_round_trips_through_load_run_config(tmp_path):
+    cfg = Config(epochs=3, dataset="data/x.csv", run_dir=str(tmp_path))
+    record_all(tmp_path, cfg)
+    assert load_run_config(tmp_path) == cfg
+
+
+# --------------------------------------------------------------------------- the destination
+def _user_folder(path):
+    path.mkdir(parents=True)
+    (path / "thesis.tex").write_text("my own work\n")
+    return path
+
+
+def _bcnb_folder(path, kind):
+    start_folder(path, kind)
+    if kind == "run":
+        record_all(path, Config())
+    return path
+
+
+@pytest.mark.parametrize(
+    "make,kind,allowed",
+    [
+        (lambda p: p, "run", True),  # nothing there yet
+        (lambda p: p.mkdir() or p, "run", True),  # an empty folder
+        (lambda p: _bcnb_folder(p, "run"), "run", True),  # a run replaces a run
+        (lambda p: _bcnb_folder(p, "protocol"), "protocol", True),
+        (lambda p: _bcnb_folder(p, "sweep"), "sweep", True),  # a sweep goes on in its folder
+        (lambda p: _user_folder(p), "run", False),
+        (lambda p: _user_folder(p), "sweep", False),
+        (lambda p: p.write_text("a file") and p, "run", False),
+        (lambda p: _bcnb_folder(p, "sweep"), "run", False),
+        (lambda p: _bcnb_folder(p, "run"), "protocol", False),
+        (lambda p: _bcnb_folder(p, "protocol"), "run", False),
+        (lambda p: _bcnb_folder(p, "run"), "sweep", False),
+    ],
+)
+def test_only_a_folder_bcnb_made_of_the_same_kind_may_be_replaced(tmp_path, make, kind, allowed):
+    out = make(tmp_path / "out")
+    before = _snapshot(tmp_path)
+    if allowed:
+        check_destination(out, kind)
+    else:
+        with pytest.raises(DestinationRefused, match=f"--out: {out} .*choose another folder"):
+            check_destination(out, kind)
+    assert _snapshot(tmp_path) == before
+
+
+def _snapshot(folder):
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_notebook_01_does_not_start_a_run_among_someone_s_files(tmp_path):
+    folder = _user_folder(tmp_path / "mine")
+    with pytest.raises(DestinationRefused, match="holds files bcnb did not make"):
+        open_run(_cell("data", folder), "data")
+    assert sorted(p.name for p in folder.iterdir()) == ["thesis.tex"]
+
+
+def test_a_folder_to_resume_must_hold_only_what_is_asked_with_its_parameters(tmp_path):
+    """Every run already in a protocol folder is checked, not the first one only."""
+    folds = {f"fold-{k}": Config(folds=3, fold=k, seed=42) for k in (1, 2, 3)}
+    start_folder(tmp_path / "cv", "protocol")
+    record_all(tmp_path / "cv" / "fold-1", folds["fold-1"])
+    record_all(tmp_path / "cv" / "fold-2", folds["fold-2"].replace(seed=7))
+    with pytest.raises(RecordMismatch, match=r"fold-2 was made with seed=7 \(not 42\); go elsewhere"):
+        check_runs_made_with(tmp_path / "cv", "protocol", folds, "go elsewhere")
+    five = {f"fold-{k}": Config(folds=5, fold=k, seed=42) for k in (1, 2, 3, 4, 5)}
+    with pytest.raises(RecordMismatch, match=r"fold-1 was made with folds=3 \(not 5\)"):
+        check_runs_made_with(tmp_path / "cv", "protocol", five, "go elsewhere")
+    two = {name: cfg.replace(folds=2) for name, cfg in list(folds.items())[:1]}
+    with pytest.raises(RecordMismatch, match="holds fold-2, which this request does not make"):
+        check_runs_made_with(tmp_path / "cv", "protocol", two, "go elsewhere")
+    with pytest.raises(
+        RecordMismatch, match="is a bcnb cross-validation or repeats folder, not a single run"
+    ):
+        check_runs_made_with(tmp_path / "cv", "run", {"": Config()}, "go elsewhere")
 
 
 # --------------------------------------------------------------------------- the lock

@@ -4,9 +4,12 @@ With on_bad_image="error" the run stops with one message naming each bad file an
 with "skip" the file is left out, listed, and nothing downstream ever sees it.
 """
 
+import functools
 import io
 import os
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +27,21 @@ def png_bytes(seed: int) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, "PNG")
     return buffer.getvalue()
+
+
+@functools.cache
+def bomb_png(side: int = 20000) -> bytes:
+    """A valid 1-bit PNG of side x side pixels (400 million at 20000), a few dozen KB:
+    blank rows compress to almost nothing, and would decode to gigabytes."""
+    row = bytes(1 + (side + 7) // 8)  # filter byte 0, then the row's bits, all 0
+    packer = zlib.compressobj(9)
+    pixels = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # 1 bit, grayscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
 
 
 def image_path(layout: str, label: str, patient: str, index: int) -> str:
@@ -104,6 +122,11 @@ BAD_KINDS = {
     "Thumbs.db": (lambda d: _stray(d, "Thumbs.db", b"\xd0\xcf\x11\xe0"), r"not an image"),
     "hidden image": (lambda d: _stray(d, ".hidden.png", png_bytes(98)), r"not an image"),
     "broken symlink": (_broken_link, r"broken symlink"),
+    # Pillow raises DecompressionBombError, not an OSError, on opening it.
+    "decompression bomb": (
+        lambda d: _named(d, bomb_png()),
+        r"too large to decode safely \(400,000,000 pixels, above Pillow's decompression-bomb limit",
+    ),
     "same image in two classes": (
         lambda d: _duplicate(d, "malignant", "40"),
         r"identical to .* \(two classes\)",
@@ -213,6 +236,22 @@ def test_file_without_read_permission():
             assert answer.read() == "unreadable (Permission denied)"
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_decompression_bomb_is_a_bad_file_not_a_crash(tmp_path):
+    """It is a real PNG: with Pillow's guard lifted it opens as 20000x20000 pixels."""
+    path = tmp_path / "huge.png"
+    path.write_bytes(bomb_png())
+    assert path.stat().st_size < 200_000
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = None
+        with Image.open(path) as image:
+            assert image.size == (20000, 20000)
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    problem, digest = scan.inspect_file(path)
+    assert problem.startswith("too large to decode safely (400,000,000 pixels") and digest == ""
 
 
 def test_a_good_image_passes_with_its_hash(tmp_path):

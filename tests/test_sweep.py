@@ -39,9 +39,9 @@ def test_a_bad_grid_is_refused_before_any_cell_runs(grid, message):
 def _fake_run(folder, cfg, accuracy):
     """What a finished run leaves that the sweep reads: its record, metrics and history."""
     from bcnb.reproduce import headless
-    from bcnb.runfolder import record_all
+    from bcnb.runfolder import record_all, start_folder
 
-    record_all(folder, headless(cfg))
+    record_all(start_folder(folder, "run"), headless(cfg))
     metrics = {
         "test_accuracy": accuracy,
         "balanced_accuracy": 0.5,
@@ -112,3 +112,70 @@ def test_a_real_sweep_writes_one_run_folder_per_cell_and_the_table(tmp_path):
     table = pd.read_csv(tmp_path / "s" / "sweep.csv")
     assert table["magnification"].tolist() == ["40X"]
     assert table["test accuracy"].iloc[0] == pytest.approx(metrics["test_accuracy"], abs=5e-4)
+
+
+@pytest.mark.parametrize(
+    "grid,message",
+    [
+        (["epochs=,,"], "--grid 'epochs=,,': expected key=value1,value2"),
+        (["=1,2"], "--grid '=1,2': expected key=value1,value2"),
+        (["interactive=true,false"], "--grid: interactive changes how a run is shown"),
+        (["run_dir=a,b"], "--grid: run_dir changes how a run is shown"),
+        (["predict_images=a,b"], "--grid: predict_images changes how a run is shown"),
+    ],
+)
+def test_a_grid_without_values_or_over_a_parameter_that_defines_no_run_is_refused(grid, message):
+    with pytest.raises(ValueError, match=message):
+        sweep.parse_grid(grid)
+
+
+def test_a_grid_of_more_than_the_limit_asks_for_max_cells():
+    grid = {"seed": list(range(15)), "epochs": list(range(1, 15))}  # 210 cells
+    with pytest.raises(ValueError, match=r"210 cells \(14 x 15\), over 200: .*add --max-cells 210"):
+        sweep.cells(Config(), grid)
+    assert len(sweep.cells(Config(), grid, max_cells=210)) == 210
+
+
+@pytest.mark.parametrize("value", ["../../x.png", "/etc/passwd", "a/../../b", "..", "x" * 400, "é ü*?"])
+def test_cell_folders_are_safe_names_inside_out_whatever_the_value(tmp_path, value):
+    names = sweep.cells(Config(stain_normalization="reinhard"), {"stain_target": [value, "plain.png"]})
+    for name in names:
+        assert "/" not in name and name not in (".", "..") and len(name.encode()) < 255
+        assert (tmp_path / name).resolve().parent == tmp_path.resolve()
+    assert len(set(names)) == 2  # a changed name keeps a hash of the real value: no collisions
+
+
+def test_a_sweep_cell_of_another_kind_is_never_reused(tmp_path):
+    """A cell made without --folds is not a K-fold cell, and the reverse."""
+
+    def run_cell(cfg, folder):
+        from bcnb.runfolder import start_folder
+
+        _fake_run(start_folder(folder, "run"), cfg, accuracy=0.5)
+
+    grid = {"seed": [1]}
+    sweep.run_sweep(Config(), tmp_path / "out", grid, run_cell=run_cell)
+    with pytest.raises(ValueError, match="seed=1 is a bcnb single run folder, not a cross-validation"):
+        sweep.run_sweep(Config(), tmp_path / "out", grid, folds=2, run_cell=run_cell)
+
+
+def test_a_sweep_never_writes_into_a_folder_it_did_not_make(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine\n")
+    with pytest.raises(ValueError, match="--out: .*mine holds files bcnb did not make"):
+        sweep.run_sweep(Config(), tmp_path / "mine", {"seed": [1]}, run_cell=lambda cfg, folder: None)
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+
+
+def test_a_cut_short_cell_of_other_parameters_is_named_without_a_resume_sweep_does_not_have(tmp_path):
+    from bcnb.reproduce import headless
+    from bcnb.runfolder import record_all, start_folder
+
+    out = start_folder(tmp_path / "out", "sweep")
+    staging = start_folder(out / ".seed=1.partial", "run")  # a cell cut short, made with lr 0.5
+    record_all(staging, headless(Config(seed=1, learning_rate=0.5)))
+    with pytest.raises(ValueError) as refused:
+        sweep.run_sweep(Config(), out, {"seed": [1]}, run_cell=lambda cfg, folder: None)
+    message = str(refused.value)
+    assert "learning_rate=0.5 (not 0.001)" in message and "another --out" in message
+    assert "--resume" not in message

@@ -3,6 +3,7 @@
 import base64
 import datetime
 import io
+import re
 
 import ipywidgets
 import numpy as np
@@ -119,7 +120,11 @@ def test_try_an_image_predicts_an_upload_and_refuses_a_bad_one(run_dir):
         buffer, "PNG"
     )
     upload.value = _upload("slide.png", buffer.getvalue())
-    assert "slide.png" in verdict.value and "malignant <b>" in verdict.value
+    # the words of bcnb predict: a call that cannot be read against its probability
+    assert re.search(
+        r"slide.png  (BENIGN|MALIGNANT) +probability of malignancy \S+% \((below|at or above) the",
+        verdict.value,
+    )
     assert _pixels(picture.value).shape == (32, 32, 3)  # the Grad-CAM overlay at the model's size
     upload.value = _upload("broken.png", b"not an image")
     assert "refused" in verdict.value and "broken.png" in verdict.value
@@ -143,27 +148,57 @@ def test_figures_display_as_images_in_a_notebook_kernel():
         InteractiveShell.clear_instance()
 
 
-def _train_three_epochs(progress):
-    """A tiny model fitted for three epochs with ``progress`` as its only callback."""
+def _train(progress, epochs=3, stop_after=None):
+    """A tiny model fitted for ``epochs`` with ``progress`` as its callback, ended by the
+    model's own stop flag after epoch ``stop_after`` if given (as EarlyStopping ends it)."""
     import keras
+
+    class Stop(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 == stop_after:
+                self.model.stop_training = True
 
     inputs = keras.Input((2,))
     model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(inputs))
     model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
     x = np.random.default_rng(0).normal(size=(12, 2)).astype("float32")
-    model.fit(x, (x[:, 0] > 0).astype("float32"), batch_size=4, epochs=3, verbose=0, callbacks=[progress])
+    y = (x[:, 0] > 0).astype("float32")
+    model.fit(x, y, batch_size=12, epochs=epochs, verbose=0, callbacks=[Stop(), progress])
 
 
-def test_training_progress_headless_is_one_line_per_epoch(capsys):
-    _train_three_epochs(widgets.training_progress(3, interactive=False))
+def _epochs_printed(lines):
+    return [int(line.split("/")[0].removeprefix("epoch ")) for line in lines if line.startswith("epoch ")]
+
+
+def test_training_progress_headless_prints_every_epoch_of_a_short_fit(capsys):
+    _train(widgets.training_progress(3, interactive=False))
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
     assert all("loss" in line and "accuracy" in line and "\r" not in line for line in lines)
 
 
+def test_training_progress_headless_prints_a_handful_of_a_long_fit(capsys):
+    """100 epochs (notebook 03's default) give about ten lines, not a hundred: the first, the
+    last and evenly spaced ones between, each with its loss."""
+    _train(widgets.training_progress(100, interactive=False), epochs=100)
+    lines = capsys.readouterr().out.splitlines()
+    printed = _epochs_printed(lines)
+    assert len(lines) == len(printed) <= 12 and printed[0] == 1 and printed[-1] == 100
+    assert printed == sorted(printed) and max(np.diff(printed)) <= 10  # no long silent stretch
+    assert all("loss" in line and "accuracy" in line for line in lines)
+
+
+def test_training_progress_headless_shows_where_fit_stopped(capsys):
+    _train(widgets.training_progress(100, interactive=False), epochs=100, stop_after=37)
+    lines = capsys.readouterr().out.splitlines()
+    assert _epochs_printed(lines)[-1] == 37 and "loss" in lines[-2]  # the last epoch run, then:
+    assert lines[-1] == "stopped early after epoch 37 of 100"
+    assert len(lines) <= 7
+
+
 def test_training_progress_in_jupyterlab_is_a_live_bar(capsys):
     progress = widgets.training_progress(3, interactive=True)
-    _train_three_epochs(progress)
+    _train(progress)
     assert isinstance(progress.bar, ipywidgets.IntProgress) and progress.bar.value == progress.bar.max == 3
     assert progress.text.value.startswith("epoch 3: ") and "loss" in progress.text.value
     assert "epoch 1/3" not in capsys.readouterr().out  # the bar, not printed lines
