@@ -761,3 +761,15 @@ def test_a_full_disk_during_only_is_one_line_and_changes_nothing(run, tmp_path):
         assert "No space left on device" in line and "Traceback" not in result.stderr
         assert _snapshot(out) == before
         assert sorted(p.name for p in disk.iterdir()) == ["small"]  # no .small.rerun, no lock left
+
+
+def test_synthetic_images_per_patient_says_it_counts_per_magnification():
+    """It gives each patient that many images at each of the four magnifications."""
+    line = next(
+        line
+        for line in _cell_with("01_data.ipynb", "synthetic_images_per_patient =").splitlines()
+        if "synthetic_images_per_patient" in line
+    )
+    assert "magnification" in line
+    readme = (NOTEBOOKS_DIR.parent / "README.md").read_text()
+    assert "`synthetic_images_per_patient` (per magnification" in readme
