@@ -43,15 +43,15 @@ def _config(img_size: int, batch_size: int, run_dir: str, **changes):
 
 
 def _split(cfg):
-    from bcnb import datasets
+    from bcnb.data import loading, splitting
 
-    table = datasets.load_dataset(cfg).table
-    return datasets.split_by_patient(table, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    table = loading.load_dataset(cfg).table
+    return splitting.split_by_patient(table, cfg.val_fraction, cfg.test_fraction, cfg.seed)
 
 
 def measure_ceiling(img_size: int, batch_size: int, precision: str = "float32") -> dict:
     """Forward passes on random tensors already in memory: the model's own speed."""
-    from bcnb.model import build_model, feature_extractor
+    from bcnb.model.transfer import build_model, feature_extractor
 
     extractor = feature_extractor(build_model(img_size, None, precision=precision))
     images = np.random.default_rng(0).uniform(0, 255, (batch_size, img_size, img_size, 3)).astype(np.float32)
@@ -66,8 +66,8 @@ def measure_ceiling(img_size: int, batch_size: int, precision: str = "float32") 
 def _timed_features(split, img_size: int, batch_size: int, precision: str) -> tuple[dict, float]:
     """Features of every image in one pass through the real pipeline, by split, and the
     images per second of that pass."""
-    from bcnb import features
-    from bcnb.model import build_model
+    from bcnb.model.transfer import build_model
+    from bcnb.train import features
 
     model = build_model(img_size, None, precision=precision)
     features.extract_features(model, split.head(batch_size), img_size, batch_size)  # warm-up
@@ -89,8 +89,8 @@ def measure_training(img_size: int, batch_size: int, feature_cache: bool, epochs
     """Ten epochs of head training, the features' extraction included when cached."""
     import keras
 
-    from bcnb import train
-    from bcnb.model import build_model
+    from bcnb.model.transfer import build_model
+    from bcnb.train import fit
 
     with tempfile.TemporaryDirectory() as run_dir:
         # patience = epochs: all ten epochs run, so the two ways do the same work.
@@ -109,7 +109,7 @@ def measure_training(img_size: int, batch_size: int, feature_cache: bool, epochs
         keras.utils.set_random_seed(cfg.seed)  # the same random base for both ways
         model = build_model(img_size, None)
         started = time.perf_counter()
-        history = train.train_model(cfg, model, split)
+        history = fit.train_model(cfg, model, split)
         seconds = time.perf_counter() - started
     last = history.iloc[-1]
     return {
@@ -143,7 +143,7 @@ def _head_test_accuracy(split, found: dict) -> float:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from bcnb.datasets import labels_of
+    from bcnb.data.pipeline import labels_of
 
     head = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     head.fit(found["train"], labels_of(split[split["split"] == "train"]))

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import yaml
 
+from bcnb.batch.sweep import MAX_CELLS
 from bcnb.config import Config, parse_override, read_parameters
-from bcnb.nativelog import native_stderr
-from bcnb.sweep import MAX_CELLS
+from bcnb.run.nativelog import native_stderr
 
 EXIT_BAD_INPUT = 2
 EXIT_RUN_FAILED = 1
-CHUNK_DEFAULT = 256  # bcnb extract --dask: images per task (bcnb.cluster.CHUNK_ROWS, without importing it)
+CHUNK_DEFAULT = 256  # bcnb extract --dask: images per task (cluster.CHUNK_ROWS, without importing it)
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -231,7 +231,7 @@ def _extract(args: argparse.Namespace) -> int:
         return _fail(str(error), EXIT_BAD_INPUT)
     if args.dask:
         return _extract_on_cluster(args, folder, cfg)
-    from bcnb import features
+    from bcnb.train import features
 
     model, split = _extraction_inputs(folder)
     path = features.extract_shard(cfg, model, split, shard, shards)
@@ -241,8 +241,8 @@ def _extract(args: argparse.Namespace) -> int:
 
 def _extraction_run(out: Path) -> tuple[Path, Config]:
     """The run (finished, or stopped with --stop-after) whose features are asked for."""
-    from bcnb.reproduce import run_folder
-    from bcnb.runfolder import check_writable, folder_kind, load_run_config
+    from bcnb.batch.reproduce import run_folder
+    from bcnb.run.record import check_writable, folder_kind, load_run_config
 
     folder = run_folder(out)
     if folder_kind(folder) != "run":
@@ -254,15 +254,15 @@ def _extraction_run(out: Path) -> tuple[Path, Config]:
 
 
 def _extraction_inputs(folder: Path):
-    from bcnb import datasets
-    from bcnb import model as bcnb_model
+    from bcnb.model import transfer
+    from bcnb.run import artifacts
 
-    return bcnb_model.load_model(folder / bcnb_model.INITIAL_MODEL_FILE), datasets.load_split(folder)
+    return transfer.load_model(folder / artifacts.INITIAL_MODEL_FILE), artifacts.load_split(folder)
 
 
 def _extract_on_cluster(args: argparse.Namespace, folder: Path, cfg: Config) -> int:
-    from bcnb.cluster import connect, extract_on_cluster
-    from bcnb.runfolder import RunLock
+    from bcnb.run.record import RunLock
+    from bcnb.train.cluster import connect, extract_on_cluster
 
     try:  # one writer of the run folder, as for bcnb reproduce; the scheduler before TensorFlow
         with RunLock(args.out, "bcnb extract --dask"), connect(args.dask) as client:
@@ -307,7 +307,7 @@ def _predict(args: argparse.Namespace) -> int:
     for line in describe_predictions(table, predictor.rule):
         print(line)
     if args.csv:
-        from bcnb.files import write_text_atomic
+        from bcnb.run.files import write_text_atomic
 
         write_text_atomic(args.csv, table.to_csv(index=False))
     return EXIT_BAD_INPUT if (table["refused"] != "").any() else 0
@@ -315,7 +315,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _check_outputs(outputs: dict[str, Path | None]) -> None:
     """Files and folders a command will write, checked before its work starts (one line)."""
-    from bcnb.runfolder import check_writable
+    from bcnb.run.record import check_writable
 
     for option, path in outputs.items():
         if path is None:
@@ -329,7 +329,7 @@ def _check_outputs(outputs: dict[str, Path | None]) -> None:
 
 def _bench(args: argparse.Namespace) -> int:
     from bcnb.bench import render, run_all
-    from bcnb.files import write_text_atomic
+    from bcnb.run.files import write_text_atomic
 
     if args.img_size < 32 or args.batch_size < 1:
         return _fail("--img-size: expected at least 32, --batch-size at least 1", EXIT_BAD_INPUT)
@@ -341,7 +341,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from bcnb.reproduce import NOTEBOOKS_DIR, NotebookFailed, reproduce, rerun
+    from bcnb.batch.reproduce import NOTEBOOKS_DIR, NotebookFailed, reproduce, rerun
 
     started = time.perf_counter()
     notebooks = args.notebooks or NOTEBOOKS_DIR
@@ -373,7 +373,7 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
-    from bcnb.download import SOURCES, download, patients_note
+    from bcnb.data.download import SOURCES, download, patients_note
 
     try:
         folder = download(SOURCES[args.name], args.to, args.url, args.archive, _say, sys.stderr.isatty())
@@ -389,11 +389,11 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _weights(args: argparse.Namespace) -> int:
-    from bcnb.nativelog import import_tensorflow_quietly
+    from bcnb.run.nativelog import import_tensorflow_quietly
 
     import_tensorflow_quietly()
-    from bcnb import weights
-    from bcnb.backbones import BACKBONES
+    from bcnb.model import weights
+    from bcnb.model.backbones import BACKBONES
 
     try:
         if args.action == "status":
@@ -412,8 +412,8 @@ def _weights(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from bcnb.reproduce import NotebookFailed
-    from bcnb.sweep import parse_grid, run_sweep
+    from bcnb.batch.reproduce import NotebookFailed
+    from bcnb.batch.sweep import parse_grid, run_sweep
 
     started = time.perf_counter()
     try:
@@ -435,7 +435,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _reproduce_protocol(args: argparse.Namespace, notebooks: Path, live: bool, started: float) -> int:
     """--folds K or --repeats R: every run, then the summary (errors are the caller's)."""
-    from bcnb.crossval import run_protocol
+    from bcnb.batch.protocol import run_protocol
 
     if args.folds == 1 or args.folds < 0:
         raise ValueError(f"--folds: expected at least 2, got {args.folds}")

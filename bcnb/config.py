@@ -3,7 +3,7 @@
 Each field belongs to the stage (notebook) that first uses it, listed in ``STAGES``: a
 notebook's ``parameters`` cell holds the flat literals of its own stage, named exactly like
 the fields of :class:`Config`, and the run's record (``config.yaml``, see
-:mod:`bcnb.runfolder`) supplies the rest. The same object drives ``bcnb reproduce``, where
+:mod:`bcnb.run.record`) supplies the rest. The same object drives ``bcnb reproduce``, where
 ``--config FILE.yaml`` and ``--set key=value`` fill every field at once.
 """
 
@@ -18,10 +18,10 @@ from typing import Any
 
 import yaml
 
-from bcnb.stain import STAIN_METHODS
-from bcnb.subtypes import TASKS
-from bcnb.synthetic import spec_problems
-
+# What each choice parameter allows. This module imports nothing of bcnb: every other one
+# may import it, and the command line reads it before anything heavy starts.
+TASKS = ("binary", "subtype")
+STAIN_METHODS = ("none", "reinhard", "macenko")
 LAYOUTS = ("auto", "breakhis", "idc", "folders", "csv")
 ON_BAD_IMAGE = ("error", "skip")
 CLASS_WEIGHTS = ("none", "balanced")
@@ -193,7 +193,7 @@ class Config:
         if self.val_fraction + self.test_fraction > 0.6:
             yield "val_fraction + test_fraction: expected at most 0.6, leaving data to train on"
         yield from self._fold_problems()
-        yield from spec_problems(
+        yield from synthetic_problems(
             self.synthetic_patients, self.synthetic_images_per_patient, self.synthetic_difficulty
         )
         yield from _at_least("img_size", self.img_size, 32)
@@ -276,6 +276,19 @@ def read_parameters(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: expected a mapping of parameter: value")
     _reject_unknown(values, where=str(path))
     return values
+
+
+def synthetic_problems(patients: int, images_per_patient: int, difficulty: float) -> list[str]:
+    """What makes a built-in dataset impossible, named as Config's parameters (used by the built-in dataset
+    too): at least 6 patients for three splits of both classes."""
+    problems = []
+    if patients < 6:
+        problems.append(f"synthetic_patients: expected an integer >= 6, got {patients}")
+    if images_per_patient < 1:
+        problems.append(f"synthetic_images_per_patient: expected an integer >= 1, got {images_per_patient}")
+    if not 0.0 <= difficulty <= 1.0:
+        problems.append(f"synthetic_difficulty: expected a number between 0.0 and 1.0, got {difficulty}")
+    return problems
 
 
 def field_names() -> list[str]:

@@ -26,18 +26,18 @@ import pandas as pd
 from PIL import Image
 
 from bcnb.config import CONFIG_FILE, Config
-from bcnb.datasets import load_split
-from bcnb.files import replace_from_writer
-from bcnb.images import IMAGE_SUFFIXES, load_for_model
-from bcnb.layouts import CLASSES
-from bcnb.runfolder import load_run_config
-from bcnb.scan import inspect_file
-from bcnb.stain import StainNormalizer, load_normalizer
+from bcnb.data.images import IMAGE_SUFFIXES, load_for_model
+from bcnb.data.scan import inspect_file
+from bcnb.data.stain import StainNormalizer, load_normalizer
+from bcnb.data.tasks import CLASSES
+from bcnb.run.artifacts import load_split
+from bcnb.run.files import replace_from_writer
+from bcnb.run.record import load_run_config
 
 if TYPE_CHECKING:
     import keras
 
-    from bcnb.model import WeightsInfo
+    from bcnb.model.transfer import WeightsInfo
 
 # Smaller images are refused: fitted to the model's input (224 px) a 1x1 or 8x8 image is
 # nearly all invented pixels. 16 keeps every real data set's images (IDC's patches are 50 px,
@@ -68,8 +68,8 @@ class Predictor:
         """Load ``model_path`` (a run's model.keras) and the decision rule beside it."""
         path = Path(model_path)
         rule, cfg = read_run(path)
-        from bcnb.model import WEIGHTS_FILE, load_model, load_weights_info
-        from bcnb.modelcard import MODEL_CARD_FILE
+        from bcnb.model.transfer import load_model, load_weights_info
+        from bcnb.run.artifacts import MODEL_CARD_FILE, WEIGHTS_FILE
 
         try:
             model = load_model(path)
@@ -97,20 +97,20 @@ class Predictor:
     def notes(self) -> list[str]:
         """One line each: where the model's base and training data came from, when that
         limits what its answers mean, then the disclaimer."""
-        from bcnb.report import DISCLAIMER
+        from bcnb.report.run_report import DISCLAIMER
 
         notes = (self._weights_note(), self._data_note(), self._card_note(), DISCLAIMER)
         return [line for line in notes if line]
 
     def banner(self) -> str:
         """The weights as notebooks 02 and 04 show them, the note on the data, the disclaimer."""
-        from bcnb.report import DISCLAIMER
+        from bcnb.report.run_report import DISCLAIMER
 
         weights = (self.weights.warning() or self.weights.summary()) if self.weights else self._weights_note()
         return "\n".join(line for line in (weights, self._data_note(), self._card_note(), DISCLAIMER) if line)
 
     def _weights_note(self) -> str:
-        from bcnb.model import WEIGHTS_FILE
+        from bcnb.run.artifacts import WEIGHTS_FILE
 
         if self.weights is None:
             return f"WARNING: no {WEIGHTS_FILE} beside the model: whether its base was pretrained is unknown"
@@ -127,7 +127,7 @@ class Predictor:
         return ""
 
     def _card_note(self) -> str:
-        from bcnb.modelcard import MODEL_CARD_FILE
+        from bcnb.run.artifacts import MODEL_CARD_FILE
 
         if self.model_card is None:
             return f"no {MODEL_CARD_FILE} beside the model: notebook 04 writes what it is for and how it did"
@@ -149,7 +149,7 @@ def read_run(model_path: str | Path) -> tuple[dict, Config | None]:
         )
     if not path.is_file():
         raise FileNotFoundError(f"--model: {path} does not exist")
-    from bcnb.decision import load_decision
+    from bcnb.run.artifacts import load_decision
 
     rule = load_decision(path.parent)
     cfg = load_run_config(path.parent) if (path.parent / CONFIG_FILE).is_file() else None
@@ -236,11 +236,11 @@ def run_examples(model_path: str | Path, count: int = EXAMPLE_COUNT) -> list[Pat
 def predict_files(predictor: Predictor, paths: list[Path], cam_dir: str | Path | None = None) -> pd.DataFrame:
     """One row per file: its calibrated malignancy (probability and percent) and label, or
     the reason it was refused. With ``cam_dir``, a Grad-CAM overlay PNG per image."""
-    from bcnb.calibrate import as_percent
-    from bcnb.decision import apply_decision
-    from bcnb.gradcam import gradcam, overlay
-    from bcnb.subtypes import malignant_probability
-    from bcnb.tta import tta_probabilities
+    from bcnb.data.tasks import malignant_probability
+    from bcnb.evaluate.calibrate import as_percent
+    from bcnb.evaluate.decision import apply_decision
+    from bcnb.evaluate.gradcam import gradcam, overlay
+    from bcnb.evaluate.tta import tta_probabilities
 
     position = {path: i for i, path in enumerate(paths)}
     problems = {path: check_image(path) for path in paths}
@@ -334,7 +334,7 @@ def _percents(probability: float, threshold: float, malignant: bool) -> tuple[st
 
 def _shown(p: float, digits: int) -> tuple[str, float]:
     """``p`` in percent rounded half up to ``digits`` decimals: (as printed, as read)."""
-    from bcnb.calibrate import as_percent
+    from bcnb.evaluate.calibrate import as_percent
 
     if digits == 0 and not 0.01 <= p <= 0.99:  # "<1%" and ">99%", as everywhere in bcnb
         return as_percent(p), 0.5 if p < 0.01 else 99.5

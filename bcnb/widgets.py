@@ -20,9 +20,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from bcnb.augment import Augmentation, apply_augmentation, augmentation_examples
-from bcnb.datasets import CLASSES, magnification_order, read_image
-from bcnb.evaluate import compute_metrics, format_figure, ratio
+from bcnb.data.augment import Augmentation, apply_augmentation, augmentation_examples
+from bcnb.data.images import read_rgb
+from bcnb.data.loading import magnification_order
+from bcnb.data.tasks import CLASSES
+from bcnb.evaluate.scores import compute_metrics, format_figure, ratio
 
 
 def png_bytes(pixels: np.ndarray, width: int = 0) -> bytes:
@@ -52,12 +54,12 @@ def dataset_browser(table: pd.DataFrame, interactive: bool = True, label: str = 
     Static: up to four images of the class's first patient, with their labels.
     """
     if not interactive:
-        from bcnb.plots import plot_overlays
+        from bcnb.report.figures import plot_overlays
 
         rows = matching_images(table, label)
         rows = matching_images(table, label, rows["patient_id"].iloc[0]).head(4)
         titles = [f"{r.label}, patient {r.patient_id}, {r.magnification}" for r in rows.itertuples()]
-        return plot_overlays([read_image(path) for path in rows["path"]], titles)
+        return plot_overlays([read_rgb(path) for path in rows["path"]], titles)
     import ipywidgets as widgets
 
     classes = widgets.Dropdown(options=list(CLASSES), value=label, description="class")
@@ -71,7 +73,7 @@ def dataset_browser(table: pd.DataFrame, interactive: bool = True, label: str = 
         rows = matching_images(table, classes.value, patients.value or "", magnifications.value or "")
         index.max = max(0, len(rows) - 1)
         row = rows.iloc[min(index.value, index.max)]
-        picture.value = png_bytes(read_image(row["path"]), width=460)
+        picture.value = png_bytes(read_rgb(row["path"]), width=460)
         caption.value = f"{row['label']}, patient {row['patient_id']}, {row['magnification']}"
 
     def choose(dropdown, options):
@@ -104,7 +106,7 @@ def augmentation_preview(image: np.ndarray, augmentation: Augmentation, interact
     Static: four random augmentations of the strength the parameters give.
     """
     if not interactive:
-        from bcnb.plots import plot_augmentations
+        from bcnb.report.figures import plot_augmentations
 
         return plot_augmentations(image, augmentation_examples(image, augmentation, n=4, seed=seed))
     import ipywidgets as widgets
@@ -248,7 +250,7 @@ class EpochHighlights(keras.callbacks.Callback):
         self.last, self.held = None, None
 
     def on_epoch_end(self, epoch, logs=None):
-        from bcnb.train import metrics_line
+        from bcnb.train.fit import metrics_line
 
         line = f"{self.title}epoch {epoch + 1}/{self.epochs}: {metrics_line(logs)}"
         # The first epoch of this fit (a resumed one starts past epoch 1), every Nth, the last.
@@ -297,7 +299,7 @@ class LiveProgress(keras.callbacks.Callback):
             self._drawn = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
-        from bcnb.train import metrics_line
+        from bcnb.train.fit import metrics_line
 
         self.last_epoch = f"| epoch {epoch + 1}: {metrics_line(logs)}"
         self.bar.value = epoch + 1

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from bcnb.stats import bootstrap_by_patient
+from bcnb.evaluate.stats import bootstrap_by_patient
 
 
 def seconds(n_patients: int, images_each: int, repeats: int = 5) -> float:

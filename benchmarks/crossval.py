@@ -77,7 +77,7 @@ def builtin(work: Path) -> list[str]:
 
 def breakhis_size(work: Path, data: Path) -> list[str]:
     if not (data / "manifest.csv").is_file():
-        from bcnb.synthetic import SyntheticSpec, write_synthetic_dataset
+        from bcnb.data.synthetic import SyntheticSpec, write_synthetic_dataset
 
         write_synthetic_dataset(SyntheticSpec(patients=82, images_per_patient=24, scale=2), data)
     images = sum(1 for _ in data.rglob("*.png"))

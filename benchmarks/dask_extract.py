@@ -23,35 +23,35 @@ RESULTS = Path(__file__).with_name("dask_results.md")
 
 def prepared_run(root: Path):
     """A run folder as notebooks 01-02 leave it, on the built-in dataset."""
-    from bcnb import Config, datasets
-    from bcnb import model as bcnb_model
-    from bcnb.runfolder import record_all
+    from bcnb import Config
+    from bcnb.data import loading, splitting
+    from bcnb.model import transfer
+    from bcnb.run.record import record_all
 
     cfg = Config(weights="none", run_dir=str(root / "prepared"))
-    split = datasets.split_for_run(cfg, datasets.load_dataset(cfg).table)
+    split = splitting.split_for_run(cfg, loading.load_dataset(cfg).table)
     Path(cfg.run_dir).mkdir(parents=True)
     record_all(cfg.run_dir, cfg)
-    datasets.save_split(split, cfg.run_dir)
-    bcnb_model.save_model(
-        bcnb_model.build_model(cfg.img_size, None), Path(cfg.run_dir) / "model_initial.keras"
-    )
+    splitting.save_split(split, cfg.run_dir)
+    transfer.save_model(transfer.build_model(cfg.img_size, None), Path(cfg.run_dir) / "model_initial.keras")
     return cfg, split
 
 
 def timed(label: str, cfg, root: Path, extract) -> dict:
-    from bcnb import model as bcnb_model
+    from bcnb.model import transfer
 
     folder = root / label.replace(" ", "_").replace(":", "")
     shutil.copytree(cfg.run_dir, folder)
     run = cfg.replace(run_dir=str(folder))
-    model = bcnb_model.load_model(folder / "model_initial.keras")
+    model = transfer.load_model(folder / "model_initial.keras")
     started = time.perf_counter()
     extract(run, model)
     return {"way": label, "seconds": round(time.perf_counter() - started, 1)}
 
 
 def main() -> None:
-    from bcnb import cluster, datasets, features
+    from bcnb.run import artifacts
+    from bcnb.train import cluster, features
 
     root = Path(tempfile.mkdtemp(prefix="bcnb-dask-"))
     cfg, split = prepared_run(root)
@@ -60,7 +60,9 @@ def main() -> None:
     def on_cluster(address, chunk):
         def extract(run, model):
             with cluster.connect(address) as client:
-                cluster.extract_on_cluster(run, model, datasets.load_split(run.run_dir), client, chunk, quiet)
+                cluster.extract_on_cluster(
+                    run, model, artifacts.load_split(run.run_dir), client, chunk, quiet
+                )
 
         return extract
 

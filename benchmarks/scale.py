@@ -29,9 +29,11 @@ HERE = Path(__file__).resolve().parent
 
 def measure(n_images: int, img_size: int, batch_size: int) -> dict:
     """One size, in this process: the figures for one table row."""
-    from bcnb import Config, datasets, features, train
-    from bcnb.model import build_transfer_model
-    from bcnb.synthetic import default_cache_dir, write_idc_like_dataset
+    from bcnb import Config
+    from bcnb.data import loading, splitting
+    from bcnb.data.synthetic import default_cache_dir, write_idc_like_dataset
+    from bcnb.model.transfer import build_transfer_model
+    from bcnb.train import features, fit
 
     root = default_cache_dir().parent / "benchmarks" / f"idc_like-{n_images}"
     if not (root / "manifest.csv").exists():
@@ -47,14 +49,14 @@ def measure(n_images: int, img_size: int, batch_size: int) -> dict:
         run_dir=run_dir,
     )
     started = time.perf_counter()
-    table = datasets.load_dataset(cfg).table
+    table = loading.load_dataset(cfg).table
     scanned = time.perf_counter()
-    split = datasets.split_by_patient(table, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    split = splitting.split_by_patient(table, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     model, _ = build_transfer_model(cfg)
     extract_start = time.perf_counter()
     features.features_of(cfg, model, split)
     extracted = time.perf_counter()
-    train.train_model(cfg, model, split)  # finds the features cached
+    fit.train_model(cfg, model, split)  # finds the features cached
     trained = time.perf_counter()
     return {
         "images": len(table),

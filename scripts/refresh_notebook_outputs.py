@@ -20,8 +20,8 @@ import nbformat
 from nbclient import NotebookClient
 
 from bcnb import Config
+from bcnb.batch.reproduce import STAGE_OF_NOTEBOOK
 from bcnb.config import STAGES
-from bcnb.reproduce import STAGE_OF_NOTEBOOK
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"

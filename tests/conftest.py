@@ -49,10 +49,10 @@ def tiny_cfg():
 
 @pytest.fixture(scope="session")
 def tiny_split(tiny_cfg):
-    from bcnb import datasets
+    from bcnb.data import loading, splitting
 
-    table = datasets.load_dataset(tiny_cfg).table
-    return datasets.split_by_patient(table, tiny_cfg.val_fraction, tiny_cfg.test_fraction, tiny_cfg.seed)
+    table = loading.load_dataset(tiny_cfg).table
+    return splitting.split_by_patient(table, tiny_cfg.val_fraction, tiny_cfg.test_fraction, tiny_cfg.seed)
 
 
 @pytest.fixture(scope="session")
@@ -60,15 +60,16 @@ def run_dir(tmp_path_factory):
     """A finished run as bcnb predict sees it: model.keras, decision.json and config.yaml."""
     import keras
 
-    from bcnb import Config, decision
-    from bcnb import model as bcnb_model
-    from bcnb.runfolder import record_all
+    from bcnb import Config
+    from bcnb.evaluate import decision
+    from bcnb.model import transfer
+    from bcnb.run.record import record_all
 
     folder = tmp_path_factory.mktemp("finished_run")
     keras.utils.set_random_seed(4)
-    model = bcnb_model.build_model(32, None)
+    model = transfer.build_model(32, None)
     model.get_layer("classifier").bias.assign([0.3])
-    bcnb_model.save_model(model, folder / "model.keras")
+    transfer.save_model(model, folder / "model.keras")
     decision.save_decision({"temperature": 2.0, "threshold": 0.5, "threshold_rule": "fixed"}, folder)
     record_all(folder, Config(img_size=32, resize="center_crop"))
     return folder

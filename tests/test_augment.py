@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bcnb import augment
-from bcnb.augment import Augmentation, apply_augmentation, random_augment
+from bcnb.data import augment
+from bcnb.data.augment import Augmentation, apply_augmentation, random_augment
 
 STRONG = Augmentation(brightness=0.3, contrast=0.3, stain=0.2)
 NOTHING = Augmentation(flip=False, rotate=False, brightness=0, contrast=0, stain=0)

@@ -2,9 +2,9 @@ import keras
 import numpy as np
 import pytest
 
-from bcnb import model as bcnb_model
-from bcnb.backbones import BACKBONES, get_backbone
 from bcnb.config import BACKBONE_NAMES, Config
+from bcnb.model import transfer
+from bcnb.model.backbones import BACKBONES, get_backbone
 
 IMG = 32
 # keras.applications' own preprocess_input for each base: what the model's layer must equal.
@@ -36,14 +36,14 @@ def test_preprocessing_layer_equals_keras_preprocess_input(name):
 @pytest.mark.parametrize("name", BACKBONE_NAMES)
 def test_each_backbone_builds_the_same_head_and_saves_safely(name, tmp_path):
     keras.utils.set_random_seed(0)
-    model = bcnb_model.build_model(IMG, None, backbone=name)
+    model = transfer.build_model(IMG, None, backbone=name)
     assert model.name == f"bcnb_{name}"
     assert [layer.name for layer in model.layers][-3:] == ["pool", "dropout", "classifier"]
-    assert not bcnb_model.base_of(model).trainable
+    assert not transfer.base_of(model).trainable
     assert [w.path.split("/")[0] for w in model.trainable_weights] == ["classifier", "classifier"]
     images = np.random.default_rng(1).uniform(0, 255, (2, IMG, IMG, 3)).astype("float32")
-    path = bcnb_model.save_model(model, tmp_path / "model.keras")
-    loaded = bcnb_model.load_model(path)
+    path = transfer.save_model(model, tmp_path / "model.keras")
+    loaded = transfer.load_model(path)
     np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0), rtol=1e-5)
 
 
@@ -61,5 +61,5 @@ def test_missing_imagenet_file_is_named_per_backbone(monkeypatch, tmp_path):
 
     monkeypatch.setattr(keras.utils, "get_file", no_network)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    with pytest.raises(bcnb_model.WeightsUnavailableError, match="densenet121_weights_tf_dim"):
-        bcnb_model.resolve_weights("imagenet", False, backbone="densenet121")
+    with pytest.raises(transfer.WeightsUnavailableError, match="densenet121_weights_tf_dim"):
+        transfer.resolve_weights("imagenet", False, backbone="densenet121")

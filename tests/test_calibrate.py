@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from bcnb import calibrate
-from bcnb.plots import plot_reliability
+from bcnb.evaluate import calibrate
+from bcnb.report.figures import plot_reliability
 
 
 def _overconfident(seed, n=4000, true_temperature=3.0):

@@ -5,15 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bcnb import model as bcnb_model
-from bcnb import train
-from bcnb.checkpoint import (
-    CHECKPOINT_FILE,
-    FINE_TUNE_CHECKPOINT_FILE,
-    ResumeTraining,
-    TrainingState,
-    run_fingerprint,
-)
+from bcnb.model import transfer
+from bcnb.run.artifacts import CHECKPOINT_FILE, FINE_TUNE_CHECKPOINT_FILE
+from bcnb.train import fit
+from bcnb.train.checkpoint import ResumeTraining, TrainingState, run_fingerprint
 
 
 class Killed(Exception):
@@ -23,7 +18,7 @@ class Killed(Exception):
 def _train(cfg, split, start, stop_after=None):
     """Train from the saved start model; optionally die once ``stop_after`` epochs are done."""
     keras.utils.set_random_seed(cfg.seed)
-    model = bcnb_model.load_model(start)
+    model = transfer.load_model(start)
     epochs_seen = []
 
     def progress(line):
@@ -31,14 +26,14 @@ def _train(cfg, split, start, stop_after=None):
         if stop_after and len(epochs_seen) == stop_after:
             raise Killed
 
-    history = train.train_model(cfg, model, split, progress=progress)
+    history = fit.train_model(cfg, model, split, progress=progress)
     return model, history
 
 
 @pytest.fixture
 def start(tiny_cfg, tmp_path):
     keras.utils.set_random_seed(0)
-    return bcnb_model.save_model(bcnb_model.build_model(tiny_cfg.img_size, None), tmp_path / "initial.keras")
+    return transfer.save_model(transfer.build_model(tiny_cfg.img_size, None), tmp_path / "initial.keras")
 
 
 def test_resumed_training_ends_like_an_uninterrupted_run(tiny_cfg, tiny_split, start, tmp_path):

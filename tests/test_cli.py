@@ -20,7 +20,7 @@ def run_bcnb(*args, cwd=None):
 def existing_run(tmp_path):
     """A run folder from an earlier run, which a failed run must leave exactly as it was."""
     from bcnb import Config
-    from bcnb.runfolder import record_all, start_folder
+    from bcnb.run.record import record_all, start_folder
 
     out = tmp_path / "runs" / "demo"
     record_all(start_folder(out, "run"), Config())
@@ -35,7 +35,7 @@ def _snapshot(folder):
 
 
 def _one_class_folder(root):
-    from bcnb.synthetic import SyntheticSpec, write_synthetic_dataset
+    from bcnb.data.synthetic import SyntheticSpec, write_synthetic_dataset
 
     write_synthetic_dataset(SyntheticSpec(patients=6, images_per_patient=1), root)
     return root / "BreaKHis_v1" / "histology_slides" / "breast" / "malignant"
@@ -216,7 +216,7 @@ def test_extract_needs_a_prepared_run_folder(tmp_path):
 
 # --------------------------------------------------------------------------- destinations
 def _sweep_folder(path):
-    from bcnb.runfolder import start_folder
+    from bcnb.run.record import start_folder
 
     start_folder(path, "sweep")
     (path / "sweep.md").write_text("# a finished sweep\n")
@@ -255,7 +255,7 @@ def test_a_single_run_does_not_replace_a_protocol(tmp_path, existing_run):
 
 def _run_folder(parent, name="run"):
     from bcnb import Config
-    from bcnb.runfolder import record_all, start_folder
+    from bcnb.run.record import record_all, start_folder
 
     folder = parent / name
     record_all(start_folder(folder, "run"), Config(synthetic_patients=12))
@@ -277,7 +277,7 @@ def _run_folder(parent, name="run"):
 def test_a_read_only_destination_is_one_line_and_nothing_changes(tmp_path, command):
     from conftest import remount_read_only, small_file_system
 
-    from bcnb.runfolder import start_folder
+    from bcnb.run.record import start_folder
 
     with small_file_system(tmp_path / "disk") as disk:
         parent = disk / "runs"
@@ -364,8 +364,8 @@ TINY_SETS = [
 def test_a_protocol_resumed_with_other_parameters_names_the_fold_and_the_values(tmp_path):
     """Every finished fold's record is checked, not the first one only."""
     from bcnb import Config
-    from bcnb.reproduce import headless
-    from bcnb.runfolder import record_all, start_folder
+    from bcnb.batch.reproduce import headless
+    from bcnb.run.record import record_all, start_folder
 
     base = headless(Config(synthetic_patients=12, synthetic_images_per_patient=1, img_size=32))
     staging = start_folder(tmp_path / ".cv.partial", "protocol")

@@ -8,9 +8,12 @@ import pytest
 
 pytest.importorskip("distributed", reason="the [dask] extra is not installed")  # the test extra has it
 
-from bcnb import cli, cluster, datasets, features  # noqa: E402
-from bcnb import model as bcnb_model  # noqa: E402
-from bcnb.runfolder import record_all  # noqa: E402
+from bcnb import cli  # noqa: E402
+from bcnb.data import splitting  # noqa: E402
+from bcnb.model import transfer  # noqa: E402
+from bcnb.run import artifacts  # noqa: E402
+from bcnb.run.record import record_all  # noqa: E402
+from bcnb.train import cluster, features  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -21,11 +24,11 @@ def run(tiny_cfg, tiny_split, tmp_path_factory):
     folder.mkdir()
     cfg = tiny_cfg.replace(run_dir=str(folder))
     record_all(folder, cfg)
-    datasets.save_split(tiny_split, folder)
-    bcnb_model.save_model(bcnb_model.build_model(cfg.img_size, None), folder / bcnb_model.INITIAL_MODEL_FILE)
-    model = bcnb_model.load_model(folder / bcnb_model.INITIAL_MODEL_FILE)
+    splitting.save_split(tiny_split, folder)
+    transfer.save_model(transfer.build_model(cfg.img_size, None), folder / artifacts.INITIAL_MODEL_FILE)
+    model = transfer.load_model(folder / artifacts.INITIAL_MODEL_FILE)
     reference = features.extract_features(
-        model, datasets.load_split(folder), cfg.img_size, features.EXTRACTION_BATCH
+        model, artifacts.load_split(folder), cfg.img_size, features.EXTRACTION_BATCH
     )
     return cfg, model, reference
 
@@ -45,7 +48,7 @@ def test_two_workers_write_the_single_process_cache_even_when_one_is_killed(run,
     (within float tolerance 1e-5: batches are composed differently) under the same key."""
     cfg, model, reference = run
     cfg = _fresh(cfg, tmp_path)
-    split = datasets.load_split(cfg.run_dir)
+    split = artifacts.load_split(cfg.run_dir)
     lines = []
     with cluster.connect("local:2") as client:
         pids = list(client.run(os.getpid).values())
@@ -74,11 +77,11 @@ def test_two_workers_write_the_single_process_cache_even_when_one_is_killed(run,
 def test_an_unreadable_image_stops_the_job_naming_it(run, tmp_path, capsys):
     cfg, _, _ = run
     cfg = _fresh(cfg, tmp_path)
-    split = datasets.load_split(cfg.run_dir)
+    split = artifacts.load_split(cfg.run_dir)
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")
     split.loc[3, "path"] = str(broken)
-    datasets.save_split(split, cfg.run_dir)
+    splitting.save_split(split, cfg.run_dir)
     status = cli.main(["extract", "--out", cfg.run_dir, "--dask", "local:1", "--chunk", "8"])
     err = capsys.readouterr().err
     assert status == 2 and f"{broken}: " in err and "no features written" in err

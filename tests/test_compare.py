@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bcnb import compare
+from bcnb.evaluate import compare
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from bcnb import Config, crossval
+from bcnb import Config
+from bcnb.batch import protocol
 
 TINY = {
     "synthetic_patients": 12,
@@ -27,13 +28,13 @@ TINY = {
 
 
 def test_protocol_runs_are_the_folds_or_the_seeds():
-    folds = crossval.protocol_runs(Config(seed=7), folds=3)
+    folds = protocol.protocol_runs(Config(seed=7), folds=3)
     assert {name: (cfg.folds, cfg.fold, cfg.seed) for name, cfg in folds.items()} == {
         "fold-1": (3, 1, 7),
         "fold-2": (3, 2, 7),
         "fold-3": (3, 3, 7),
     }
-    repeats = crossval.protocol_runs(Config(seed=7), repeats=2)
+    repeats = protocol.protocol_runs(Config(seed=7), repeats=2)
     assert {name: (cfg.folds, cfg.seed) for name, cfg in repeats.items()} == {
         "repeat-1": (0, 7),
         "repeat-2": (0, 8),
@@ -42,13 +43,13 @@ def test_protocol_runs_are_the_folds_or_the_seeds():
 
 def test_spread_is_the_mean_sd_and_t_interval_of_the_runs():
     values = [0.80, 0.90, 0.85, 0.95]
-    found = crossval.spread(values)
+    found = protocol.spread(values)
     sd = np.std(values, ddof=1)
     half = scipy_stats.t.ppf(0.975, 3) * sd / 2
     assert found["mean"] == pytest.approx(0.875) and found["sd"] == pytest.approx(sd)
     assert found["ci95"] == pytest.approx([0.875 - half, 0.875 + half]) and found["runs"] == 4
-    assert crossval.spread([0.2, 1.0, None])["ci95"][1] == 1.0  # a proportion's interval stops at 1
-    assert crossval.spread([0.7])["sd"] is None and crossval.spread([])["mean"] is None
+    assert protocol.spread([0.2, 1.0, None])["ci95"][1] == 1.0  # a proportion's interval stops at 1
+    assert protocol.spread([0.7])["sd"] is None and protocol.spread([])["mean"] is None
 
 
 def test_a_sibling_cache_is_linked_not_copied(tmp_path):
@@ -56,7 +57,7 @@ def test_a_sibling_cache_is_linked_not_copied(tmp_path):
         (tmp_path / "fold-1" / "features").mkdir(parents=True, exist_ok=True)
         (tmp_path / "fold-1" / "features" / name).write_bytes(content)
     (tmp_path / "fold-2").mkdir()
-    crossval.share_features(tmp_path, tmp_path / "fold-2")
+    protocol.share_features(tmp_path, tmp_path / "fold-2")
     first, second = (tmp_path / fold / "features" / "all.npy" for fold in ("fold-1", "fold-2"))
     assert os.stat(first).st_ino == os.stat(second).st_ino
     assert (tmp_path / "fold-2" / "features" / "all.key.json").read_bytes() == b'{"key": "k"}'
@@ -84,7 +85,7 @@ def test_a_protocol_that_cannot_run_stops_before_any_notebook(tmp_path, extra, m
 
 
 @pytest.fixture(scope="module")
-def protocol(tmp_path_factory):
+def finished_protocol(tmp_path_factory):
     """--folds 2, killed once fold-1 is finished, then --resume: the finished protocol."""
     out = tmp_path_factory.mktemp("protocol") / "cv"
     staging = out.parent / ".cv.partial"
@@ -110,8 +111,8 @@ def protocol(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_every_image_is_tested_once_across_the_folds(protocol):
-    out, _, _ = protocol
+def test_every_image_is_tested_once_across_the_folds(finished_protocol):
+    out, _, _ = finished_protocol
     splits = [
         pd.read_csv(out / fold / "split.csv", dtype={"patient_id": str}) for fold in ("fold-1", "fold-2")
     ]
@@ -123,15 +124,15 @@ def test_every_image_is_tested_once_across_the_folds(protocol):
 
 
 @pytest.mark.slow
-def test_one_feature_extraction_serves_every_fold(protocol):
-    out, _, _ = protocol
+def test_one_feature_extraction_serves_every_fold(finished_protocol):
+    out, _, _ = finished_protocol
     inodes = {os.stat(out / fold / "features" / "all.npy").st_ino for fold in ("fold-1", "fold-2")}
     assert len(inodes) == 1
 
 
 @pytest.mark.slow
-def test_the_summary_holds_the_folds_own_metrics(protocol):
-    out, _, _ = protocol
+def test_the_summary_holds_the_folds_own_metrics(finished_protocol):
+    out, _, _ = finished_protocol
     summary = json.loads((out / "summary.json").read_text())
     folds = [json.loads((out / fold / "metrics.json").read_text()) for fold in ("fold-1", "fold-2")]
     assert [run["run"] for run in summary["runs"]] == ["fold-1", "fold-2"]
@@ -147,7 +148,7 @@ def test_the_summary_holds_the_folds_own_metrics(protocol):
 
 
 @pytest.mark.slow
-def test_a_killed_protocol_resumes_keeping_finished_folds(protocol):
-    out, finished_before, stderr = protocol
+def test_a_killed_protocol_resumes_keeping_finished_folds(finished_protocol):
+    out, finished_before, stderr = finished_protocol
     assert "fold-1: finished before, kept" in stderr
     assert (out / "fold-1" / "report.md").stat().st_mtime_ns == finished_before

@@ -4,7 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bcnb import Config, decision
+from bcnb import Config
+from bcnb.evaluate import decision
+from bcnb.run import artifacts
 
 
 def _table(n_patients, images_each, seed):
@@ -58,7 +60,7 @@ def test_summary_table_lists_headline_metrics(measured):
 def test_saved_rule_gives_the_same_labels(measured, tmp_path):
     _, rule, found, (test, p_test) = measured
     decision.save_decision(rule, tmp_path)
-    loaded = decision.load_decision(tmp_path)
+    loaded = artifacts.load_decision(tmp_path)
     assert loaded == json.loads(json.dumps(rule))
     calibrated, labels = decision.apply_decision(loaded, p_test)
     accuracy = np.mean(labels == test["label"].to_numpy())
@@ -73,4 +75,4 @@ def test_fixed_rule_keeps_one_half():
 
 def test_missing_decision_names_the_notebook(tmp_path):
     with pytest.raises(FileNotFoundError, match="04_evaluate"):
-        decision.load_decision(tmp_path)
+        artifacts.load_decision(tmp_path)

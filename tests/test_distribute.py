@@ -20,9 +20,10 @@ SCRIPT = textwrap.dedent(
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
-    from bcnb import distribute, train
-    from bcnb import model as bcnb_model
-    from bcnb.seeds import seed_everything
+    from bcnb.train import distribute
+    from bcnb.train import fit
+    from bcnb.model import transfer
+    from bcnb.run.seeds import seed_everything
 
     folder = Path(sys.argv[1])
     rng = np.random.default_rng(0)
@@ -36,11 +37,11 @@ SCRIPT = textwrap.dedent(
         with strategy.scope():
             seed_everything(0)
             # dropout 0: each replica would draw its own dropout masks
-            model = bcnb_model.build_model(32, None, dropout=0.0)
-            head = bcnb_model.classifier_head(model)
-            train_data = train.FeatureBatches(folder / "all.npy", np.arange(64), y[:64], 16, shuffle=True)
-            val_data = train.FeatureBatches(folder / "all.npy", np.arange(64, 96), y[64:], 16)
-            train.compile_for_training(head, 0.01)
+            model = transfer.build_model(32, None, dropout=0.0)
+            head = transfer.classifier_head(model)
+            train_data = fit.FeatureBatches(folder / "all.npy", np.arange(64), y[:64], 16, shuffle=True)
+            val_data = fit.FeatureBatches(folder / "all.npy", np.arange(64, 96), y[64:], 16)
+            fit.compile_for_training(head, 0.01)
             head.fit(train_data, validation_data=val_data, epochs=3, shuffle=False, verbose=0)
         kernels[name] = model.get_layer("classifier").kernel.numpy()
         replicas[name] = strategy.num_replicas_in_sync
@@ -67,7 +68,7 @@ def test_mirrored_over_two_cpus_trains_like_one_device(tmp_path):
 def test_auto_on_one_device_is_the_default_strategy():
     import tensorflow as tf
 
-    from bcnb.distribute import make_strategy
+    from bcnb.train.distribute import make_strategy
 
     assert tf.config.list_logical_devices("GPU") == [] or pytest.skip("this test assumes no GPU (as in CI)")
     assert make_strategy(Config().strategy) is tf.distribute.get_strategy()

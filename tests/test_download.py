@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bcnb import cli, download
-from bcnb.download import Published, Source
+from bcnb import cli
+from bcnb.data import download
+from bcnb.data.download import Published, Source
 
 SLIDES = (("B", "A", "100"), ("M", "DC", "200"), ("M", "LC", "200"))  # slide 200 under two tumour types
 NAMES = [
@@ -279,7 +280,7 @@ def test_a_to_that_is_a_file_is_refused(tmp_path, capsys, small_breakhis):
 
 
 def test_a_second_download_into_the_same_folder_is_refused_naming_the_first(tmp_path, capsys, small_breakhis):
-    from bcnb.runfolder import RunLock
+    from bcnb.run.record import RunLock
 
     archive, to = tmp_path / "a.tar.gz", tmp_path / "data"
     archive.write_bytes(_tar())
@@ -383,7 +384,7 @@ def keras_cache(tmp_path, monkeypatch):
 
 
 def test_importing_a_weights_file_checks_its_md5(tmp_path, keras_cache, monkeypatch):
-    from bcnb import backbones, weights
+    from bcnb.model import backbones, weights
 
     name = backbones.get_backbone("resnet50v2").weights_file(224)
     good = tmp_path / "usb" / name
@@ -412,7 +413,7 @@ def test_importing_a_weights_file_checks_its_md5(tmp_path, keras_cache, monkeypa
 
 
 def test_fetching_weights_goes_through_keras_cache_and_md5(serve, keras_cache, monkeypatch):
-    from bcnb import backbones, weights
+    from bcnb.model import backbones, weights
 
     body = b"\x89HDF\r\n\x1a\n" + b"w" * 1000
     spec = backbones.BACKBONES["vgg19"]
@@ -441,7 +442,7 @@ def _keras_h5(model, path: Path) -> Path:
 def test_a_weights_file_without_a_published_checksum_is_checked_by_its_layers(tmp_path, keras_cache, capsys):
     import keras
 
-    from bcnb import backbones, weights
+    from bcnb.model import backbones, weights
 
     spec = backbones.get_backbone("mobilenetv2")
     assert spec.md5 is None  # Keras records none: the case this test is about

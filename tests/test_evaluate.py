@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from bcnb import evaluate
+from bcnb.evaluate import scores
+from bcnb.run import artifacts
 
 
 def _random_predictions(seed, n=80, positive_share=0.7):
@@ -21,7 +22,7 @@ def _random_predictions(seed, n=80, positive_share=0.7):
 def test_metrics_agree_with_scikit_learn(seed, threshold):
     y_true, y_prob = _random_predictions(seed)
     y_pred = (y_prob >= threshold).astype(int)
-    found = evaluate.compute_metrics(y_true, y_prob, threshold)
+    found = scores.compute_metrics(y_true, y_prob, threshold)
     assert found["accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred))
     assert found["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y_true, y_pred))
     assert found["sensitivity"] == pytest.approx(skm.recall_score(y_true, y_pred, pos_label=1))
@@ -34,15 +35,15 @@ def test_metrics_agree_with_scikit_learn(seed, threshold):
 
 def test_confusion_matrix_layout():
     # rows are true benign/malignant, columns predicted benign/malignant
-    found = evaluate.compute_metrics(np.array([0, 0, 1, 1, 1]), np.array([0.1, 0.9, 0.2, 0.8, 0.7]))
+    found = scores.compute_metrics(np.array([0, 0, 1, 1, 1]), np.array([0.1, 0.9, 0.2, 0.8, 0.7]))
     assert found["confusion_matrix"] == [[1, 1], [1, 2]]
     assert found["sensitivity"] == pytest.approx(2 / 3) and found["specificity"] == pytest.approx(1 / 2)
 
 
 def test_one_class_test_set_has_no_auc_and_saves_null(tmp_path):
-    found = evaluate.compute_metrics(np.ones(4), np.array([0.2, 0.6, 0.7, 0.9]))
+    found = scores.compute_metrics(np.ones(4), np.array([0.2, 0.6, 0.7, 0.9]))
     assert math.isnan(found["roc_auc"]) and math.isnan(found["specificity"])
-    evaluate.save_metrics(found, tmp_path)
+    scores.save_metrics(found, tmp_path)
     saved = json.loads((tmp_path / "metrics.json").read_text())  # valid JSON: no NaN
     assert saved["roc_auc"] is None and saved["sensitivity"] == 0.75
 
@@ -52,11 +53,11 @@ def test_wilson_interval_matches_scipy(successes, n):
     from scipy.stats import binomtest
 
     reference = binomtest(successes, n).proportion_ci(confidence_level=0.95, method="wilson")
-    assert evaluate.wilson_interval(successes, n) == pytest.approx((reference.low, reference.high), abs=1e-3)
+    assert scores.wilson_interval(successes, n) == pytest.approx((reference.low, reference.high), abs=1e-3)
 
 
 def test_wilson_interval_textbook_value():
-    assert evaluate.wilson_interval(8, 10) == pytest.approx((0.490, 0.943), abs=1e-3)
+    assert scores.wilson_interval(8, 10) == pytest.approx((0.490, 0.943), abs=1e-3)
 
 
 def test_summary_holds_every_required_field():
@@ -70,7 +71,7 @@ def test_summary_holds_every_required_field():
     )
     y_prob = np.array([0.2, 0.7, 0.9, 0.8, 0.4, 0.95])
     weights = {"used": "random", "pretrained": False, "source": "weights=none was requested"}
-    summary = evaluate.summarize_test_results(
+    summary = scores.summarize_test_results(
         test, y_prob, {"accuracy": 4 / 6, "loss": 0.5}, weights, "synthetic"
     )
     required = set(
@@ -91,9 +92,9 @@ def test_patient_recognition_rate_by_hand():
     y_true = np.array([1, 1, 1, 0, 0, 0])
     y_prob = np.array([0.9, 0.8, 0.2, 0.1, 0.7, 0.6])
     patients = ["a", "a", "a", "b", "c", "c"]
-    assert evaluate.patient_recognition_rate(y_true, y_prob, patients) == pytest.approx((2 / 3 + 1 + 0) / 3)
-    assert evaluate.compute_metrics(y_true, y_prob)["accuracy"] == 0.5
-    assert evaluate.patient_recognition_rate(y_true, y_prob, patients, threshold=0.65) == pytest.approx(
+    assert scores.patient_recognition_rate(y_true, y_prob, patients) == pytest.approx((2 / 3 + 1 + 0) / 3)
+    assert scores.compute_metrics(y_true, y_prob)["accuracy"] == 0.5
+    assert scores.patient_recognition_rate(y_true, y_prob, patients, threshold=0.65) == pytest.approx(
         (2 / 3 + 1 + 1 / 2) / 3
     )
 
@@ -104,7 +105,7 @@ def test_patient_recognition_rate_by_hand():
 )
 def test_the_baseline_is_the_larger_class_of_the_test_split(labels, expected):
     """IDC patches are mostly benign: the trivial model there is always-benign."""
-    found = evaluate.majority_class_baseline(np.array(labels))
+    found = scores.majority_class_baseline(np.array(labels))
     assert (found["majority_class"], found["majority_class_accuracy"]) == pytest.approx(expected)
 
 
@@ -112,7 +113,7 @@ def test_predictions_file(tmp_path):
     test = pd.DataFrame(
         {"path": ["a.png", "b.png"], "label": ["benign", "malignant"], "patient_id": ["1", "2"]}
     ).assign(magnification="40X")
-    evaluate.save_predictions(test, np.array([0.25, 0.5]), tmp_path)
+    scores.save_predictions(test, np.array([0.25, 0.5]), tmp_path)
     saved = pd.read_csv(tmp_path / "predictions.csv")
     assert list(saved["predicted"]) == ["benign", "malignant"]
     assert list(saved["malignant_probability"]) == [0.25, 0.5]
@@ -120,7 +121,7 @@ def test_predictions_file(tmp_path):
 
 def test_load_metrics_says_which_notebook_to_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="run notebook 04_evaluate"):
-        evaluate.load_metrics(tmp_path)
+        artifacts.load_metrics(tmp_path)
 
 
 def test_metrics_by_magnification():
@@ -132,7 +133,7 @@ def test_metrics_by_magnification():
         }
     )
     y_prob = np.array([0.2, 0.9, 0.6, 0.8, 0.3])
-    found = evaluate.metrics_by_magnification(test, y_prob)
+    found = scores.metrics_by_magnification(test, y_prob)
     assert list(found) == ["40X", "400X"]  # lowest magnification first
     assert found["40X"] == {
         "n_images": 2,
@@ -155,7 +156,7 @@ def test_errors_by_patient_puts_the_worst_patients_first():
             "predicted": ["benign", "malignant", "benign", "benign", "malignant", "benign"],
         }
     )
-    table = evaluate.errors_by_patient(decided)
+    table = scores.errors_by_patient(decided)
     assert table.index.tolist() == ["b", "a", "c"]
     assert table.loc["b"].tolist() == ["malignant", 3, 2, 0.667] and table.loc["c", "wrong"] == 0
 
@@ -163,7 +164,7 @@ def test_errors_by_patient_puts_the_worst_patients_first():
 def test_tta_views_are_the_eight_orientations_and_their_mean_is_taken():
     import keras
 
-    from bcnb import tta
+    from bcnb.evaluate import tta
 
     images = np.arange(2 * 3 * 3 * 1, dtype=np.float32).reshape(2, 3, 3, 1)
     views = tta.dihedral_views(images)
@@ -181,7 +182,7 @@ def test_tta_views_are_the_eight_orientations_and_their_mean_is_taken():
 
 
 def test_tta_comparison_scores_both_on_the_same_labels():
-    from bcnb import tta
+    from bcnb.evaluate import tta
 
     y = np.array([0, 0, 1, 1])
     table = tta.tta_comparison(y, np.array([0.6, 0.2, 0.7, 0.4]), np.array([0.4, 0.2, 0.7, 0.6]))

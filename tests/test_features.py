@@ -8,13 +8,14 @@ import keras
 import numpy as np
 import pytest
 
-from bcnb import features, train
-from bcnb import model as bcnb_model
+from bcnb.model import transfer
+from bcnb.run import artifacts
+from bcnb.train import features, fit
 
 
 def _fresh_model(img_size, seed=0):
     keras.utils.set_random_seed(seed)
-    return bcnb_model.build_model(img_size, None)
+    return transfer.build_model(img_size, None)
 
 
 @pytest.fixture
@@ -31,9 +32,9 @@ def test_features_are_pooled_2048_vectors_of_the_base(tiny_cfg, setup):
     model, part, _ = setup
     found = features.extract_features(model, part, tiny_cfg.img_size, 8)
     assert found.shape == (len(part), 2048) and found.dtype == np.float32
-    from bcnb.datasets import make_dataset
+    from bcnb.data.pipeline import make_dataset
 
-    pooled = bcnb_model.feature_extractor(model).predict(make_dataset(part, tiny_cfg.img_size, 8), verbose=0)
+    pooled = transfer.feature_extractor(model).predict(make_dataset(part, tiny_cfg.img_size, 8), verbose=0)
     np.testing.assert_allclose(found, pooled, atol=1e-6)
 
 
@@ -171,7 +172,7 @@ def test_feature_batches_cover_every_row_once_in_a_seeded_order(setup):
     everything = features.read_features(path)
     orders = []
     for seed in (0, 1, 0):
-        batches = train.FeatureBatches(
+        batches = fit.FeatureBatches(
             path, np.arange(len(part)), labels.astype(np.float32), batch_size=3, shuffle=True, seed=seed
         )
         assert len(batches) == -(-len(part) // 3)
@@ -190,7 +191,7 @@ def test_feature_batches_read_only_their_rows(setup):
     model, part, path = setup
     _cache(model, part, path)
     rows = np.array([4, 1, 6])
-    batches = train.FeatureBatches(path, rows, np.array([1.0, 0.0, 1.0]), batch_size=2)
+    batches = fit.FeatureBatches(path, rows, np.array([1.0, 0.0, 1.0]), batch_size=2)
     x0, y0 = batches[0]
     x1, y1 = batches[1]
     np.testing.assert_array_equal(np.concatenate([x0, x1]), features.read_features(path, rows))
@@ -206,14 +207,15 @@ def test_last_partial_batch_gives_the_same_features(setup):
 # --------------------------------------------------------------------------- shards
 def _run_folder(tiny_cfg, tiny_split, folder):
     """What notebooks 01 and 02 leave: config, split, untrained model."""
-    from bcnb import datasets
-    from bcnb.runfolder import record_all
+    from bcnb.data import splitting
+    from bcnb.run import artifacts
+    from bcnb.run.record import record_all
 
     cfg = tiny_cfg.replace(run_dir=str(folder))
     record_all(folder, cfg)
-    datasets.save_split(tiny_split, folder)
+    splitting.save_split(tiny_split, folder)
     keras.utils.set_random_seed(0)
-    bcnb_model.save_model(bcnb_model.build_model(cfg.img_size, None), folder / bcnb_model.INITIAL_MODEL_FILE)
+    transfer.save_model(transfer.build_model(cfg.img_size, None), folder / artifacts.INITIAL_MODEL_FILE)
     return cfg
 
 
@@ -230,7 +232,8 @@ def test_two_processes_fill_the_cache_like_one(tiny_cfg, tiny_split, tmp_path, m
     import subprocess
     import sys
 
-    from bcnb import datasets, train
+    from bcnb.run import artifacts
+    from bcnb.train import fit
 
     sharded = _run_folder(tiny_cfg, tiny_split, tmp_path / "sharded")
     single = _run_folder(tiny_cfg, tiny_split, tmp_path / "single")
@@ -244,11 +247,11 @@ def test_two_processes_fill_the_cache_like_one(tiny_cfg, tiny_split, tmp_path, m
     ]
     for worker in workers:
         assert worker.wait(timeout=600) == 0, worker.stderr.read()[-2000:]
-    split = datasets.load_split(sharded.run_dir)
+    split = artifacts.load_split(sharded.run_dir)
     models = {}
     for cfg in (sharded, single):
         keras.utils.set_random_seed(0)
-        models[cfg.run_dir] = bcnb_model.load_model(f"{cfg.run_dir}/{bcnb_model.INITIAL_MODEL_FILE}")
+        models[cfg.run_dir] = transfer.load_model(f"{cfg.run_dir}/{artifacts.INITIAL_MODEL_FILE}")
     with monkeypatch.context() as patch:  # the sharded run must merge, not extract again
         patch.setattr(features, "write_features", lambda *a: pytest.fail("extracted instead of merging"))
         merged = features.read_features(features.features_of(sharded, models[sharded.run_dir], split))
@@ -256,18 +259,18 @@ def test_two_processes_fill_the_cache_like_one(tiny_cfg, tiny_split, tmp_path, m
     np.testing.assert_allclose(merged, whole, atol=1e-5)
     kernels = []
     for cfg in (sharded, single):
-        from bcnb.seeds import seed_everything
+        from bcnb.run.seeds import seed_everything
 
         seed_everything(cfg.seed)
-        model = bcnb_model.load_model(f"{cfg.run_dir}/{bcnb_model.INITIAL_MODEL_FILE}")
-        train.train_model(cfg, model, split)
+        model = transfer.load_model(f"{cfg.run_dir}/{artifacts.INITIAL_MODEL_FILE}")
+        fit.train_model(cfg, model, split)
         kernels.append(model.get_layer("classifier").kernel.numpy())
     np.testing.assert_allclose(kernels[0], kernels[1], atol=1e-4)
 
 
 def test_an_incomplete_set_of_shards_is_not_used(tiny_cfg, tiny_split, tmp_path):
     cfg = _run_folder(tiny_cfg, tiny_split, tmp_path)
-    model = bcnb_model.load_model(tmp_path / bcnb_model.INITIAL_MODEL_FILE)
+    model = transfer.load_model(tmp_path / artifacts.INITIAL_MODEL_FILE)
     features.extract_shard(cfg, model, tiny_split, 0, 2)  # shard 1 of 2 never ran
     path = features.features_of(cfg, model, tiny_split)
     np.testing.assert_allclose(
@@ -279,7 +282,7 @@ def test_a_damaged_shard_is_not_merged(tiny_cfg, tiny_split, tmp_path, monkeypat
     """Both shards are there with their keys, but one's values changed: the merge is not made
     from it; the features are computed again and equal the single-process ones."""
     cfg = _run_folder(tiny_cfg, tiny_split, tmp_path)
-    model = bcnb_model.load_model(tmp_path / bcnb_model.INITIAL_MODEL_FILE)
+    model = transfer.load_model(tmp_path / artifacts.INITIAL_MODEL_FILE)
     shards = [features.extract_shard(cfg, model, tiny_split, shard, 2) for shard in range(2)]
     _corrupt_values(shards[1])
     calls = _counting_writer(monkeypatch)
@@ -293,7 +296,7 @@ def test_a_damaged_shard_is_not_merged(tiny_cfg, tiny_split, tmp_path, monkeypat
 def test_the_run_cache_damaged_between_stages_is_recomputed_with_a_note(tiny_cfg, tiny_split, tmp_path):
     """features_of, which training and evaluation read all.npy through, checks it each time."""
     cfg = _run_folder(tiny_cfg, tiny_split, tmp_path)
-    model = bcnb_model.load_model(tmp_path / bcnb_model.INITIAL_MODEL_FILE)
+    model = transfer.load_model(tmp_path / artifacts.INITIAL_MODEL_FILE)
     path = features.features_of(cfg, model, tiny_split)
     good = features.read_features(path)
     _corrupt_values(path)

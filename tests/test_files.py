@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from bcnb import files
+from bcnb.run import files
 
 
 @pytest.fixture(params=[0o022, 0o027, 0o077])

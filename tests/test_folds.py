@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bcnb import folds
-from bcnb.datasets import listed_in_fold_file
+from bcnb.data import splitting
+from bcnb.data.loading import listed_in_fold_file
 
 
 def _table(patients_per_class=(6, 9), images=3):
@@ -29,14 +29,14 @@ def _table(patients_per_class=(6, 9), images=3):
 @pytest.mark.parametrize("k", [2, 3, 5])
 def test_every_image_is_in_exactly_one_test_fold_and_patients_do_not_straddle(k):
     table = _table()
-    fold_of = folds.assign_folds(table, k, seed=1)
+    fold_of = splitting.assign_folds(table, k, seed=1)
     assert sorted(set(fold_of)) == list(range(1, k + 1))
     assert table.assign(fold=fold_of).groupby("patient_id")["fold"].nunique().max() == 1
     for fold in range(1, k + 1):  # stratified: each test fold holds both classes
         assert set(table[fold_of == fold]["label"]) == {"benign", "malignant"}
     tested = np.concatenate(
         [
-            np.flatnonzero(folds.split_for_fold(table, k, f, 0.2, 1)["split"] == "test")
+            np.flatnonzero(splitting.split_for_fold(table, k, f, 0.2, 1)["split"] == "test")
             for f in range(1, k + 1)
         ]
     )
@@ -45,19 +45,19 @@ def test_every_image_is_in_exactly_one_test_fold_and_patients_do_not_straddle(k)
 
 def test_a_fold_run_carves_validation_by_patient_from_its_training_part():
     table = _table(patients_per_class=(10, 20))
-    split = folds.split_for_fold(table, 5, 2, val_fraction=0.2, seed=3)
+    split = splitting.split_for_fold(table, 5, 2, val_fraction=0.2, seed=3)
     assert split.groupby("patient_id")["split"].nunique().max() == 1
     counts = split["split"].value_counts(normalize=True)
     assert counts["test"] == pytest.approx(0.2, abs=0.05) and counts["val"] == pytest.approx(0.2, abs=0.07)
     for part in ("train", "val"):
         assert set(split[split["split"] == part]["label"]) == {"benign", "malignant"}
-    again = folds.split_for_fold(table, 5, 2, val_fraction=0.2, seed=3)
+    again = splitting.split_for_fold(table, 5, 2, val_fraction=0.2, seed=3)
     pd.testing.assert_frame_equal(split, again)  # the seed alone decides
 
 
 def test_more_folds_than_patients_of_the_smaller_class_is_refused():
     with pytest.raises(ValueError, match="folds: 7 folds need 7 patients of each class; benign has 6"):
-        folds.assign_folds(_table(), 7, seed=0)
+        splitting.assign_folds(_table(), 7, seed=0)
 
 
 # --------------------------------------------------------------------------- fold files
@@ -71,7 +71,7 @@ def test_fold_file_rows(tmp_path):
         tmp_path / "dsfold1.txt",
         ["SOB_B_A-14-22549AB-40-001.png|40|1|train", "SOB_M_DC-14-13412-100-002.png|100|1|test", ""],
     )
-    rows = folds.read_fold_file(path)
+    rows = splitting.read_fold_file(path)
     assert rows.to_dict("records") == [
         {"file": "SOB_B_A-14-22549AB-40-001.png", "magnification": "40X", "fold": 1, "group": "train"},
         {"file": "SOB_M_DC-14-13412-100-002.png", "magnification": "100X", "fold": 1, "group": "test"},
@@ -86,7 +86,7 @@ def test_a_fold_file_in_the_wrong_format_names_the_line(tmp_path, line):
     with pytest.raises(
         ValueError, match=r"split_file: .*dsfold1.txt line 2: expected file name\|magnification"
     ):
-        folds.read_fold_file(path)
+        splitting.read_fold_file(path)
 
 
 def test_a_fold_file_splits_the_listed_images_and_names_the_missing_ones(tmp_path):
@@ -103,15 +103,15 @@ def test_a_fold_file_splits_the_listed_images_and_names_the_missing_ones(tmp_pat
     listed, bad = listed_in_fold_file(table, str(path))
     assert not listed["path"].str.contains("malignant-3").any()  # on disk, not listed: left out
     assert bad["path"].tolist() == ["SOB_B_A-99-0000-40-001.png"] and "not found" in bad["problem"][0]
-    split = folds.split_from_fold_file(listed, path, 0.2, seed=0)
+    split = splitting.split_from_fold_file(listed, path, 0.2, seed=0)
     assert set(split[split["split"] == "test"]["patient_id"]) == test_patients
     assert {"train", "val", "test"} == set(split["split"])
     with pytest.raises(ValueError, match="split_file: f.txt does not list 2 image"):
-        folds.split_from_fold_file(table, path, 0.2, seed=0)
+        splitting.split_from_fold_file(table, path, 0.2, seed=0)
 
 
 def test_a_fold_file_of_the_real_breakhis_sample(breakhis_sample, tmp_path):
-    from bcnb.layouts import read_layout
+    from bcnb.data.layouts import read_layout
 
     table = read_layout(breakhis_sample, "breakhis").table
     patients = sorted(table["patient_id"].unique())
@@ -119,7 +119,7 @@ def test_a_fold_file_of_the_real_breakhis_sample(breakhis_sample, tmp_path):
         f"{Path(p).name}|{m.rstrip('X')}|1|{'test' if pid == patients[0] else 'train'}"
         for p, m, pid in zip(table["path"], table["magnification"], table["patient_id"])
     ]
-    rows = folds.read_fold_file(_fold_file(tmp_path / "dsfold1.txt", lines))
+    rows = splitting.read_fold_file(_fold_file(tmp_path / "dsfold1.txt", lines))
     assert len(rows) == len(table) and set(rows["magnification"]) <= {"40X", "100X", "200X", "400X"}
 
 
@@ -139,16 +139,16 @@ def test_an_image_listed_as_train_and_as_test_is_refused_naming_both_lines(tmp_p
     path = _fold_file(tmp_path / "dsfold1.txt", lines)
     message = r"split_file: .*dsfold1.txt lists benign-0-0.png as train \(line 5\) and as test \(line 1\)"
     with pytest.raises(ValueError, match=message):
-        folds.read_fold_file(path)
+        splitting.read_fold_file(path)
     with pytest.raises(ValueError, match=message):  # before any split is made
-        folds.split_from_fold_file(table, path, 0.2, seed=0)
+        splitting.split_from_fold_file(table, path, 0.2, seed=0)
 
 
 def test_the_same_line_twice_is_harmless(tmp_path):
     table = _table(patients_per_class=(3, 3), images=2)
     lines = _lines_of(table, {"b0", "m0"})
     path = _fold_file(tmp_path / "dsfold1.txt", [*lines, lines[0], lines[-1]])
-    split = folds.split_from_fold_file(table, path, 0.2, seed=0)
+    split = splitting.split_from_fold_file(table, path, 0.2, seed=0)
     assert set(split[split["split"] == "test"]["patient_id"]) == {"b0", "m0"}
 
 
@@ -159,7 +159,7 @@ def test_a_fold_file_without_test_or_train_lines_is_refused(tmp_path, missing):
     lines = _lines_of(table, set() if missing == "test" else everyone)
     path = _fold_file(tmp_path / "dsfold1.txt", lines)
     with pytest.raises(ValueError, match=rf"split_file: .*dsfold1.txt has no {missing} lines"):
-        folds.read_fold_file(path)
+        splitting.read_fold_file(path)
 
 
 def test_a_run_whose_images_are_all_on_one_side_is_refused(tmp_path):
@@ -170,7 +170,7 @@ def test_a_run_whose_images_are_all_on_one_side_is_refused(tmp_path):
     with pytest.raises(
         ValueError, match="split_file: dsfold1.txt puts none of the 12 images of this run in test"
     ):
-        folds.split_from_fold_file(table, path, 0.2, seed=0)
+        splitting.split_from_fold_file(table, path, 0.2, seed=0)
 
 
 def test_a_patient_on_both_sides_is_refused_naming_the_patient_and_a_line_of_each(tmp_path):
@@ -179,7 +179,7 @@ def test_a_patient_on_both_sides_is_refused_naming_the_patient_and_a_line_of_eac
     lines[1] = lines[1].replace("|test", "|train")  # b0's second image trains, its first tests
     path = _fold_file(tmp_path / "dsfold1.txt", lines)
     with pytest.raises(ValueError) as refused:
-        folds.split_from_fold_file(table, path, 0.2, seed=0)
+        splitting.split_from_fold_file(table, path, 0.2, seed=0)
     message = str(refused.value)
     assert message.startswith(
         "split_file: dsfold1.txt puts patient b0 in train (line 2) and in test (line 1)"
@@ -208,12 +208,13 @@ def test_a_slide_number_under_two_tumour_types_points_to_patient_id_from_folder(
         match=r"patient 14-13412 in train \(line 1\) and in test \(line 3\).*"
         r"two tumour types \(DC and LC\).*patient_id_from=folder counts BreakHis' patients",
     ):
-        folds.split_from_fold_file(table, path, 0.2, seed=0)
+        splitting.split_from_fold_file(table, path, 0.2, seed=0)
 
 
 def test_split_for_run_refuses_a_straddling_patient_before_anything_trains(tmp_path):
     """bcnb reproduce's pre-check and notebook 01 make the split through split_for_run."""
-    from bcnb import Config, datasets
+    from bcnb import Config
+    from bcnb.data import splitting
 
     table = _table(patients_per_class=(3, 3), images=2)
     lines = _lines_of(table, {"b0", "m0"})
@@ -223,11 +224,11 @@ def test_split_for_run_refuses_a_straddling_patient_before_anything_trains(tmp_p
     with pytest.raises(
         ValueError, match=r"dsfold1.txt puts patient b1 in train \(line 3\) and in test \(line 4\)"
     ):
-        datasets.split_for_run(cfg, table)
+        splitting.split_for_run(cfg, table)
 
 
 def test_a_fold_file_splitting_a_real_breakhis_patient_is_refused(breakhis_sample, tmp_path):
-    from bcnb.layouts import read_layout
+    from bcnb.data.layouts import read_layout
 
     table = read_layout(breakhis_sample, "breakhis").table
     patient = table["patient_id"].value_counts().index[0]  # one with several images
@@ -238,4 +239,4 @@ def test_a_fold_file_splitting_a_real_breakhis_patient_is_refused(breakhis_sampl
     with pytest.raises(
         ValueError, match=rf"dsfold1.txt puts patient {patient} in train \(line \d+\) and in test"
     ):
-        folds.split_from_fold_file(table, path, 0.2, seed=0)
+        splitting.split_from_fold_file(table, path, 0.2, seed=0)

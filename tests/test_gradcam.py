@@ -3,8 +3,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bcnb import gradcam
-from bcnb import model as bcnb_model
+from bcnb.evaluate import gradcam
+from bcnb.model import transfer
 
 IMG = 32
 
@@ -12,7 +12,7 @@ IMG = 32
 @pytest.fixture(scope="module")
 def model():
     keras.utils.set_random_seed(3)
-    return bcnb_model.build_model(IMG, None)
+    return transfer.build_model(IMG, None)
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def images():
 
 def _class_activation_map(model, images, sign):
     """CAM by hand (Zhou et al.): with pooling + one Dense unit, Grad-CAM must equal it."""
-    maps = bcnb_model.base_of(model)(model.get_layer("preprocess")(images), training=False).numpy()
+    maps = transfer.base_of(model)(model.get_layer("preprocess")(images), training=False).numpy()
     weights = model.get_layer("classifier").kernel.numpy()[:, 0]
     cam = np.maximum(sign * np.tensordot(maps, weights, axes=([3], [0])), 0)[..., None]
     import tensorflow as tf
@@ -46,7 +46,7 @@ def test_a_saturated_probability_still_gives_a_heatmap(images, bias):
     """A logit of +-30 saturates the float32 sigmoid (1.0, or 1e-13, far below any clipping);
     the heatmap comes from the logit itself, so it still shows where the evidence is."""
     keras.utils.set_random_seed(3)
-    saturated = bcnb_model.build_model(IMG, None)
+    saturated = transfer.build_model(IMG, None)
     classifier = saturated.get_layer("classifier")
     # Every feature (a ReLU output, never negative) speaks for the predicted class.
     classifier.kernel.assign(np.sign(bias) * np.abs(classifier.kernel.numpy()))

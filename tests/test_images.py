@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bcnb import images
+from bcnb.data import images
 
 
 def _gradient(height=60, width=90):

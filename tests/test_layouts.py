@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from bcnb import layouts
+from bcnb.data import layouts
 
 
 def write_image(path: Path, seed: int = 0, size=(24, 24)) -> Path:

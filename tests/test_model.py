@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from bcnb import model as bcnb_model
-from bcnb.backbones import BACKBONES
+from bcnb.model import transfer
+from bcnb.model.backbones import BACKBONES
 
 RESNET_FILE = "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"  # Keras' name for it
 
@@ -17,7 +17,7 @@ IMG = 32  # the smallest size ResNet50V2 accepts: fast, same layers and paramete
 @pytest.fixture(scope="module")
 def model():
     keras.utils.set_random_seed(0)
-    return bcnb_model.build_model(IMG, weights=None, dropout=0.2)
+    return transfer.build_model(IMG, weights=None, dropout=0.2)
 
 
 def test_layer_order(model):
@@ -36,7 +36,7 @@ def test_head_is_dropout_02_then_one_sigmoid_unit(model):
 def test_base_is_frozen_and_only_the_head_trains(model):
     assert model.get_layer("resnet50v2").trainable is False
     assert [w.path for w in model.trainable_weights] == ["classifier/kernel", "classifier/bias"]
-    counts = bcnb_model.count_parameters(model)
+    counts = transfer.count_parameters(model)
     assert counts["trainable"] == 2048 + 1
     assert counts["non_trainable"] == 23_564_800  # ResNet50V2 without its top
 
@@ -54,8 +54,8 @@ def test_uint8_pixels_give_what_float_pixels_give(model, tmp_path):
     # The pipeline hands the model uint8; the model's float32 input casts them on entry,
     # also after saving and loading.
     pixels = np.random.default_rng(3).integers(0, 256, (2, IMG, IMG, 3), dtype=np.uint8)
-    loaded = bcnb_model.load_model(bcnb_model.save_model(model, tmp_path / "m.keras"))
-    for predictor in (model, loaded, bcnb_model.feature_extractor(model)):
+    loaded = transfer.load_model(transfer.save_model(model, tmp_path / "m.keras"))
+    for predictor in (model, loaded, transfer.feature_extractor(model)):
         as_float = predictor.predict_on_batch(pixels.astype(np.float32))
         np.testing.assert_array_equal(predictor.predict_on_batch(pixels), as_float)
 
@@ -66,7 +66,7 @@ def _moving_statistics(model):
 
 def test_batchnorm_statistics_do_not_move_during_training():
     keras.utils.set_random_seed(1)
-    model = bcnb_model.build_model(IMG, weights=None)
+    model = transfer.build_model(IMG, weights=None)
     before_stats, before_kernel = (
         _moving_statistics(model),
         model.get_layer("classifier").kernel.numpy().copy(),
@@ -87,7 +87,7 @@ def test_training_false_alone_does_not_protect_an_unfrozen_base():
     BN layers frozen explicitly. If Keras changes this, this test tells us.
     """
     keras.utils.set_random_seed(2)
-    model = bcnb_model.build_model(IMG, weights=None)
+    model = transfer.build_model(IMG, weights=None)
     model.get_layer("resnet50v2").trainable = True
     before = _moving_statistics(model)
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss="binary_crossentropy")
@@ -98,14 +98,14 @@ def test_training_false_alone_does_not_protect_an_unfrozen_base():
 
 
 def test_classifier_head_shares_the_models_layers(model):
-    head = bcnb_model.classifier_head(model)
+    head = transfer.classifier_head(model)
     assert head.get_layer("classifier") is model.get_layer("classifier")
     assert head.input.shape[-1] == 2048
 
 
 def test_saved_model_loads_in_safe_mode_and_predicts_the_same(model, tmp_path):
-    path = bcnb_model.save_model(model, tmp_path / "m.keras")
-    loaded = bcnb_model.load_model(path)
+    path = transfer.save_model(model, tmp_path / "m.keras")
+    loaded = transfer.load_model(path)
     images = np.random.default_rng(2).uniform(0, 255, (2, IMG, IMG, 3)).astype(np.float32)
     np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6)
     assert [p.name for p in tmp_path.iterdir()] == ["m.keras"]  # no temporary file left
@@ -113,36 +113,36 @@ def test_saved_model_loads_in_safe_mode_and_predicts_the_same(model, tmp_path):
 
 def test_load_model_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="m.keras not found"):
-        bcnb_model.load_model(tmp_path / "m.keras")
+        transfer.load_model(tmp_path / "m.keras")
 
 
 # --------------------------------------------------------------------------- weights
 def test_weights_none_is_random_and_says_so():
-    keras_weights, info = bcnb_model.resolve_weights("none", allow_random_weights=False)
+    keras_weights, info = transfer.resolve_weights("none", allow_random_weights=False)
     assert keras_weights is None and not info.pretrained and info.used == "random"
     assert "RANDOM" in info.warning() and "NOT transfer learning" in info.warning()
 
 
 def _save_base_weights(path):
     keras.utils.set_random_seed(3)
-    base = bcnb_model.build_base_model(IMG, None)
+    base = transfer.build_base_model(IMG, None)
     base.save_weights(path)
     return base
 
 
 def test_weights_file_is_loaded(tmp_path):
     base = _save_base_weights(tmp_path / "base.weights.h5")
-    keras_weights, info = bcnb_model.resolve_weights(str(tmp_path / "base.weights.h5"), False)
+    keras_weights, info = transfer.resolve_weights(str(tmp_path / "base.weights.h5"), False)
     assert info.used == "file" and info.pretrained and info.warning() == ""
     keras.utils.set_random_seed(4)  # a different random start, overwritten by the file
-    model = bcnb_model.build_model(IMG, keras_weights)
+    model = transfer.build_model(IMG, keras_weights)
     for expected, got in zip(base.weights, model.get_layer("resnet50v2").weights):
         np.testing.assert_array_equal(expected.numpy(), got.numpy())
 
 
 def test_missing_weights_file():
     with pytest.raises(FileNotFoundError, match="weights: file .*absent.h5 does not exist"):
-        bcnb_model.resolve_weights("/nowhere/absent.h5", True)
+        transfer.resolve_weights("/nowhere/absent.h5", True)
 
 
 def _no_network(*args, **kwargs):
@@ -151,7 +151,7 @@ def _no_network(*args, **kwargs):
 
 def test_imagenet_unavailable_falls_back_to_random_loudly(monkeypatch):
     monkeypatch.setattr(keras.utils, "get_file", _no_network)
-    keras_weights, info = bcnb_model.resolve_weights("imagenet", allow_random_weights=True)
+    keras_weights, info = transfer.resolve_weights("imagenet", allow_random_weights=True)
     assert keras_weights is None and info.used == "random" and not info.pretrained
     assert "ImageNet weights unavailable" in info.source and "no network" in info.source
 
@@ -160,8 +160,8 @@ def test_imagenet_unavailable_without_fallback_names_the_file_and_place(monkeypa
     monkeypatch.setattr(keras.utils, "get_file", _no_network)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     expected = tmp_path / "models" / RESNET_FILE
-    with pytest.raises(bcnb_model.WeightsUnavailableError, match=str(expected)) as error:
-        bcnb_model.resolve_weights("imagenet", allow_random_weights=False)
+    with pytest.raises(transfer.WeightsUnavailableError, match=str(expected)) as error:
+        transfer.resolve_weights("imagenet", allow_random_weights=False)
     assert RESNET_FILE in str(error.value) and "data_instructions.md" in str(error.value)
 
 
@@ -172,7 +172,7 @@ def test_imagenet_weights_from_the_keras_cache_work_offline(monkeypatch, tmp_pat
     kind (random weights) and makes bcnb expect its checksum.
     """
     keras.utils.set_random_seed(5)
-    base = bcnb_model.build_base_model(IMG, None)
+    base = transfer.build_base_model(IMG, None)
     cached = tmp_path / "models" / RESNET_FILE
     cached.parent.mkdir()
     from keras.src.legacy.saving import legacy_h5_format
@@ -182,28 +182,28 @@ def test_imagenet_weights_from_the_keras_cache_work_offline(monkeypatch, tmp_pat
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     resnet = replace(BACKBONES["resnet50v2"], md5=hashlib.md5(cached.read_bytes()).hexdigest())
     monkeypatch.setitem(BACKBONES, "resnet50v2", resnet)
-    keras_weights, info = bcnb_model.resolve_weights("imagenet", allow_random_weights=False)
+    keras_weights, info = transfer.resolve_weights("imagenet", allow_random_weights=False)
     assert info.used == "imagenet" and info.pretrained and keras_weights == str(cached)
-    model = bcnb_model.build_model(IMG, keras_weights)
+    model = transfer.build_model(IMG, keras_weights)
     for expected, got in zip(base.weights, model.get_layer("resnet50v2").weights):
         np.testing.assert_array_equal(expected.numpy(), got.numpy())
 
 
 def test_weights_info_round_trip(tmp_path):
-    _, info = bcnb_model.resolve_weights("none", True)
-    bcnb_model.save_weights_info(info, tmp_path)
-    assert bcnb_model.load_weights_info(tmp_path) == info
+    _, info = transfer.resolve_weights("none", True)
+    transfer.save_weights_info(info, tmp_path)
+    assert transfer.load_weights_info(tmp_path) == info
 
 
 def test_mixed_bfloat16_computes_in_bf16_but_answers_in_float32():
     keras.utils.set_random_seed(6)
-    model = bcnb_model.build_model(IMG, None, precision="mixed_bfloat16")
+    model = transfer.build_model(IMG, None, precision="mixed_bfloat16")
     assert model.get_layer("resnet50v2").dtype_policy.name == "mixed_bfloat16"
     assert model.get_layer("classifier").dtype_policy.name == "float32"
     assert keras.config.dtype_policy().name == "float32"  # the global policy is put back
     images = np.random.default_rng(3).uniform(0, 255, (2, IMG, IMG, 3)).astype(np.float32)
     assert model.predict(images, verbose=0).dtype == np.float32
-    float32 = bcnb_model.build_model(IMG, None)
+    float32 = transfer.build_model(IMG, None)
     float32.set_weights(model.get_weights())
     np.testing.assert_allclose(
         model.predict(images, verbose=0), float32.predict(images, verbose=0), atol=0.05
@@ -213,9 +213,9 @@ def test_mixed_bfloat16_computes_in_bf16_but_answers_in_float32():
 def test_fine_tuning_unfreezes_the_top_but_never_batchnorm():
     """The top layers learn, BatchNormalization stays frozen with its statistics fixed."""
     keras.utils.set_random_seed(7)
-    model = bcnb_model.build_model(IMG, weights=None)
+    model = transfer.build_model(IMG, weights=None)
     base = model.get_layer("resnet50v2")
-    learning = bcnb_model.unfreeze_top_layers(model, 12)
+    learning = transfer.unfreeze_top_layers(model, 12)
     top = base.layers[-12:]
     assert learning == [layer.name for layer in top if layer.weights and not _is_bn(layer)]
     assert "conv5_block3_3_conv" in learning and "post_bn" not in learning
@@ -236,8 +236,8 @@ def test_fine_tuning_unfreezes_the_top_but_never_batchnorm():
 
 def test_unfreezing_zero_layers_leaves_only_the_head():
     keras.utils.set_random_seed(8)
-    model = bcnb_model.build_model(IMG, weights=None)
-    assert bcnb_model.unfreeze_top_layers(model, 0) == []
+    model = transfer.build_model(IMG, weights=None)
+    assert transfer.unfreeze_top_layers(model, 0) == []
     assert [w.path.split("/")[0] for w in model.trainable_weights] == ["classifier", "classifier"]
 
 

@@ -2,9 +2,9 @@ import pandas as pd
 import pytest
 
 from bcnb import Config
-from bcnb.modelcard import render_model_card, subtype_errors
-from bcnb.report import DISCLAIMER
-from bcnb.train import training_summary
+from bcnb.report.model_card import render_model_card, subtype_errors
+from bcnb.report.run_report import DISCLAIMER
+from bcnb.train.fit import training_summary
 
 CONFIG = {**Config().to_dict(), "dataset": "/data/BreaKHis_v1"}
 DATASET = {"source": "/data/BreaKHis_v1", "layout": "breakhis", "notes": [], "patient_level": True}

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from bcnb.nativelog import is_noise
+from bcnb.run.nativelog import is_noise
 
 CUINIT = (
     b"E0000 00:00:1795983948.013161    4474 cuda_platform.cc:52] failed call to cuInit: UNKNOWN ERROR (303)\n"
@@ -36,7 +36,7 @@ def test_the_filter_passes_the_rest_in_order():
     script = textwrap.dedent(
         f"""
         import os, sys
-        from bcnb.nativelog import native_stderr
+        from bcnb.run.nativelog import native_stderr
         with native_stderr():
             os.write(2, {CUINIT!r})
             print("bcnb: from python", file=sys.stderr, flush=True)

@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from bcnb import Config
+from bcnb.batch.reproduce import NOTEBOOKS, NOTEBOOKS_DIR, STAGE_OF_NOTEBOOK
 from bcnb.config import STAGES
-from bcnb.reproduce import NOTEBOOKS, NOTEBOOKS_DIR, STAGE_OF_NOTEBOOK
-from bcnb.runfolder import record_all
+from bcnb.run.record import record_all
 
 
 def _notebook(name):
@@ -117,7 +117,7 @@ def test_course_cross_validation_runs_the_demo_config():
     import re
     import shlex
 
-    from bcnb.reproduce import ROOT_DIR
+    from bcnb.batch.reproduce import ROOT_DIR
 
     course = (ROOT_DIR / "docs" / "course.md").read_text()
     commands = [shlex.split(found) for found in re.findall(r"`(bcnb reproduce [^`]*--folds[^`]*)`", course)]
@@ -329,7 +329,7 @@ def test_a_failing_notebook_leaves_the_earlier_run_untouched(tmp_path):
         if name == "02_model.ipynb":
             notebook.cells.insert(4, nbformat.v4.new_code_cell('raise RuntimeError("boom")'))
         nbformat.write(notebook, notebooks / name)
-    from bcnb.runfolder import start_folder
+    from bcnb.run.record import start_folder
 
     out = tmp_path / "runs" / "demo"
     record_all(start_folder(out, "run"), Config())
@@ -604,18 +604,18 @@ def model_stage(data_stage, tmp_path_factory):
 
 @pytest.mark.slow
 def test_notebook_02_builds_the_model_of_build_model(model_stage):
-    """The layers the lesson writes out and bcnb.model.build_model (used by 05, predict and
+    """The layers the lesson writes out and bcnb.model.transfer.build_model (used by 05, predict and
     the command line) are the same model, layer for layer, down to the weights."""
-    from bcnb import model as bcnb_model
-    from bcnb.seeds import seed_everything
+    from bcnb.model import transfer
+    from bcnb.run.seeds import seed_everything
 
     shown, folder = model_stage
     cfg = shown["cfg"]
     keras.backend.clear_session()  # as the lesson's notebook started
     seed_everything(cfg.seed)
-    built = bcnb_model.build_model(cfg.img_size, None, cfg.dropout, cfg.precision, cfg.backbone)
+    built = transfer.build_model(cfg.img_size, None, cfg.dropout, cfg.precision, cfg.backbone)
     assert _layers(shown["model"]) == _layers(built)
-    assert bcnb_model.count_parameters(shown["model"]) == bcnb_model.count_parameters(built)
+    assert transfer.count_parameters(shown["model"]) == transfer.count_parameters(built)
     for ours, theirs in zip(shown["model"].weights, built.weights):
         np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
 
@@ -623,14 +623,14 @@ def test_notebook_02_builds_the_model_of_build_model(model_stage):
 @pytest.mark.slow
 def test_notebook_02_tumour_type_variant_is_the_head_of_build_model(model_stage):
     """The variant branch, run with task="subtype" on the lesson's own base, gives the head
-    bcnb.model.build_model gives for that task."""
-    from bcnb import model as bcnb_model
+    bcnb.model.transfer.build_model gives for that task."""
+    from bcnb.model import transfer
 
     shown, _ = model_stage
     cfg = shown["cfg"].replace(task="subtype")
     namespace = {**shown, "cfg": cfg}
     exec(_cell_with("02_model.ipynb", "keras.Model(inputs, outputs"), namespace)
-    built = bcnb_model.build_model(cfg.img_size, None, cfg.dropout, cfg.precision, cfg.backbone, cfg.task)
+    built = transfer.build_model(cfg.img_size, None, cfg.dropout, cfg.precision, cfg.backbone, cfg.task)
     head = ["pool", "dropout", "classifier"]
     ours = [layer for layer in _layers(namespace["model"]) if layer[1] in head]
     assert ours == [layer for layer in _layers(built) if layer[1] in head]
@@ -639,12 +639,13 @@ def test_notebook_02_tumour_type_variant_is_the_head_of_build_model(model_stage)
 
 @pytest.mark.slow
 def test_notebook_03_trains_like_train_model(model_stage, tmp_path):
-    """The compile and fit the lesson writes out give what bcnb.train.train_model gives."""
+    """The compile and fit the lesson writes out give what bcnb.train.fit.train_model gives."""
     import shutil
 
-    from bcnb import datasets, train
-    from bcnb import model as bcnb_model
-    from bcnb.seeds import seed_everything
+    from bcnb.model import transfer
+    from bcnb.run import artifacts
+    from bcnb.run.seeds import seed_everything
+    from bcnb.train import fit
 
     _, prepared = model_stage
     lesson, library = tmp_path / "lesson", tmp_path / "library"
@@ -653,8 +654,8 @@ def test_notebook_03_trains_like_train_model(model_stage, tmp_path):
     shown = _run_here("03_train.ipynb", run_dir=str(lesson), interactive=False, epochs=6, learning_rate=0.03)
     cfg = Config.from_file(lesson / "config.yaml", run_dir=str(library))
     seed_everything(cfg.seed)
-    model = bcnb_model.load_model(library / bcnb_model.INITIAL_MODEL_FILE)
-    history = train.train_model(cfg, model, datasets.load_split(library))
+    model = transfer.load_model(library / artifacts.INITIAL_MODEL_FILE)
+    history = fit.train_model(cfg, model, artifacts.load_split(library))
     pd.testing.assert_frame_equal(pd.read_csv(lesson / "history.csv"), history, check_dtype=False)
     np.testing.assert_array_equal(
         shown["model"].get_layer("classifier").kernel.numpy(), model.get_layer("classifier").kernel.numpy()
@@ -667,7 +668,7 @@ def test_notebook_03_trains_like_train_model(model_stage, tmp_path):
 def test_every_backbone_runs_through_notebooks_02_to_06(data_stage, written, tmp_path):
     import shutil
 
-    from bcnb.backbones import get_backbone
+    from bcnb.model.backbones import get_backbone
 
     folder = tmp_path / "run"
     shutil.copytree(data_stage, folder)

@@ -7,8 +7,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.transforms import Bbox
 from PIL import Image
 
-from bcnb import plots
-from bcnb.crossval import METRICS
+from bcnb.batch.protocol import METRICS
+from bcnb.report import figures
+from bcnb.run import artifacts
 
 MIN_DPI = 150  # the issue's floor: 110 dpi made a 407-pixel confusion matrix
 
@@ -84,12 +85,12 @@ def _summary(weights_pretrained, dataset, runs=5):
 def test_saved_figures_are_at_least_150_dpi(save, tmp_path):
     """Both ways of saving (run folder figures, and summary.png) write 150 dpi or more: the
     PNG says so, and its pixels per inch of figure agree."""
-    fig = plots.plot_confusion_matrix([[10, 3], [2, 30]])
+    fig = figures.plot_confusion_matrix([[10, 3], [2, 30]])
     if save == "save_figure":
-        path = plots.save_figure(fig, tmp_path, "confusion_matrix")
-        assert path == tmp_path / plots.FIGURES_DIR / "confusion_matrix.png"
+        path = figures.save_figure(fig, tmp_path, "confusion_matrix")
+        assert path == tmp_path / artifacts.FIGURES_DIR / "confusion_matrix.png"
     else:
-        path = plots.save_image(fig, tmp_path / "summary.png")
+        path = figures.save_image(fig, tmp_path / "summary.png")
     with Image.open(path) as png:
         assert min(png.info["dpi"]) >= MIN_DPI - 0.5  # PNG stores dots per metre: rounding
         width_inches, height_inches = fig.get_size_inches()
@@ -98,16 +99,16 @@ def test_saved_figures_are_at_least_150_dpi(save, tmp_path):
 
 
 def test_class_counts_legend_covers_no_bar():
-    _assert_legends_beside_the_axes(plots.plot_class_counts(_images_table()))
+    _assert_legends_beside_the_axes(figures.plot_class_counts(_images_table()))
 
 
 @pytest.mark.parametrize("fine_tune", [0, 5])
 def test_learning_curves_legend_covers_no_curve(fine_tune):
-    _assert_legends_beside_the_axes(plots.plot_history(_history(fine_tune=fine_tune)))
+    _assert_legends_beside_the_axes(figures.plot_history(_history(fine_tune=fine_tune)))
 
 
 def test_runs_summary_legend_covers_no_run():
-    _assert_legends_beside_the_axes(plots.plot_runs(_summary(True, "breakhis")))
+    _assert_legends_beside_the_axes(figures.plot_runs(_summary(True, "breakhis")))
 
 
 def _figure_texts(fig):
@@ -125,7 +126,7 @@ def _figure_texts(fig):
 def test_runs_summary_says_in_the_figure_when_it_is_not_the_papers_setting(pretrained, dataset, said):
     """summary.png travels without summary.md: beside "paper: 0.9344", random weights or
     generated images are said in the picture, above the axes where it cannot hide a point."""
-    fig = _drawn(plots.plot_runs(_summary(pretrained, dataset)))
+    fig = _drawn(figures.plot_runs(_summary(pretrained, dataset)))
     (caveat,) = [t for t in _figure_texts(fig) if "not comparable" in t.get_text()]
     assert all(words in caveat.get_text() for words in said)
     if pretrained:
@@ -136,7 +137,7 @@ def test_runs_summary_says_in_the_figure_when_it_is_not_the_papers_setting(pretr
 
 
 def test_runs_summary_of_pretrained_real_runs_has_no_caveat_and_labels_its_axis():
-    fig = _drawn(plots.plot_runs(_summary(True, "breakhis")))
+    fig = _drawn(figures.plot_runs(_summary(True, "breakhis")))
     assert not [t for t in _figure_texts(fig) if "comparable" in t.get_text() or "RANDOM" in t.get_text()]
     (ax,) = fig.axes
     assert ax.get_ylabel()  # what the points measure

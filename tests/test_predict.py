@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 from test_scan import bomb_png
 
-from bcnb import Config, cli, decision
-from bcnb.images import fit_to_square, read_rgb
+from bcnb import Config, cli
+from bcnb.data.images import fit_to_square, read_rgb
+from bcnb.evaluate import decision
 from bcnb.predict import (
     MIN_SIDE,
     Predictor,
@@ -24,7 +25,8 @@ from bcnb.predict import (
     find_images,
     predict_files,
 )
-from bcnb.runfolder import record_all
+from bcnb.run import artifacts
+from bcnb.run.record import record_all
 
 IMG = 32  # the size of conftest's run_dir model
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,7 +72,7 @@ def test_predictions_are_the_calibrated_model_output(run_dir, images, tmp_path):
     for path in paths[:2]:
         pixels = fit_to_square(read_rgb(path), IMG, "center_crop")[None].astype("float32")
         raw = float(predictor.model.predict(pixels, verbose=0)[0, 0])
-        temperature = decision.load_decision(run_dir)["temperature"]
+        temperature = artifacts.load_decision(run_dir)["temperature"]
         expected = 1 / (1 + np.exp(-np.log(raw / (1 - raw)) / temperature))
         row = table.loc[str(path)]
         assert row["probability"] == pytest.approx(expected, abs=1e-4)
@@ -114,7 +116,7 @@ def test_a_model_trained_on_tiles_is_refused(run_dir, tmp_path):
 
 
 def test_a_run_with_stain_normalisation_normalises_new_images_the_same_way(run_dir, images, tmp_path):
-    from bcnb.stain import StainNormalizer, save_normalizer
+    from bcnb.data.stain import StainNormalizer, save_normalizer
 
     folder = run_like(run_dir, tmp_path / "stained_run", stain_normalization="reinhard")
     normalizer = StainNormalizer("reinhard", {"mean": [-0.3, -0.02, 0.01], "std": [0.1, 0.02, 0.005]})
@@ -136,7 +138,7 @@ def test_a_run_with_stain_normalisation_normalises_new_images_the_same_way(run_d
 
 
 def test_a_run_with_tta_answers_with_the_mean_of_eight_views(run_dir, images, tmp_path):
-    from bcnb.tta import tta_probabilities
+    from bcnb.evaluate.tta import tta_probabilities
 
     folder = run_like(run_dir, tmp_path / "tta_run", tta=True)
     predictor = Predictor.from_run(folder / "model.keras")
@@ -344,14 +346,12 @@ def test_notebook_06_shows_both_classes_when_given_no_images(tmp_path, capsys):
     one benign patient's."""
     from types import SimpleNamespace
 
-    from bcnb import datasets
-
     split_table(tmp_path).to_csv(tmp_path / "split.csv", index=False)
     notebook = json.loads(open(os.path.join(ROOT, "notebooks", "06_predict.ipynb")).read())
     (cell,) = [
         "".join(c["source"]) for c in notebook["cells"] if "if predict_images:" in "".join(c["source"])
     ]
-    names = {"predict_images": "", "cfg": SimpleNamespace(run_dir=str(tmp_path)), "datasets": datasets}
+    names = {"predict_images": "", "cfg": SimpleNamespace(run_dir=str(tmp_path)), "artifacts": artifacts}
     names.update(example_images=example_images, find_images=find_images, Path=Path)
     exec(cell, names)
     labels = (

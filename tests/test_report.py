@@ -1,8 +1,8 @@
 import pandas as pd
 
 from bcnb import Config
-from bcnb.report import DISCLAIMER, render_report
-from bcnb.train import training_summary
+from bcnb.report.run_report import DISCLAIMER, render_report
+from bcnb.train.fit import training_summary
 
 CONFIG = {**Config().to_dict(), "dataset": "/data/BreaKHis_v1", "magnification": "40X"}
 DATASET = {

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from bcnb.config import STAGES, Config
-from bcnb.runfolder import (
+from bcnb.run.record import (
     HELD_BY_PARENT,
     DestinationRefused,
     RecordMismatch,
@@ -89,7 +89,7 @@ def test_record_round_trips_through_config(tmp_path):
 
 def test_a_hand_edited_record_is_refused_wherever_it_is_read(tmp_path):
     """The record is tamper-evident: its digest, kept from the first write, no longer matches."""
-    from bcnb.report import write_report
+    from bcnb.report.run_report import write_report
 
     record_all(tmp_path, Config(seed=42))
     path = tmp_path / "config.yaml"
@@ -115,7 +115,7 @@ def test_a_record_without_its_digest_or_a_removed_record_is_refused(tmp_path):
 
 def test_a_kill_between_the_record_and_its_digest_leaves_a_pair_that_checks(tmp_path, monkeypatch):
     """The digest accepts the new record before it is written and keeps only it after."""
-    import bcnb.runfolder as runfolder
+    import bcnb.run.record as runfolder
 
     record_parameters(tmp_path, Config(), (), ["data"])
     writes = []
@@ -216,7 +216,7 @@ def test_a_folder_to_resume_must_hold_only_what_is_asked_with_its_parameters(tmp
 HOLD = textwrap.dedent(
     """
     import sys, time
-    from bcnb.runfolder import RunLock
+    from bcnb.run.record import RunLock
     RunLock(sys.argv[1], "bcnb reproduce").acquire()
     print("held", flush=True)
     time.sleep(120)

@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from bcnb import Config, datasets, scan
+from bcnb import Config
+from bcnb.data import loading, pipeline, scan
 
 LABELS = ("benign", "malignant")
 
@@ -153,7 +154,7 @@ def test_bad_file_stops_the_run_with_its_name_and_reason(tmp_path, layout, kind)
     add, reason = BAD_KINDS[kind]
     bad_path = add(dataset)
     with pytest.raises(scan.BadImagesError, match=reason) as error:
-        datasets.load_dataset(Config(dataset=str(dataset.source())))
+        loading.load_dataset(Config(dataset=str(dataset.source())))
     message = str(error.value)
     assert str(bad_path) in message
     assert "on_bad_image=skip" in message and "\n" not in message
@@ -164,13 +165,13 @@ def test_skip_leaves_the_bad_file_out_and_records_it(tmp_path, layout, kind):
     dataset = Dataset(tmp_path, layout)
     add, reason = BAD_KINDS[kind]
     bad_path = str(add(dataset))
-    loaded = datasets.load_dataset(Config(dataset=str(dataset.source()), on_bad_image="skip"))
+    loaded = loading.load_dataset(Config(dataset=str(dataset.source()), on_bad_image="skip"))
     assert bad_path in set(loaded.bad["path"]) and bad_path not in set(loaded.table["path"])
     assert loaded.bad.set_index("path")["problem"].str.contains(reason).loc[bad_path]
     copies_left_out = 1 if "identical" in reason else 0  # the original is marked too
     assert len(loaded.table) == 12 - copies_left_out
     # whatever was kept decodes: nothing bad reaches the pipeline
-    batches = datasets.make_dataset(loaded.table, img_size=32, batch_size=64)
+    batches = pipeline.make_dataset(loaded.table, img_size=32, batch_size=64)
     assert sum(len(labels) for _, labels in batches) == len(loaded.table)
     saved = scan.save_bad_images(loaded.bad, tmp_path / "run")
     assert pd.read_csv(saved)["path"].tolist() == loaded.bad["path"].tolist()
@@ -179,7 +180,7 @@ def test_skip_leaves_the_bad_file_out_and_records_it(tmp_path, layout, kind):
 def test_duplicates_mark_every_copy(tmp_path):
     dataset = Dataset(tmp_path, "folders")
     copy = _duplicate(dataset, "malignant", "40")
-    loaded = datasets.load_dataset(Config(dataset=str(dataset.root), on_bad_image="skip"))
+    loaded = loading.load_dataset(Config(dataset=str(dataset.root), on_bad_image="skip"))
     original = str(tmp_path / image_path("folders", "benign", "10", 1))
     assert set(loaded.bad["path"]) == {original, str(copy)}
 
@@ -188,7 +189,7 @@ def test_a_missing_manifest_file_is_a_bad_file(tmp_path):
     dataset = Dataset(tmp_path, "csv")
     dataset.add("images/gone.png", None)
     with pytest.raises(scan.BadImagesError, match=r"gone.png: missing file \(listed in the manifest\)"):
-        datasets.load_dataset(Config(dataset=str(dataset.source())))
+        loading.load_dataset(Config(dataset=str(dataset.source())))
 
 
 def test_the_error_lists_twenty_then_counts(tmp_path):
@@ -196,7 +197,7 @@ def test_the_error_lists_twenty_then_counts(tmp_path):
     for n in range(25):
         _stray(dataset, f"note{n:02d}.txt", b"x")
     with pytest.raises(scan.BadImagesError) as error:
-        datasets.load_dataset(Config(dataset=str(dataset.root)))
+        loading.load_dataset(Config(dataset=str(dataset.root)))
     message = str(error.value)
     assert message.startswith(f"dataset: 25 bad file(s) in {tmp_path}")
     assert message.count("not an image (.txt)") == 20 and message.endswith("; and 5 more")
@@ -264,7 +265,7 @@ def test_a_good_image_passes_with_its_hash(tmp_path):
 def test_every_real_sample_image_passes(breakhis_sample, tmp_path):
     copy = tmp_path / "sample"
     shutil.copytree(breakhis_sample, copy)
-    loaded = datasets.load_dataset(Config(dataset=str(copy)))
+    loaded = loading.load_dataset(Config(dataset=str(copy)))
     assert len(loaded.table) == 16 and loaded.bad.empty
 
 
@@ -273,7 +274,7 @@ def test_nothing_usable_left(tmp_path):
         (tmp_path / label / "p1").mkdir(parents=True)
         (tmp_path / label / "p1" / "x.png").write_bytes(b"")
     with pytest.raises(ValueError, match="has no usable images left"):
-        datasets.load_dataset(Config(dataset=str(tmp_path), on_bad_image="skip"))
+        loading.load_dataset(Config(dataset=str(tmp_path), on_bad_image="skip"))
 
 
 def test_a_remembered_scan_opens_only_the_files_that_changed(tmp_path, monkeypatch):

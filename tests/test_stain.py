@@ -4,8 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bcnb import datasets, stain
-from bcnb.stain import StainNormalizer
+from bcnb.data import pipeline, stain
+from bcnb.data.stain import StainNormalizer
+from bcnb.run import artifacts
 
 # Two stain colours in optical density (unit vectors), haematoxylin with the larger red part.
 H = np.array([0.65, 0.70, 0.29]) / np.linalg.norm([0.65, 0.70, 0.29])
@@ -122,52 +123,52 @@ def stained_cfg(tiny_cfg, tmp_path):
 
 
 def test_a_run_fits_on_training_images_and_the_pipeline_applies_it(stained_cfg, tiny_split, tmp_path):
-    normalizer, skipped = datasets.fit_stain_normalizer(stained_cfg, tiny_split)
+    normalizer, skipped = pipeline.fit_stain_normalizer(stained_cfg, tiny_split)
     record = stain.load_normalizer(tmp_path, "macenko")
-    assert record == normalizer and "training images" in (tmp_path / stain.TARGET_FILE).read_text()
-    assert list(pd.read_csv(tmp_path / stain.SKIPPED_FILE).columns) == ["path", "split", "reason"]
+    assert record == normalizer and "training images" in (tmp_path / artifacts.STAIN_TARGET_FILE).read_text()
+    assert list(pd.read_csv(tmp_path / artifacts.STAIN_SKIPPED_FILE).columns) == ["path", "split", "reason"]
     assert skipped.empty  # every generated image has tissue
     rows = tiny_split.head(2)
-    raw = np.stack(list(datasets._raw_inputs(stained_cfg, rows)))
+    raw = np.stack(list(pipeline._raw_inputs(stained_cfg, rows)))
     expected = np.stack([normalizer(image) for image in raw])
     assert not np.array_equal(expected, raw)
-    np.testing.assert_array_equal(datasets.load_images(stained_cfg, rows), expected)
-    batch, _ = next(iter(datasets.image_dataset(stained_cfg.replace(batch_size=2), rows)))
+    np.testing.assert_array_equal(pipeline.load_images(stained_cfg, rows), expected)
+    batch, _ = next(iter(pipeline.image_dataset(stained_cfg.replace(batch_size=2), rows)))
     np.testing.assert_array_equal(batch.numpy(), expected)
 
 
 def test_the_target_uses_no_validation_or_test_image(stained_cfg, tiny_split):
     """Changing every val and test image's colours leaves the fitted target as it was."""
-    first, _ = datasets.fit_stain_normalizer(stained_cfg, tiny_split)
+    first, _ = pipeline.fit_stain_normalizer(stained_cfg, tiny_split)
     shuffled = tiny_split.copy()
     held_out = shuffled["split"] != "train"
     shuffled.loc[held_out, "path"] = shuffled.loc[held_out, "path"].sample(frac=1, random_state=3).to_numpy()
-    second, _ = datasets.fit_stain_normalizer(stained_cfg, shuffled)
+    second, _ = pipeline.fit_stain_normalizer(stained_cfg, shuffled)
     assert first == second
 
 
 def test_an_image_file_target_and_a_bad_one(stained_cfg, tiny_split, tmp_path):
     target_image = tiny_split["path"].iloc[0]
     cfg = stained_cfg.replace(stain_target=target_image)
-    normalizer, _ = datasets.fit_stain_normalizer(cfg, tiny_split)
-    assert "the image" in (tmp_path / stain.TARGET_FILE).read_text()
-    assert normalizer.target == datasets.stain_target_parameters(cfg)
+    normalizer, _ = pipeline.fit_stain_normalizer(cfg, tiny_split)
+    assert "the image" in (tmp_path / artifacts.STAIN_TARGET_FILE).read_text()
+    assert normalizer.target == pipeline.stain_target_parameters(cfg)
     (tmp_path / "notes.png").write_text("not an image")
     with pytest.raises(ValueError, match=r"^stain_target: .*notes.png is not a readable image"):
-        datasets.fit_stain_normalizer(cfg.replace(stain_target=str(tmp_path / "notes.png")), tiny_split)
+        pipeline.fit_stain_normalizer(cfg.replace(stain_target=str(tmp_path / "notes.png")), tiny_split)
     white = tmp_path / "white.png"
     from PIL import Image
 
     Image.new("RGB", (64, 64), "white").save(white)
     with pytest.raises(ValueError, match=r"white.png cannot be fitted by macenko \(no tissue"):
-        datasets.stain_target_parameters(cfg.replace(stain_target=str(white)))
+        pipeline.stain_target_parameters(cfg.replace(stain_target=str(white)))
 
 
 def test_the_feature_cache_key_includes_the_normaliser(tiny_cfg, tiny_split):
-    from bcnb import model as bcnb_model
-    from bcnb.features import feature_cache_key
+    from bcnb.model import transfer
+    from bcnb.train.features import feature_cache_key
 
-    model = bcnb_model.build_model(32, None)
+    model = transfer.build_model(32, None)
     rows = tiny_split.head(2)
     plain = feature_cache_key(model, rows, 32)
     reinhard = StainNormalizer("reinhard", {"mean": [0, 0, 0], "std": [1, 1, 1]})
@@ -184,7 +185,7 @@ def test_the_feature_cache_key_includes_the_normaliser(tiny_cfg, tiny_split):
 def test_real_breakhis_images_are_fitted_and_normalised(breakhis_sample, method):
     """On real H&E fields every image is fitted; after Reinhard an image has the target's
     statistics, and Macenko finds haematoxylin as the stain that absorbs more red."""
-    from bcnb.images import fit_to_square, read_rgb
+    from bcnb.data.images import fit_to_square, read_rgb
 
     paths = sorted(breakhis_sample.rglob("*.png"))[:8]
     images = [fit_to_square(read_rgb(path), 128) for path in paths]

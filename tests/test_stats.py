@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 from scipy.stats import binomtest
 
-from bcnb import stats
-from bcnb.evaluate import compute_metrics, patient_recognition_rate
+from bcnb.evaluate import stats
+from bcnb.evaluate.scores import compute_metrics, patient_recognition_rate
 
 
 def _patients_data(seed, n_patients=20, images_each=5, malignant_share=0.6):

@@ -6,17 +6,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bcnb import Config, datasets, subtypes
-from bcnb.layouts import parse_breakhis_name
-from bcnb.synthetic import LOOKS, render_tissue
+from bcnb import Config
+from bcnb.data import loading, pipeline, splitting, tasks
+from bcnb.data.layouts import parse_breakhis_name
+from bcnb.data.synthetic import LOOKS, render_tissue
 
 
 def test_types_are_read_from_real_breakhis_names(breakhis_sample):
     manifest = pd.read_csv(breakhis_sample / "manifest.csv")
     for row in manifest.itertuples():
         code = parse_breakhis_name(row.path.rsplit("/", 1)[-1])["subtype"]
-        assert code == row.subtype and code in subtypes.SUBTYPES
-        assert (code in subtypes.MALIGNANT_TYPES) == (row.label == "malignant")
+        assert code == row.subtype and code in tasks.SUBTYPES
+        assert (code in tasks.MALIGNANT_TYPES) == (row.label == "malignant")
 
 
 @pytest.mark.parametrize(
@@ -30,25 +31,25 @@ def test_types_are_read_from_real_breakhis_names(breakhis_sample):
     ],
 )
 def test_manifest_words_for_a_type(word, code):
-    assert subtypes.subtype_code(word) == code
+    assert tasks.subtype_code(word) == code
 
 
 def test_an_unknown_type_is_named():
     with pytest.raises(ValueError, match="tumour type 'medullary' is not one of adenosis"):
-        subtypes.subtype_code("medullary")
+        tasks.subtype_code("medullary")
 
 
 def test_malignant_probability_sums_the_malignant_types():
     softmax = np.array([[0.1, 0.1, 0.1, 0.1, 0.3, 0.1, 0.1, 0.1], [0.7, 0.1, 0.1, 0.1, 0, 0, 0, 0]])
-    np.testing.assert_allclose(subtypes.malignant_probability(softmax), [0.6, 0.0])
-    np.testing.assert_allclose(subtypes.malignant_probability(np.array([[0.2], [0.9]])), [0.2, 0.9])
+    np.testing.assert_allclose(tasks.malignant_probability(softmax), [0.6, 0.0])
+    np.testing.assert_allclose(tasks.malignant_probability(np.array([[0.2], [0.9]])), [0.2, 0.9])
 
 
 def test_subtype_metrics_by_hand():
     # two DC right, one DC called LC, one A right, one A called F
     codes = ["DC", "DC", "DC", "A", "A"]
     outputs = np.eye(8)[[4, 4, 5, 0, 1]]
-    found = subtypes.subtype_metrics(codes, outputs)
+    found = tasks.subtype_metrics(codes, outputs)
     assert found["accuracy"] == pytest.approx(3 / 5)
     assert found["per_type"]["ductal carcinoma"] == {
         "images": 3,
@@ -63,7 +64,7 @@ def test_subtype_metrics_by_hand():
 def _subtype_table(patients_per_type: dict[str, int]) -> pd.DataFrame:
     rows = []
     for code, count in patients_per_type.items():
-        label = "malignant" if code in subtypes.MALIGNANT_TYPES else "benign"
+        label = "malignant" if code in tasks.MALIGNANT_TYPES else "benign"
         for p in range(count):
             rows += [{"path": f"{code}{p}-{i}.png", "label": label, "patient_id": f"{code}-{p}",
                       "magnification": "40X", "subtype": code} for i in range(3)]  # fmt: skip
@@ -72,21 +73,21 @@ def _subtype_table(patients_per_type: dict[str, int]) -> pd.DataFrame:
 
 def test_the_split_is_stratified_by_type_and_rare_types_are_named():
     table = _subtype_table({"A": 6, "F": 2, "PT": 1, "TA": 5, "DC": 9, "LC": 5, "MC": 2, "PC": 4})
-    split = datasets.split_by_patient(table, 0.2, 0.2, seed=1, by="subtype")
+    split = splitting.split_by_patient(table, 0.2, 0.2, seed=1, by="subtype")
     assert split.groupby("patient_id")["split"].nunique().max() == 1  # still by patient
     for code in ("A", "TA", "DC", "LC", "PC"):  # enough patients: one in each split at least
         assert set(split[split["subtype"] == code]["split"]) == {"train", "val", "test"}
-    notes = datasets.rare_types(table, 3)
+    notes = splitting.rare_types(table, 3)
     assert len(notes) == 3 and "phyllodes tumour has 1 patient(s)" in notes[1]
 
 
 def test_a_dataset_without_types_is_refused_in_one_line(tmp_path):
     table = _subtype_table({"A": 3, "DC": 3}).drop(columns="subtype")
     with pytest.raises(ValueError, match=r"^task=subtype: .* has no tumour type for every image"):
-        datasets.with_subtypes(table, tmp_path)
+        loading.with_subtypes(table, tmp_path)
     wrong = _subtype_table({"A": 3, "DC": 3}).assign(subtype="DC")
     with pytest.raises(ValueError, match="is labelled benign but its type is DC"):
-        datasets.with_subtypes(wrong, tmp_path)
+        loading.with_subtypes(wrong, tmp_path)
 
 
 def test_a_csv_manifest_with_a_subtype_column(tmp_path):
@@ -98,7 +99,7 @@ def test_a_csv_manifest_with_a_subtype_column(tmp_path):
         rows.append({"path": f"{p}.png", "label": label, "patient_id": f"p{p}", "subtype": word})
     pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
     cfg = Config(dataset=str(tmp_path / "m.csv"), task="subtype", run_dir=str(tmp_path / "run"))
-    table = datasets.load_dataset(cfg).table
+    table = loading.load_dataset(cfg).table
     assert table["subtype"].tolist() == ["A", "DC"] * 3
 
 
@@ -123,14 +124,14 @@ def subtype_run(tiny_cfg, tmp_path_factory):
         bootstrap_samples=100,
         run_dir=str(tmp_path_factory.mktemp("subtype_run")),
     )
-    return cfg, datasets.split_for_run(cfg, datasets.load_dataset(cfg).table)
+    return cfg, splitting.split_for_run(cfg, loading.load_dataset(cfg).table)
 
 
 def test_the_backbone_comparison_runs_with_tumour_types(subtype_run):
     """Notebook 05's steps with task=subtype; then the trained ResNet50V2 (8 softmax units)
     is explained by Grad-CAM of its summed malignant probability."""
-    from bcnb import compare, gradcam
-    from bcnb import model as bcnb_model
+    from bcnb.evaluate import compare, gradcam
+    from bcnb.model import transfer
 
     cfg, split = subtype_run
     results = [compare.run_backbone(cfg, name, split) for name in ("resnet50v2", "mobilenetv2")]
@@ -142,10 +143,10 @@ def test_the_backbone_comparison_runs_with_tumour_types(subtype_run):
     paired = compare.paired_table(results, test, n_boot=100)
     assert paired.index.tolist() == ["mobilenetv2"] and 0 <= paired.loc["mobilenetv2", "McNemar p"] <= 1
 
-    model = bcnb_model.load_model(Path(cfg.run_dir) / "compare" / "resnet50v2" / "model.keras")
+    model = transfer.load_model(Path(cfg.run_dir) / "compare" / "resnet50v2" / "model.keras")
     assert model.output.shape[-1] == 8 and model.get_layer("classifier").activation.__name__ == "softmax"
-    images = datasets.load_images(cfg, split.head(3))
+    images = pipeline.load_images(cfg, split.head(3))
     heat, probability = gradcam.gradcam(model, images)
-    expected = subtypes.malignant_probability(model.predict(images, verbose=0))
+    expected = tasks.malignant_probability(model.predict(images, verbose=0))
     np.testing.assert_allclose(probability, expected, atol=1e-5)  # Grad-CAM explains P(malignant)
     assert heat.shape == (3, cfg.img_size, cfg.img_size)

@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bcnb.datasets import read_image
-from bcnb.layouts import parse_breakhis_name, read_breakhis
-from bcnb.synthetic import (
+from bcnb.data.images import read_rgb
+from bcnb.data.layouts import parse_breakhis_name, read_breakhis
+from bcnb.data.synthetic import (
     MAGNIFICATIONS,
     SyntheticSpec,
     ensure_synthetic_dataset,
@@ -60,7 +60,7 @@ def test_default_dataset_has_what_the_course_needs(tmp_path):
 
 def test_images_are_rgb_of_the_stated_size(tmp_path):
     manifest = write_synthetic_dataset(SMALL, tmp_path)
-    image = read_image(tmp_path / manifest.iloc[0]["path"])
+    image = read_rgb(tmp_path / manifest.iloc[0]["path"])
     assert image.shape == (230, 350, 3) and image.dtype == np.uint8
 
 

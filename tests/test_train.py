@@ -3,14 +3,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bcnb import datasets, train
-from bcnb import model as bcnb_model
-from bcnb.features import read_features
+from bcnb.data import pipeline
+from bcnb.model import transfer
+from bcnb.run import artifacts
+from bcnb.train import fit
+from bcnb.train.features import read_features
 
 
 def _fresh_model(cfg, seed=0):
     keras.utils.set_random_seed(seed)
-    return bcnb_model.build_model(cfg.img_size, None, cfg.dropout)
+    return transfer.build_model(cfg.img_size, None, cfg.dropout)
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +20,7 @@ def trained(tiny_cfg, tiny_split, tmp_path_factory):
     """A tiny model trained on cached features, and its run folder."""
     cfg = tiny_cfg.replace(run_dir=str(tmp_path_factory.mktemp("run")))
     model = _fresh_model(cfg)
-    history = train.train_model(cfg, model, tiny_split)
+    history = fit.train_model(cfg, model, tiny_split)
     return cfg, model, history
 
 
@@ -26,14 +28,14 @@ def test_cached_feature_training_gives_the_full_model(trained, tiny_split):
     """After head training on cached features, the saved full model on images equals the
     head applied to those features."""
     cfg, model, _ = trained
-    path = bcnb_model.save_model(model, f"{cfg.run_dir}/model.keras")
-    loaded = bcnb_model.load_model(path)
+    path = transfer.save_model(model, f"{cfg.run_dir}/model.keras")
+    loaded = transfer.load_model(path)
     cached = read_features(f"{cfg.run_dir}/features/all.npy")  # every image, in split-table order
     for name in ("train", "val"):
         rows = (tiny_split["split"] == name).to_numpy()
-        from_head = bcnb_model.classifier_head(model).predict(cached[rows], verbose=0)
+        from_head = transfer.classifier_head(model).predict(cached[rows], verbose=0)
         from_images = loaded.predict(
-            datasets.make_dataset(tiny_split[rows], cfg.img_size, cfg.batch_size), verbose=0
+            pipeline.make_dataset(tiny_split[rows], cfg.img_size, cfg.batch_size), verbose=0
         )
         np.testing.assert_allclose(from_images, from_head, atol=1e-5)
     # and the head really learnt something: its weights moved from the seed's start
@@ -45,29 +47,29 @@ def test_history_and_training_summary_are_saved(trained):
     cfg, _, history = trained
     assert list(history.columns[:1]) == ["epoch"] and len(history) == cfg.epochs
     assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(history.columns)  # the paper's metric
-    pd.testing.assert_frame_equal(train.load_history(cfg.run_dir), history, check_dtype=False)
-    summary = train.load_training_summary(cfg.run_dir)
+    pd.testing.assert_frame_equal(artifacts.load_history(cfg.run_dir), history, check_dtype=False)
+    summary = artifacts.load_training_summary(cfg.run_dir)
     assert summary["epochs_run"] == len(history) and summary["feature_cache"] is True
     assert summary["best_epoch"] == history.loc[history["val_loss"].idxmin(), "epoch"]
 
 
 def test_best_epoch_is_lowest_validation_loss():
     history = pd.DataFrame({"epoch": [1, 2, 3, 4], "val_loss": [0.9, 0.4, 0.5, 0.6]})
-    assert train.best_epoch(history) == 2
+    assert fit.best_epoch(history) == 2
 
 
 def test_early_stopping_keeps_the_best_weights(tiny_cfg, tiny_split, tmp_path):
     """Training stops after `patience` epochs without improvement and restores the best."""
     cfg = tiny_cfg.replace(run_dir=str(tmp_path), epochs=60, patience=2, learning_rate=0.5)
     model = _fresh_model(cfg)
-    history = train.train_model(cfg, model, tiny_split)
+    history = fit.train_model(cfg, model, tiny_split)
     assert len(history) < 60  # a huge learning rate makes validation loss stall quickly
-    best = train.best_epoch(history)
+    best = fit.best_epoch(history)
     assert len(history) == best + cfg.patience
     val = tiny_split[tiny_split["split"] == "val"]
     model.compile(loss="binary_crossentropy")
     results = model.evaluate(
-        datasets.make_dataset(val, cfg.img_size, cfg.batch_size), return_dict=True, verbose=0
+        pipeline.make_dataset(val, cfg.img_size, cfg.batch_size), return_dict=True, verbose=0
     )
     assert results["loss"] == pytest.approx(history["val_loss"].min(), rel=1e-4)
 
@@ -75,31 +77,31 @@ def test_early_stopping_keeps_the_best_weights(tiny_cfg, tiny_split, tmp_path):
 def test_end_to_end_training_runs_through_the_frozen_base(tiny_cfg, tiny_split, tmp_path):
     cfg = tiny_cfg.replace(run_dir=str(tmp_path), feature_cache=False, epochs=2)
     model = _fresh_model(cfg)
-    base_before = [w.numpy().copy() for w in bcnb_model.base_of(model).weights]
-    history = train.train_model(cfg, model, tiny_split)
+    base_before = [w.numpy().copy() for w in transfer.base_of(model).weights]
+    history = fit.train_model(cfg, model, tiny_split)
     assert len(history) == 2 and not (tmp_path / "features").exists()
-    for before, after in zip(base_before, bcnb_model.base_of(model).weights):
+    for before, after in zip(base_before, transfer.base_of(model).weights):
         np.testing.assert_array_equal(before, after.numpy())
 
 
 def test_same_seed_same_trained_model(tiny_cfg, tiny_split, tmp_path):
     """Seeding first, then loading the saved model (as notebook 03 does), makes training
     repeatable: a loaded Dropout layer draws its random state when it is created."""
-    from bcnb.seeds import seed_everything
+    from bcnb.run.seeds import seed_everything
 
-    start = bcnb_model.save_model(_fresh_model(tiny_cfg), tmp_path / "initial.keras")
+    start = transfer.save_model(_fresh_model(tiny_cfg), tmp_path / "initial.keras")
     kernels = []
     for attempt in range(2):
         cfg = tiny_cfg.replace(run_dir=str(tmp_path / f"run{attempt}"))
         seed_everything(cfg.seed)
-        model = bcnb_model.load_model(start)
-        train.train_model(cfg, model, tiny_split)
+        model = transfer.load_model(start)
+        fit.train_model(cfg, model, tiny_split)
         kernels.append(model.get_layer("classifier").kernel.numpy())
     np.testing.assert_array_equal(kernels[0], kernels[1])
 
 
 def test_balanced_class_weight_makes_classes_count_equally():
-    weights = train.balanced_class_weight(np.array([0, 1, 1, 1]))
+    weights = fit.balanced_class_weight(np.array([0, 1, 1, 1]))
     assert weights == {0: 2.0, 1: pytest.approx(2 / 3)}
     assert weights[0] * 1 == pytest.approx(weights[1] * 3)  # total weight per class is equal
 
@@ -108,8 +110,8 @@ def test_class_weight_changes_training(tiny_cfg, tiny_split, tmp_path):
     losses = {}
     for choice in ("none", "balanced"):
         cfg = tiny_cfg.replace(run_dir=str(tmp_path / choice), class_weight=choice, epochs=2)
-        losses[choice] = train.train_model(cfg, _fresh_model(cfg), tiny_split)["loss"].tolist()
-        assert train.load_training_summary(cfg.run_dir)["class_weight"] == choice
+        losses[choice] = fit.train_model(cfg, _fresh_model(cfg), tiny_split)["loss"].tolist()
+        assert artifacts.load_training_summary(cfg.run_dir)["class_weight"] == choice
     assert losses["none"] != losses["balanced"]
 
 
@@ -126,12 +128,12 @@ def test_fine_tuning_follows_the_head_and_keeps_batchnorm_fixed(tiny_cfg, tiny_s
         augment=True,
     )
     model = _fresh_model(cfg)
-    base = bcnb_model.base_of(model)
+    base = transfer.base_of(model)
     statistics, top = _moving_statistics(model), base.get_layer("conv5_block3_3_conv").kernel
     top_before = top.numpy().copy()
-    history = train.train_model(cfg, model, tiny_split)
+    history = fit.train_model(cfg, model, tiny_split)
     assert history["phase"].tolist() == ["head"] * cfg.epochs + ["fine_tune"] * 3
-    summary = train.load_training_summary(cfg.run_dir)
+    summary = artifacts.load_training_summary(cfg.run_dir)
     assert "conv5_block3_3_conv" in summary["fine_tuned_layers"] and summary["fine_tune_epochs_run"] == 3
     for before, after in zip(statistics, _moving_statistics(model)):
         np.testing.assert_array_equal(before, after)
@@ -143,19 +145,19 @@ def test_fine_tuning_follows_the_head_and_keeps_batchnorm_fixed(tiny_cfg, tiny_s
 def test_each_epoch_has_its_own_order_and_neighbouring_seeds_share_none():
     """Seeded by the pair (seed, epoch): seed 42's epoch 1 is not seed 43's epoch 0."""
     orders = {
-        (seed, epoch): train.epoch_order(50, seed, epoch).tolist() for seed in (42, 43) for epoch in range(4)
+        (seed, epoch): fit.epoch_order(50, seed, epoch).tolist() for seed in (42, 43) for epoch in range(4)
     }
     assert len({tuple(order) for order in orders.values()}) == len(orders)
-    assert orders[(42, 2)] == train.epoch_order(50, 42, 2).tolist()  # the pair alone decides
-    assert train.epoch_order(50, 42, 2, stream=1).tolist() != orders[(42, 2)]  # fine-tuning's own
+    assert orders[(42, 2)] == fit.epoch_order(50, 42, 2).tolist()  # the pair alone decides
+    assert fit.epoch_order(50, 42, 2, stream=1).tolist() != orders[(42, 2)]  # fine-tuning's own
 
 
 def test_feature_and_image_batches_come_in_the_same_order(tiny_cfg, tiny_split, tmp_path):
     """Both ways of training see the same images in the same order, epoch by epoch."""
     cfg = tiny_cfg.replace(run_dir=str(tmp_path))
     model = _fresh_model(cfg)
-    trainee, features, _ = train.training_inputs(cfg, model, tiny_split)
-    _, images, _ = train.training_inputs(cfg.replace(feature_cache=False), model, tiny_split)
+    trainee, features, _ = fit.training_inputs(cfg, model, tiny_split)
+    _, images, _ = fit.training_inputs(cfg.replace(feature_cache=False), model, tiny_split)
     for epoch in (0, 3):
         features.epoch = images.epoch = epoch
         for index in range(len(features)):
@@ -163,19 +165,19 @@ def test_feature_and_image_batches_come_in_the_same_order(tiny_cfg, tiny_split, 
             x_images, y_images = images[index]
             np.testing.assert_array_equal(y_features, y_images)
             np.testing.assert_allclose(
-                x_features, bcnb_model.feature_extractor(model).predict(x_images, verbose=0), atol=1e-4
+                x_features, transfer.feature_extractor(model).predict(x_images, verbose=0), atol=1e-4
             )
     assert trainee is not model and features.epoch == 3
 
 
 def test_augmented_batches_are_reproducible_and_change_with_the_epoch(tiny_cfg, tiny_split):
     train_rows = tiny_split[tiny_split["split"] == "train"]
-    batches, _ = train.image_inputs(tiny_cfg, train_rows, train_rows, augment=True)
+    batches, _ = fit.image_inputs(tiny_cfg, train_rows, train_rows, augment=True)
     first = batches[0][0]
     np.testing.assert_array_equal(batches[0][0], first)  # the same epoch: the same images
     batches.epoch = 1
     assert not np.array_equal(batches[0][0], first)
-    plain, _ = train.image_inputs(tiny_cfg, train_rows, train_rows)
+    plain, _ = fit.image_inputs(tiny_cfg, train_rows, train_rows)
     assert not np.array_equal(plain[0][0], first)
 
 
@@ -186,7 +188,7 @@ def test_end_to_end_and_cached_training_give_the_same_model(tiny_cfg, tiny_split
     for cache in (True, False):
         cfg = tiny_cfg.replace(run_dir=str(tmp_path / str(cache)), feature_cache=cache, epochs=3)
         model = _fresh_model(cfg)
-        history = train.train_model(cfg, model, tiny_split)
+        history = fit.train_model(cfg, model, tiny_split)
         kernels.append((model.get_layer("classifier").kernel.numpy(), history["val_loss"].to_numpy()))
     np.testing.assert_allclose(kernels[0][0], kernels[1][0], rtol=1e-3, atol=1e-5)
     np.testing.assert_allclose(kernels[0][1], kernels[1][1], rtol=1e-3)
@@ -208,13 +210,13 @@ def _logged_scalars(folder) -> dict[str, list[float]]:
 
 def test_tensorboard_logs_hold_each_epoch_of_the_history(tiny_cfg, tiny_split, tmp_path):
     cfg = tiny_cfg.replace(run_dir=str(tmp_path), epochs=2, tensorboard=True)
-    history = train.train_model(cfg, _fresh_model(cfg), tiny_split)
-    logs = tmp_path / train.LOGS_DIR / "head"
+    history = fit.train_model(cfg, _fresh_model(cfg), tiny_split)
+    logs = tmp_path / artifacts.LOGS_DIR / "head"
     training, validation = _logged_scalars(logs / "train"), _logged_scalars(logs / "validation")
     np.testing.assert_allclose(training["epoch_loss"], history["loss"], rtol=1e-5)
     np.testing.assert_allclose(validation["epoch_loss"], history["val_loss"], rtol=1e-5)
     np.testing.assert_allclose(validation["epoch_accuracy"], history["val_accuracy"], rtol=1e-5)
     # and nothing is written where it was not asked for
     plain = tiny_cfg.replace(run_dir=str(tmp_path / "plain"), epochs=1)
-    train.train_model(plain, _fresh_model(plain), tiny_split)
-    assert not (tmp_path / "plain" / train.LOGS_DIR).exists()
+    fit.train_model(plain, _fresh_model(plain), tiny_split)
+    assert not (tmp_path / "plain" / artifacts.LOGS_DIR).exists()

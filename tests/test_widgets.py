@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from bcnb import widgets
-from bcnb.augment import Augmentation
+from bcnb.data.augment import Augmentation
 from bcnb.predict import Predictor
 
 
@@ -134,11 +134,11 @@ def test_figures_display_as_images_in_a_notebook_kernel():
     """Figures made without pyplot still render in notebooks (once, as PNG), not as text."""
     from IPython.core.interactiveshell import InteractiveShell
 
-    from bcnb import plots
+    from bcnb.report import figures
 
     shell = InteractiveShell.instance()
     try:
-        plots.show_figures_inline()
+        figures.show_figures_inline()
         fig = Figure()
         fig.subplots().plot([0, 1], [1, 0])
         png = shell.display_formatter.format(fig)[0]["image/png"]

@@ -1,0 +1,145 @@
+"""Notebook 05: the paper's head on several pretrained bases, on the same split and seed.
+
+Each backbone gets its own folder under ``run_dir/compare/NAME`` (its model, feature cache,
+history and decision rule), is trained exactly as the main run was, and is measured on the
+same test images, so the differences are the bases' alone. Paired statistics then ask
+whether a difference to the paper's ResNet50V2 is more than the test split's noise.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bcnb.config import Config
+from bcnb.data.pipeline import labels_of
+from bcnb.data.tasks import malignant_probability
+from bcnb.evaluate import decision, stats
+from bcnb.evaluate.scores import compute_metrics, evaluation_inputs
+from bcnb.model import transfer
+from bcnb.run import artifacts
+from bcnb.run.artifacts import COMPARE_DIR, STAIN_TARGET_FILE
+from bcnb.run.files import write_json_atomic
+from bcnb.train.features import features_of
+from bcnb.train.fit import train_model
+
+REFERENCE = "resnet50v2"  # the paper's
+
+
+def backbone_config(cfg: Config, name: str) -> Config:
+    return cfg.replace(backbone=name, run_dir=str(Path(cfg.run_dir) / COMPARE_DIR / name))
+
+
+def run_backbone(cfg: Config, name: str, split: pd.DataFrame) -> dict:
+    """Build, train and measure one backbone; its folder keeps everything it made."""
+    sub = backbone_config(cfg, name)
+    if cfg.stain_normalization != "none":  # the main run's target, fitted on the same training split
+        Path(sub.run_dir).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(Path(cfg.run_dir) / STAIN_TARGET_FILE, Path(sub.run_dir) / STAIN_TARGET_FILE)
+    model, weights = transfer.build_transfer_model(sub)
+    speed = _extraction_speed(sub, model, split)
+    history = train_model(sub, model, split)
+    val, test = (split[split["split"] == part] for part in ("val", "test"))
+    p_val, p_test = (_probabilities(sub, model, split, part) for part in ("val", "test"))
+    rule = decision.decide(sub, val, p_val)
+    measured = decision.measure_decision(sub, rule, val, p_val, test, p_test)
+    decision.save_decision(rule, sub.run_dir)
+    transfer.save_model(model, Path(sub.run_dir) / artifacts.MODEL_FILE)
+    return {
+        "backbone": name,
+        "weights": weights.used,
+        "pretrained": weights.pretrained,
+        "parameters": transfer.count_parameters(model)["total"],
+        "images_per_second": speed,
+        "epochs_run": len(history),
+        # What a choice between backbones may look at: the validation split, never test.
+        "validation": {"loss": float(history["val_loss"].min()), "roc_auc": _roc_auc(val, p_val)},
+        "measured": measured,
+        "test_probability": decision.apply_decision(rule, p_test)[0],  # calibrated
+    }
+
+
+def _roc_auc(table: pd.DataFrame, probability: np.ndarray) -> float:
+    return compute_metrics(labels_of(table), probability)["roc_auc"]
+
+
+def _extraction_speed(cfg: Config, model, split: pd.DataFrame) -> float:
+    """Images per second of the feature extraction (one pass over the split, from disk),
+    measured when the features were computed and kept beside them."""
+    record = Path(cfg.run_dir) / "extraction_speed.json"
+    started = time.perf_counter()
+    features_of(cfg, model, split)
+    seconds = time.perf_counter() - started
+    if record.is_file() and seconds < 1.0:  # a cache hit: report the measured figure
+        return json.loads(record.read_text())["images_per_second"]
+    speed = len(split) / seconds
+    write_json_atomic(record, {"images_per_second": speed, "images": len(split)})
+    return speed
+
+
+def _probabilities(cfg: Config, model, split: pd.DataFrame, part: str) -> np.ndarray:
+    """The model's probabilities for one split (from the cached features when they apply)."""
+    evaluated, data = evaluation_inputs(cfg, model, split, part)
+    return malignant_probability(evaluated.predict(data, verbose=0))
+
+
+def comparison_table(results: list[dict]) -> pd.DataFrame:
+    """One row per backbone: size, speed, the validation figures to choose by, and test metrics
+    with 95% patient-bootstrap CIs (to report, not to choose by)."""
+    rows = []
+    for result in results:
+        measured = result["measured"]
+        row = {
+            "backbone": result["backbone"],
+            "weights": result["weights"] if result["pretrained"] else "RANDOM",
+            "parameters (M)": round(result["parameters"] / 1e6, 1),
+            "images/s": round(result["images_per_second"], 1),
+            "val loss": round(result["validation"]["loss"], 4),
+            "val ROC AUC": round(result["validation"]["roc_auc"], 3),
+        }
+        for name in ("accuracy", "balanced_accuracy", "roc_auc"):
+            low, high = measured["image_level_95ci_by_patient"][name]
+            row[f"test {name}"] = f"{measured['image_level'][name]:.3f} ({low:.3f}-{high:.3f})"
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("backbone")
+
+
+def paired_table(results: list[dict], test: pd.DataFrame, seed: int = 0, n_boot: int = 2000) -> pd.DataFrame:
+    """Each backbone against the reference on the same test images: the difference in
+    balanced accuracy with its paired patient-bootstrap CI and p-value, and McNemar's test
+    on the images each gets right."""
+    by_name = {result["backbone"]: result for result in results}
+    if REFERENCE not in by_name:
+        return pd.DataFrame()
+    reference = by_name[REFERENCE]
+    y_true, patients = labels_of(test), test["patient_id"].to_numpy()
+    rows = [
+        _paired_row(reference, result, y_true, patients, seed=seed, n_boot=n_boot)
+        for name, result in by_name.items()
+        if name != REFERENCE
+    ]
+    return pd.DataFrame(rows).set_index("backbone")
+
+
+def _paired_row(reference: dict, result: dict, y_true, patients, *, seed: int, n_boot: int) -> dict:
+    """One line of the paired table: ``result`` against the reference, image by image."""
+    thresholds = (reference["measured"]["threshold"], result["measured"]["threshold"])
+    probabilities = (reference["test_probability"], result["test_probability"])
+    paired = stats.paired_bootstrap(
+        y_true, *probabilities, patients, *thresholds, metric="balanced_accuracy", n_boot=n_boot, seed=seed
+    )
+    mcnemar = stats.mcnemar(y_true, *[(p >= t).astype(int) for p, t in zip(probabilities, thresholds)])
+    low, high = paired["ci"]
+    difference = f"{paired['difference']:+.3f} ({low:+.3f}, {high:+.3f})"
+    return {
+        "backbone": result["backbone"],
+        f"balanced accuracy minus {REFERENCE}": difference,
+        "bootstrap p": round(paired["p_value"], 3),
+        f"McNemar: only {REFERENCE} right / only this right": f"{mcnemar['b']} / {mcnemar['c']}",
+        "McNemar p": round(mcnemar["p_value"], 3),
+    }

@@ -1,0 +1,98 @@
+"""Stage 4, the decision: calibrated probabilities and a threshold, both fixed on validation.
+
+The paper calls an image malignant when the sigmoid says >= 0.5. Two things are chosen here
+instead, on the validation split only, so the test split stays a fair exam:
+
+1. a temperature that makes the probability mean what it says (of images given 80%, about
+   80% are malignant): :mod:`bcnb.evaluate.calibrate`;
+2. the threshold on that probability, by ``threshold_rule``: :func:`bcnb.evaluate.stats.choose_threshold`.
+
+Then the test split is measured once at that threshold, with intervals from resampling
+patients (:mod:`bcnb.evaluate.stats`). The result is saved as ``decision.json``, which ``bcnb predict``
+applies to new images.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bcnb.config import Config
+from bcnb.data.pipeline import labels_of
+from bcnb.evaluate import calibrate, stats
+from bcnb.evaluate.scores import compute_metrics, format_figure, patient_recognition_rate
+from bcnb.run.artifacts import DECISION_FILE
+from bcnb.run.files import write_json_atomic
+
+
+def decide(cfg: Config, val: pd.DataFrame, p_val: np.ndarray) -> dict:
+    """The decision rule fitted on the validation split: temperature and threshold."""
+    y_val = labels_of(val)
+    temperature = calibrate.fit_temperature(y_val, p_val)
+    calibrated = calibrate.apply_temperature(p_val, temperature)
+    threshold = stats.choose_threshold(y_val, calibrated, cfg.threshold_rule, cfg.target_sensitivity)
+    return {
+        "temperature": temperature,
+        "threshold": threshold,  # on the calibrated probability
+        "threshold_rule": cfg.threshold_rule,
+        "target_sensitivity": cfg.target_sensitivity if cfg.threshold_rule == "sensitivity" else None,
+        "chosen_on": f"validation split ({len(val)} images, {val['patient_id'].nunique()} patients)",
+    }
+
+
+def measure_decision(
+    cfg: Config, rule: dict, val: pd.DataFrame, p_val: np.ndarray, test: pd.DataFrame, p_test: np.ndarray
+) -> dict:
+    """The test split at the rule's threshold: image- and patient-level metrics, intervals
+    by patient bootstrap, and calibration before and after."""
+    y_test = labels_of(test)
+    calibrated = calibrate.apply_temperature(p_test, rule["temperature"])
+    found = compute_metrics(y_test, calibrated, rule["threshold"])
+    found["patient_recognition_rate"] = patient_recognition_rate(
+        y_test, calibrated, test["patient_id"], rule["threshold"]
+    )
+    intervals = stats.bootstrap_by_patient(
+        y_test, calibrated, test["patient_id"].to_numpy(), rule["threshold"], cfg.bootstrap_samples, cfg.seed
+    )
+    return {
+        **rule,
+        "image_level": found,
+        "image_level_95ci_by_patient": {name: list(bounds) for name, bounds in intervals.items()},
+        "bootstrap_samples": cfg.bootstrap_samples,
+        "patient_level": stats.patient_level_metrics(test, calibrated, rule["threshold"]),
+        "calibration": calibrate.calibration_summary(labels_of(val), p_val, y_test, p_test),
+    }
+
+
+def save_decision(rule: dict, run_dir: str | Path) -> Path:
+    return write_json_atomic(Path(run_dir) / DECISION_FILE, rule)
+
+
+def apply_decision(rule: dict, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(calibrated probabilities, labels) for the model's raw probabilities."""
+    calibrated = calibrate.apply_temperature(probabilities, rule["temperature"])
+    return calibrated, np.where(calibrated >= rule["threshold"], "malignant", "benign")
+
+
+# The metrics the decision's summary shows: those bootstrapped over patients.
+HEADLINE = stats.BOOTSTRAP_METRICS
+
+
+def summary_table(measured: dict) -> pd.DataFrame:
+    """Each headline metric at the chosen threshold: per image with its 95% interval from
+    resampling patients, and per patient (mean probability of its images)."""
+    image, patient = measured["image_level"], measured["patient_level"]
+    intervals = measured["image_level_95ci_by_patient"]
+    rows = [
+        (name, _round(image[name]), "-".join(map(_round, intervals[name])), _round(patient.get(name)))
+        for name in HEADLINE
+    ]
+    columns = ["metric", "per image", "95% CI (patients resampled)", "per patient"]
+    return pd.DataFrame(rows, columns=columns).set_index("metric")
+
+
+def _round(value) -> str:
+    # "-" where a metric has no per-patient form (the patient recognition rate is one already)
+    return "-" if value is None else format_figure(value, 3)
