@@ -2,7 +2,7 @@
 
 Teaching and reproduction package for benign vs malignant classification of H&E breast
 histopathology images by transfer learning from an ImageNet-pretrained ResNet50V2. For
-teaching and research, never for diagnosis.
+teaching and research only; the disclaimer every output carries is in ``report.caveats``.
 
 The package is laid out as the pipeline runs; each layer imports only the ones below it:
 
@@ -15,7 +15,7 @@ The package is laid out as the pipeline runs; each layer imports only the ones b
 - ``train/``: stage 3, fitting, the feature cache, checkpoints, devices, Dask.
 - ``evaluate/``: stage 4, scores, statistics, calibration, the decision rule, TTA, Grad-CAM,
   the backbone comparison.
-- ``report/``: report.md, the model card, figures and their caveats (no TensorFlow).
+- ``report/``: report.md, the model card, figures, and the caveats they all carry (no TensorFlow).
 - ``batch/``: running the notebooks headless: one run, protocols and sweeps.
 - the front doors: ``cli`` (the ``bcnb`` command), ``predict``, ``widgets``, ``bench``.
 

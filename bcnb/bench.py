@@ -66,13 +66,14 @@ def measure_ceiling(img_size: int, batch_size: int, precision: str = "float32") 
 def _timed_features(split, img_size: int, batch_size: int, precision: str) -> tuple[dict, float]:
     """Features of every image in one pass through the real pipeline, by split, and the
     images per second of that pass."""
+    from bcnb.data.pipeline import Preparation
     from bcnb.model.transfer import build_model
     from bcnb.train import features
 
-    model = build_model(img_size, None, precision=precision)
-    features.extract_features(model, split.head(batch_size), img_size, batch_size)  # warm-up
+    model, preparation = build_model(img_size, None, precision=precision), Preparation(img_size)
+    features.extract_features(model, split.head(batch_size), preparation, batch_size)  # warm-up
     started = time.perf_counter()
-    found = features.extract_features(model, split, img_size, batch_size)
+    found = features.extract_features(model, split, preparation, batch_size)
     speed = len(split) / (time.perf_counter() - started)
     return {name: found[(split["split"] == name).to_numpy()] for name in ("train", "val", "test")}, speed
 

@@ -16,6 +16,7 @@ import yaml
 
 from bcnb.batch.sweep import MAX_CELLS
 from bcnb.config import Config, parse_override, read_parameters
+from bcnb.report.caveats import DISCLAIMER
 from bcnb.run.nativelog import native_stderr
 
 EXIT_BAD_INPUT = 2
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog="bcnb",
         description="Breast cancer histopathology notebooks: the paper's ResNet50V2 transfer model, "
-        "taught and reproduced. For teaching and research, never for diagnosis.",
+        f"taught and reproduced. {DISCLAIMER}",
     )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
     run = _command(commands, "reproduce", "run the notebooks headless into a run folder")
@@ -158,7 +159,7 @@ DESCRIPTIONS = {
     "--stop-after 02), as one of N shard processes or on a Dask cluster; bcnb reproduce --resume "
     "then trains on it.",
     "predict": "Gives the calibrated probability of malignancy of each image and the call of the "
-    "run's decision rule (chosen on validation). For teaching and research, never for diagnosis.",
+    f"run's decision rule (chosen on validation). {DISCLAIMER}",
     "config": "Prints every parameter with its default, as YAML: a starting point for --config.",
     "download": "Downloads (resuming an interrupted download), checks against the published counts "
     "and unpacks BreakHis, or unpacks the IDC archive you downloaded (--archive).",
@@ -241,8 +242,9 @@ def _extract(args: argparse.Namespace) -> int:
 
 def _extraction_run(out: Path) -> tuple[Path, Config]:
     """The run (finished, or stopped with --stop-after) whose features are asked for."""
-    from bcnb.batch.reproduce import run_folder
-    from bcnb.run.record import check_writable, folder_kind, load_run_config
+    from bcnb.run.folder import check_writable, folder_kind
+    from bcnb.run.record import load_run_config
+    from bcnb.run.staging import run_folder
 
     folder = run_folder(out)
     if folder_kind(folder) != "run":
@@ -261,7 +263,7 @@ def _extraction_inputs(folder: Path):
 
 
 def _extract_on_cluster(args: argparse.Namespace, folder: Path, cfg: Config) -> int:
-    from bcnb.run.record import RunLock
+    from bcnb.run.lock import RunLock
     from bcnb.train.cluster import connect, extract_on_cluster
 
     try:  # one writer of the run folder, as for bcnb reproduce; the scheduler before TensorFlow
@@ -315,7 +317,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _check_outputs(outputs: dict[str, Path | None]) -> None:
     """Files and folders a command will write, checked before its work starts (one line)."""
-    from bcnb.run.record import check_writable
+    from bcnb.run.folder import check_writable
 
     for option, path in outputs.items():
         if path is None:
@@ -341,7 +343,8 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from bcnb.batch.reproduce import NOTEBOOKS_DIR, NotebookFailed, reproduce, rerun
+    from bcnb.batch.notebooks import NOTEBOOKS_DIR, NotebookFailed
+    from bcnb.batch.reproduce import reproduce, rerun
 
     started = time.perf_counter()
     notebooks = args.notebooks or NOTEBOOKS_DIR
@@ -412,7 +415,7 @@ def _weights(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from bcnb.batch.reproduce import NotebookFailed
+    from bcnb.batch.notebooks import NotebookFailed
     from bcnb.batch.sweep import parse_grid, run_sweep
 
     started = time.perf_counter()

@@ -306,11 +306,6 @@ def resolve_paths(cfg: Config) -> Config:
     return cfg.replace(**changes) if changes else cfg
 
 
-def stage_of(name: str) -> str:
-    """The stage (notebook) that first uses parameter ``name``; "" for run_dir and interactive."""
-    return next((stage for stage, names in STAGES.items() if name in names), "")
-
-
 def defines_the_run(name: str) -> bool:
     """False for parameters that only change how a run is shown (see PRESENTATION)."""
     return name not in PRESENTATION

@@ -26,10 +26,12 @@ import pandas as pd
 from PIL import Image
 
 from bcnb.config import CONFIG_FILE, Config
-from bcnb.data.images import IMAGE_SUFFIXES, load_for_model
+from bcnb.data.images import IMAGE_SUFFIXES
+from bcnb.data.pipeline import Preparation
 from bcnb.data.scan import inspect_file
-from bcnb.data.stain import StainNormalizer, load_normalizer
+from bcnb.data.stain import load_normalizer
 from bcnb.data.tasks import CLASSES
+from bcnb.report import caveats
 from bcnb.run.artifacts import load_split
 from bcnb.run.files import replace_from_writer
 from bcnb.run.record import load_run_config
@@ -54,13 +56,11 @@ class Predictor:
 
     model: keras.Model
     rule: dict  # temperature and threshold, from decision.json
-    img_size: int
-    resize: str
+    preparation: Preparation  # the run's size, resize and stain normalisation
     weights: WeightsInfo | None = None  # the base's weights (weights.json); None: unknown
     trained_on: str = UNKNOWN  # the run's dataset: "synthetic" or its path
     batch_size: int = Config.batch_size  # the run's
     model_card: Path | None = None  # the run's model_card.md, where notebook 04 wrote one
-    stain: StainNormalizer | None = None  # the run's stain normalisation, if it used one
     tta: bool = False  # the run's decision was fitted on 8-view means: so are these answers
 
     @classmethod
@@ -81,50 +81,33 @@ class Predictor:
         trained_on = cfg.dataset if cfg else UNKNOWN
         cfg = cfg or Config()
         card = folder / MODEL_CARD_FILE
+        # The size the model takes, whatever config.yaml says; the stain target of its own folder.
+        preparation = Preparation(
+            int(model.input_shape[1]), cfg.resize, load_normalizer(folder, cfg.stain_normalization)
+        )
         return cls(
             model,
             rule,
-            int(model.input_shape[1]),
-            cfg.resize,
+            preparation,
             weights,
             trained_on,
             cfg.batch_size,
             card if card.is_file() else None,
-            load_normalizer(folder, cfg.stain_normalization),
             cfg.tta,
         )
 
     def notes(self) -> list[str]:
         """One line each: where the model's base and training data came from, when that
         limits what its answers mean, then the disclaimer."""
-        from bcnb.report.run_report import DISCLAIMER
-
-        notes = (self._weights_note(), self._data_note(), self._card_note(), DISCLAIMER)
-        return [line for line in notes if line]
+        return [*caveats.short_lines(self._provenance()), self._card_note(), caveats.DISCLAIMER]
 
     def banner(self) -> str:
-        """The weights as notebooks 02 and 04 show them, the note on the data, the disclaimer."""
-        from bcnb.report.run_report import DISCLAIMER
+        """The run's caveats as notebooks 02 and 04 show them, the model card, the disclaimer."""
+        return caveats.notice(self._provenance(), self._card_note())
 
-        weights = (self.weights.warning() or self.weights.summary()) if self.weights else self._weights_note()
-        return "\n".join(line for line in (weights, self._data_note(), self._card_note(), DISCLAIMER) if line)
-
-    def _weights_note(self) -> str:
-        from bcnb.run.artifacts import WEIGHTS_FILE
-
-        if self.weights is None:
-            return f"WARNING: no {WEIGHTS_FILE} beside the model: whether its base was pretrained is unknown"
-        if not self.weights.pretrained:
-            why = self.weights.source
-            return f"WARNING: the base had RANDOM weights, not ImageNet weights ({why}): no transfer learning"
-        return ""
-
-    def _data_note(self) -> str:
-        if self.trained_on == "synthetic":
-            return "WARNING: trained on bcnb's built-in generated images, not real tissue"
-        if self.trained_on == UNKNOWN:
-            return f"WARNING: no {CONFIG_FILE} beside the model: what it was trained on is unknown"
-        return ""
+    def _provenance(self) -> caveats.Provenance:
+        dataset = None if self.trained_on == UNKNOWN else self.trained_on
+        return caveats.Provenance.from_weights(self.weights, dataset)
 
     def _card_note(self) -> str:
         from bcnb.run.artifacts import MODEL_CARD_FILE
@@ -248,9 +231,7 @@ def predict_files(predictor: Predictor, paths: list[Path], cam_dir: str | Path |
     rows = [{**_refused(path, problems[path]), **predictor.provenance()} for path in paths if problems[path]]
     for start in range(0, len(readable), predictor.batch_size):
         batch = readable[start : start + predictor.batch_size]
-        images = np.stack(
-            [load_for_model(p, predictor.img_size, predictor.resize, stain=predictor.stain) for p in batch]
-        )
+        images = np.stack([predictor.preparation.prepare(path) for path in batch])
         if predictor.tta:
             probabilities = tta_probabilities(predictor.model, [(images, None)])
         else:

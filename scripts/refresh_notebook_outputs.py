@@ -20,7 +20,7 @@ import nbformat
 from nbclient import NotebookClient
 
 from bcnb import Config
-from bcnb.batch.reproduce import STAGE_OF_NOTEBOOK
+from bcnb.batch.notebooks import STAGE_OF_NOTEBOOK
 from bcnb.config import STAGES
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"

@@ -25,7 +25,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from bcnb.batch.reproduce import NOTEBOOKS_DIR
+from bcnb.batch.notebooks import NOTEBOOKS_DIR
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = [

@@ -20,7 +20,8 @@ def run_bcnb(*args, cwd=None):
 def existing_run(tmp_path):
     """A run folder from an earlier run, which a failed run must leave exactly as it was."""
     from bcnb import Config
-    from bcnb.run.record import record_all, start_folder
+    from bcnb.run.folder import start_folder
+    from bcnb.run.record import record_all
 
     out = tmp_path / "runs" / "demo"
     record_all(start_folder(out, "run"), Config())
@@ -216,7 +217,7 @@ def test_extract_needs_a_prepared_run_folder(tmp_path):
 
 # --------------------------------------------------------------------------- destinations
 def _sweep_folder(path):
-    from bcnb.run.record import start_folder
+    from bcnb.run.folder import start_folder
 
     start_folder(path, "sweep")
     (path / "sweep.md").write_text("# a finished sweep\n")
@@ -255,7 +256,8 @@ def test_a_single_run_does_not_replace_a_protocol(tmp_path, existing_run):
 
 def _run_folder(parent, name="run"):
     from bcnb import Config
-    from bcnb.run.record import record_all, start_folder
+    from bcnb.run.folder import start_folder
+    from bcnb.run.record import record_all
 
     folder = parent / name
     record_all(start_folder(folder, "run"), Config(synthetic_patients=12))
@@ -277,7 +279,7 @@ def _run_folder(parent, name="run"):
 def test_a_read_only_destination_is_one_line_and_nothing_changes(tmp_path, command):
     from conftest import remount_read_only, small_file_system
 
-    from bcnb.run.record import start_folder
+    from bcnb.run.folder import start_folder
 
     with small_file_system(tmp_path / "disk") as disk:
         parent = disk / "runs"
@@ -365,7 +367,8 @@ def test_a_protocol_resumed_with_other_parameters_names_the_fold_and_the_values(
     """Every finished fold's record is checked, not the first one only."""
     from bcnb import Config
     from bcnb.batch.reproduce import headless
-    from bcnb.run.record import record_all, start_folder
+    from bcnb.run.folder import start_folder
+    from bcnb.run.record import record_all
 
     base = headless(Config(synthetic_patients=12, synthetic_images_per_patient=1, img_size=32))
     staging = start_folder(tmp_path / ".cv.partial", "protocol")

@@ -10,6 +10,7 @@ pytest.importorskip("distributed", reason="the [dask] extra is not installed")  
 
 from bcnb import cli  # noqa: E402
 from bcnb.data import splitting  # noqa: E402
+from bcnb.data.pipeline import Preparation  # noqa: E402
 from bcnb.model import transfer  # noqa: E402
 from bcnb.run import artifacts  # noqa: E402
 from bcnb.run.record import record_all  # noqa: E402
@@ -28,7 +29,7 @@ def run(tiny_cfg, tiny_split, tmp_path_factory):
     transfer.save_model(transfer.build_model(cfg.img_size, None), folder / artifacts.INITIAL_MODEL_FILE)
     model = transfer.load_model(folder / artifacts.INITIAL_MODEL_FILE)
     reference = features.extract_features(
-        model, artifacts.load_split(folder), cfg.img_size, features.EXTRACTION_BATCH
+        model, artifacts.load_split(folder), Preparation(cfg.img_size), features.EXTRACTION_BATCH
     )
     return cfg, model, reference
 
@@ -68,7 +69,9 @@ def test_two_workers_write_the_single_process_cache_even_when_one_is_killed(run,
         redone = []
         cluster.extract_on_cluster(cfg, model, split, client, chunk=8, say=redone.append)
     np.testing.assert_allclose(np.load(path), reference, atol=1e-5)
-    assert features.is_current(path, features.feature_cache_key(model, split, cfg.img_size), len(split))
+    assert features.is_current(
+        path, features.feature_cache_key(model, split, Preparation(cfg.img_size)), len(split)
+    )
     assert len(lines) == -(-len(split) // 4) and lines[-1].startswith(f"chunk {len(lines)}/{len(lines)} done")
     assert said == [f"{path}: already computed for this run"]
     assert redone[0] == f"{path}: the stored features did not match their checksum: recomputing"

@@ -12,7 +12,7 @@ import nbformat
 import pytest
 from markdown_it import MarkdownIt  # CommonMark
 
-from bcnb.batch.reproduce import NOTEBOOKS, NOTEBOOKS_DIR, ROOT_DIR
+from bcnb.batch.notebooks import NOTEBOOKS, NOTEBOOKS_DIR, ROOT_DIR
 
 sys.path.insert(0, str(ROOT_DIR / "scripts"))
 import colab_badges  # noqa: E402

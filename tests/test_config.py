@@ -2,7 +2,7 @@ from dataclasses import fields
 
 import pytest
 
-from bcnb.config import PRESENTATION, STAGES, Config, defines_the_run, field_names, parse_override, stage_of
+from bcnb.config import PRESENTATION, STAGES, Config, defines_the_run, field_names, parse_override
 
 # One bad value per field, with a word the error message must contain.
 BAD_VALUES = {
@@ -96,7 +96,6 @@ def test_every_parameter_belongs_to_one_stage_or_only_changes_presentation():
     staged = [name for names in STAGES.values() for name in names]
     assert len(staged) == len(set(staged))
     assert set(staged) | set(PRESENTATION) == set(field_names())
-    assert stage_of("learning_rate") == "train" and stage_of("run_dir") == ""
     assert not defines_the_run("interactive") and defines_the_run("seed")
 
 

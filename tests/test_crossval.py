@@ -14,6 +14,7 @@ from scipy import stats as scipy_stats
 
 from bcnb import Config
 from bcnb.batch import protocol
+from bcnb.run import staging
 
 TINY = {
     "synthetic_patients": 12,
@@ -57,7 +58,7 @@ def test_a_sibling_cache_is_linked_not_copied(tmp_path):
         (tmp_path / "fold-1" / "features").mkdir(parents=True, exist_ok=True)
         (tmp_path / "fold-1" / "features" / name).write_bytes(content)
     (tmp_path / "fold-2").mkdir()
-    protocol.share_features(tmp_path, tmp_path / "fold-2")
+    staging.share_features(tmp_path, tmp_path / "fold-2")
     first, second = (tmp_path / fold / "features" / "all.npy" for fold in ("fold-1", "fold-2"))
     assert os.stat(first).st_ino == os.stat(second).st_ino
     assert (tmp_path / "fold-2" / "features" / "all.key.json").read_bytes() == b'{"key": "k"}'

@@ -21,7 +21,7 @@ def test_load_dataset_on_the_real_sample(breakhis_sample):
 
 def test_decoding_a_real_image(breakhis_sample):
     table = loading.load_dataset(Config(dataset=str(breakhis_sample))).table.head(3)
-    images, labels = next(iter(pipeline.make_dataset(table, img_size=64, batch_size=3)))
+    images, labels = next(iter(pipeline.make_dataset(table, pipeline.Preparation(64), batch_size=3)))
     assert images.shape == (3, 64, 64, 3) and labels.shape == (3, 1)
     pixels = images.numpy()
     assert 0 <= pixels.min() and pixels.max() <= 255 and pixels.std() > 10  # real content, 0-255 scale
@@ -185,7 +185,7 @@ def test_tiles_keep_their_patient_and_split(tiny_cfg):
 def test_tiles_are_different_crops_of_one_image(breakhis_sample):
     table = loading.load_dataset(Config(dataset=str(breakhis_sample))).table.head(1)
     table = loading.expand_tiles(table, 2)
-    images, _ = next(iter(pipeline.make_dataset(table, img_size=64, batch_size=2)))
+    images, _ = next(iter(pipeline.make_dataset(table, pipeline.Preparation(64), batch_size=2)))
     assert images.shape == (2, 64, 64, 3) and not np.allclose(images[0], images[1])
 
 

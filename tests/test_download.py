@@ -280,7 +280,7 @@ def test_a_to_that_is_a_file_is_refused(tmp_path, capsys, small_breakhis):
 
 
 def test_a_second_download_into_the_same_folder_is_refused_naming_the_first(tmp_path, capsys, small_breakhis):
-    from bcnb.run.record import RunLock
+    from bcnb.run.lock import RunLock
 
     archive, to = tmp_path / "a.tar.gz", tmp_path / "data"
     archive.write_bytes(_tar())

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 
+from bcnb.data.pipeline import Preparation
 from bcnb.model import transfer
 from bcnb.run import artifacts
 from bcnb.train import features, fit
@@ -25,23 +26,25 @@ def setup(tiny_cfg, tiny_split, tmp_path):
 
 
 def _cache(model, part, path, img_size=32):
-    return features.cached_features(model, part, img_size, 8, path)
+    return features.cached_features(model, part, Preparation(img_size), 8, path)
 
 
 def test_features_are_pooled_2048_vectors_of_the_base(tiny_cfg, setup):
     model, part, _ = setup
-    found = features.extract_features(model, part, tiny_cfg.img_size, 8)
+    found = features.extract_features(model, part, Preparation(tiny_cfg.img_size), 8)
     assert found.shape == (len(part), 2048) and found.dtype == np.float32
     from bcnb.data.pipeline import make_dataset
 
-    pooled = transfer.feature_extractor(model).predict(make_dataset(part, tiny_cfg.img_size, 8), verbose=0)
+    pooled = transfer.feature_extractor(model).predict(
+        make_dataset(part, Preparation(tiny_cfg.img_size), 8), verbose=0
+    )
     np.testing.assert_allclose(found, pooled, atol=1e-6)
 
 
 def test_written_file_holds_the_same_features(setup):
     model, part, path = setup
     assert _cache(model, part, path) == path and path.suffix == ".npy"
-    in_memory = features.extract_features(model, part, 32, 8)
+    in_memory = features.extract_features(model, part, Preparation(32), 8)
     np.testing.assert_allclose(features.read_features(path), in_memory, atol=1e-6)
     np.testing.assert_allclose(np.load(path), in_memory, atol=1e-6)  # a standard .npy file
     rows = np.array([3, 0, 5])
@@ -63,7 +66,7 @@ def test_cache_is_recomputed_when_weights_change(setup):
     other = _fresh_model(32, seed=1)
     second = features.read_features(_cache(other, part, path))
     assert not np.allclose(first, second)
-    np.testing.assert_allclose(second, features.extract_features(other, part, 32, 8), atol=1e-6)
+    np.testing.assert_allclose(second, features.extract_features(other, part, Preparation(32), 8), atol=1e-6)
 
 
 def test_cache_key_follows_files_image_size_and_resize(setup, tmp_path):
@@ -74,7 +77,7 @@ def test_cache_key_follows_files_image_size_and_resize(setup, tmp_path):
     changed.iloc[0, changed.columns.get_loc("path")] = str(copy)
 
     def key(table, size=32, resize="squash"):
-        return features.feature_cache_key(model, table, size, resize)
+        return features.feature_cache_key(model, table, Preparation(size, resize))
 
     assert key(changed) != key(part)  # another file
     before = key(changed)
@@ -200,8 +203,8 @@ def test_feature_batches_read_only_their_rows(setup):
 
 def test_last_partial_batch_gives_the_same_features(setup):
     model, part, _ = setup
-    whole = features.extract_features(model, part, 32, len(part))
-    np.testing.assert_allclose(features.extract_features(model, part, 32, 4), whole, atol=1e-5)
+    whole = features.extract_features(model, part, Preparation(32), len(part))
+    np.testing.assert_allclose(features.extract_features(model, part, Preparation(32), 4), whole, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- shards
@@ -274,7 +277,9 @@ def test_an_incomplete_set_of_shards_is_not_used(tiny_cfg, tiny_split, tmp_path)
     features.extract_shard(cfg, model, tiny_split, 0, 2)  # shard 1 of 2 never ran
     path = features.features_of(cfg, model, tiny_split)
     np.testing.assert_allclose(
-        features.read_features(path), features.extract_features(model, tiny_split, 32, 8), atol=1e-5
+        features.read_features(path),
+        features.extract_features(model, tiny_split, Preparation(32), 8),
+        atol=1e-5,
     )
 
 
@@ -289,7 +294,9 @@ def test_a_damaged_shard_is_not_merged(tiny_cfg, tiny_split, tmp_path, monkeypat
     path = features.features_of(cfg, model, tiny_split)
     assert len(calls) == 1  # extracted, not merged
     np.testing.assert_allclose(
-        features.read_features(path), features.extract_features(model, tiny_split, 32, 8), atol=1e-5
+        features.read_features(path),
+        features.extract_features(model, tiny_split, Preparation(32), 8),
+        atol=1e-5,
     )
 
 

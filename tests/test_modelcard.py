@@ -2,8 +2,8 @@ import pandas as pd
 import pytest
 
 from bcnb import Config
+from bcnb.report.caveats import DISCLAIMER
 from bcnb.report.model_card import render_model_card, subtype_errors
-from bcnb.report.run_report import DISCLAIMER
 from bcnb.train.fit import training_summary
 
 CONFIG = {**Config().to_dict(), "dataset": "/data/BreaKHis_v1"}

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from bcnb import Config
-from bcnb.batch.reproduce import NOTEBOOKS, NOTEBOOKS_DIR, STAGE_OF_NOTEBOOK
+from bcnb.batch.notebooks import NOTEBOOKS, NOTEBOOKS_DIR, STAGE_OF_NOTEBOOK
 from bcnb.config import STAGES
 from bcnb.run.record import record_all
 
@@ -117,7 +117,7 @@ def test_course_cross_validation_runs_the_demo_config():
     import re
     import shlex
 
-    from bcnb.batch.reproduce import ROOT_DIR
+    from bcnb.batch.notebooks import ROOT_DIR
 
     course = (ROOT_DIR / "docs" / "course.md").read_text()
     commands = [shlex.split(found) for found in re.findall(r"`(bcnb reproduce [^`]*--folds[^`]*)`", course)]
@@ -245,7 +245,7 @@ def test_report_tells_what_was_run_and_what_it_means(run):
 def test_notebook_02_warns_loudly_about_random_weights(run):
     executed = nbformat.read(run[0] / "notebooks" / "02_model.ipynb", as_version=4)
     text = "".join(o.get("text", "") for c in _code_cells(executed) for o in c.outputs)
-    assert "WARNING: the pretrained base has RANDOM weights" in text
+    assert "WARNING: the base had RANDOM weights" in text
 
 
 def _snapshot(folder):
@@ -329,7 +329,7 @@ def test_a_failing_notebook_leaves_the_earlier_run_untouched(tmp_path):
         if name == "02_model.ipynb":
             notebook.cells.insert(4, nbformat.v4.new_code_cell('raise RuntimeError("boom")'))
         nbformat.write(notebook, notebooks / name)
-    from bcnb.run.record import start_folder
+    from bcnb.run.folder import start_folder
 
     out = tmp_path / "runs" / "demo"
     record_all(start_folder(out, "run"), Config())
@@ -534,7 +534,7 @@ def test_bcnb_predict_on_the_run(run, tmp_path):
 def test_notebook_06_shows_where_the_model_comes_from(run):
     executed = nbformat.read(run[0] / "notebooks" / "06_predict.ipynb", as_version=4)
     text = "".join(o.get("text", "") for c in _code_cells(executed) for o in c.outputs)
-    assert "WARNING: the pretrained base has RANDOM weights" in text  # as 02 and 04 show it
+    assert "WARNING: the base had RANDOM weights" in text  # as 02 and 04 show it
     assert "generated images, not real tissue" in text and "never for diagnosis" in text
 
 
@@ -774,3 +774,9 @@ def test_synthetic_images_per_patient_says_it_counts_per_magnification():
     assert "magnification" in line
     readme = (NOTEBOOKS_DIR.parent / "README.md").read_text()
     assert "`synthetic_images_per_patient` (per magnification" in readme
+
+
+def test_notebook_03_compiles_with_the_papers_loss_written_out():
+    source = _cell_with("03_train.ipynb", "model_to_fit.compile(")
+    assert 'if cfg.task == "binary":  # the paper' in source
+    assert 'keras.losses.BinaryCrossentropy(), keras.metrics.BinaryAccuracy(name="accuracy")' in source

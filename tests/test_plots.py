@@ -118,16 +118,16 @@ def _figure_texts(fig):
 @pytest.mark.parametrize(
     ("pretrained", "dataset", "said"),
     [
-        (False, "synthetic", ["RANDOM weights", "generated images", "not comparable with the paper"]),
-        (False, "breakhis", ["RANDOM weights", "not comparable with the paper"]),
-        (True, "synthetic", ["generated images", "not comparable with the paper"]),
+        (False, "synthetic", ["RANDOM weights", "generated images", "cannot be compared with the paper's"]),
+        (False, "breakhis", ["RANDOM weights", "cannot be compared with the paper's"]),
+        (True, "synthetic", ["generated images", "cannot be compared with the paper's"]),
     ],
 )
 def test_runs_summary_says_in_the_figure_when_it_is_not_the_papers_setting(pretrained, dataset, said):
     """summary.png travels without summary.md: beside "paper: 0.9344", random weights or
     generated images are said in the picture, above the axes where it cannot hide a point."""
     fig = _drawn(figures.plot_runs(_summary(pretrained, dataset)))
-    (caveat,) = [t for t in _figure_texts(fig) if "not comparable" in t.get_text()]
+    (caveat,) = [t for t in _figure_texts(fig) if "compared with the paper" in t.get_text()]
     assert all(words in caveat.get_text() for words in said)
     if pretrained:
         assert "RANDOM" not in caveat.get_text()
@@ -138,7 +138,7 @@ def test_runs_summary_says_in_the_figure_when_it_is_not_the_papers_setting(pretr
 
 def test_runs_summary_of_pretrained_real_runs_has_no_caveat_and_labels_its_axis():
     fig = _drawn(figures.plot_runs(_summary(True, "breakhis")))
-    assert not [t for t in _figure_texts(fig) if "comparable" in t.get_text() or "RANDOM" in t.get_text()]
+    assert not [t for t in _figure_texts(fig) if "compared" in t.get_text() or "RANDOM" in t.get_text()]
     (ax,) = fig.axes
     assert ax.get_ylabel()  # what the points measure
     assert any(t.get_text() == "paper: 0.9344" for t in ax.get_legend().get_texts())

@@ -15,6 +15,7 @@ from test_scan import bomb_png
 
 from bcnb import Config, cli
 from bcnb.data.images import fit_to_square, read_rgb
+from bcnb.data.pipeline import Preparation
 from bcnb.evaluate import decision
 from bcnb.predict import (
     MIN_SIDE,
@@ -63,7 +64,7 @@ def save_image(path, width=40, height=30, seed=0, **options):
 
 def test_predictions_are_the_calibrated_model_output(run_dir, images, tmp_path):
     predictor = Predictor.from_run(run_dir / "model.keras")
-    assert (predictor.img_size, predictor.resize) == (IMG, "center_crop")  # from the run's config
+    assert predictor.preparation == Preparation(IMG, "center_crop")  # from the run's config
     paths = find_images(images)
     assert [p.name for p in paths] == ["a.png", "b.jpg", "empty.png", "notes.txt"]  # sorted by path
     table = predict_files(predictor, paths, cam_dir=tmp_path / "cams").set_index("file")
@@ -122,7 +123,7 @@ def test_a_run_with_stain_normalisation_normalises_new_images_the_same_way(run_d
     normalizer = StainNormalizer("reinhard", {"mean": [-0.3, -0.02, 0.01], "std": [0.1, 0.02, 0.005]})
     save_normalizer(normalizer, folder, "a test target")
     predictor = Predictor.from_run(folder / "model.keras")
-    assert predictor.stain == normalizer
+    assert predictor.preparation == Preparation(IMG, "center_crop", normalizer)
     path = find_images(images)[0]
     pixels = normalizer(fit_to_square(read_rgb(path), IMG, "center_crop"))
     expected, _ = decision.apply_decision(

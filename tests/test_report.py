@@ -1,7 +1,8 @@
 import pandas as pd
 
 from bcnb import Config
-from bcnb.report.run_report import DISCLAIMER, render_report
+from bcnb.report.caveats import DISCLAIMER
+from bcnb.report.run_report import render_report
 from bcnb.train.fit import training_summary
 
 CONFIG = {**Config().to_dict(), "dataset": "/data/BreaKHis_v1", "magnification": "40X"}
@@ -59,7 +60,8 @@ def test_pretrained_run_has_no_warning_and_states_the_method():
     assert "always-malignant baseline accuracy (the majority class) | 0.6300" in report
     assert "| patient recognition rate (Spanhol et al. 2016) | 0.9375 | not reported |" in report
     assert "0.9500 (95% CI 0.900-0.980) | 0.9344" in report
-    assert DISCLAIMER in report and "generated, not real tissue" not in report
+    assert DISCLAIMER in report and "not real tissue" not in report
+    assert "A test accuracy on 16 test patients says nothing about use in a clinic" in report
 
 
 def test_random_weights_and_synthetic_data_are_called_out():
@@ -69,7 +71,7 @@ def test_random_weights_and_synthetic_data_are_called_out():
     )
     report = render_report(config, DATASET, SPLIT, TRAINING, metrics)
     assert report.count("RANDOM") >= 2 and "not transfer learning" in report
-    assert "generated, not real tissue" in report
+    assert "generated images, not real tissue" in report.split("## Dataset")[0]  # at the top
 
 
 def test_undefined_metrics_read_n_a():

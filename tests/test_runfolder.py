@@ -10,22 +10,16 @@ import pytest
 import yaml
 
 from bcnb.config import STAGES, Config
+from bcnb.run.folder import DestinationRefused, RecordTampered, check_destination, start_folder
+from bcnb.run.lock import HELD_BY_PARENT, RunFolderBusy, RunLock, lock_path
 from bcnb.run.record import (
-    HELD_BY_PARENT,
-    DestinationRefused,
     RecordMismatch,
-    RecordTampered,
-    RunFolderBusy,
-    RunLock,
-    check_destination,
     check_runs_made_with,
     load_run_config,
-    lock_path,
     open_run,
     read_record,
     record_all,
     record_parameters,
-    start_folder,
 )
 
 
@@ -216,7 +210,7 @@ def test_a_folder_to_resume_must_hold_only_what_is_asked_with_its_parameters(tmp
 HOLD = textwrap.dedent(
     """
     import sys, time
-    from bcnb.run.record import RunLock
+    from bcnb.run.lock import RunLock
     RunLock(sys.argv[1], "bcnb reproduce").acquire()
     print("held", flush=True)
     time.sleep(120)

@@ -171,7 +171,7 @@ def test_skip_leaves_the_bad_file_out_and_records_it(tmp_path, layout, kind):
     copies_left_out = 1 if "identical" in reason else 0  # the original is marked too
     assert len(loaded.table) == 12 - copies_left_out
     # whatever was kept decodes: nothing bad reaches the pipeline
-    batches = pipeline.make_dataset(loaded.table, img_size=32, batch_size=64)
+    batches = pipeline.make_dataset(loaded.table, pipeline.Preparation(32), batch_size=64)
     assert sum(len(labels) for _, labels in batches) == len(loaded.table)
     saved = scan.save_bad_images(loaded.bad, tmp_path / "run")
     assert pd.read_csv(saved)["path"].tolist() == loaded.bad["path"].tolist()

@@ -170,13 +170,13 @@ def test_the_feature_cache_key_includes_the_normaliser(tiny_cfg, tiny_split):
 
     model = transfer.build_model(32, None)
     rows = tiny_split.head(2)
-    plain = feature_cache_key(model, rows, 32)
+    plain = feature_cache_key(model, rows, pipeline.Preparation(32))
     reinhard = StainNormalizer("reinhard", {"mean": [0, 0, 0], "std": [1, 1, 1]})
     macenko = StainNormalizer("macenko", {"stains": [[1, 0, 0], [0, 1, 0]], "max_amounts": [1, 1]})
     keys = {
         plain,
-        feature_cache_key(model, rows, 32, stain=reinhard),
-        feature_cache_key(model, rows, 32, stain=macenko),
+        feature_cache_key(model, rows, pipeline.Preparation(32, stain=reinhard)),
+        feature_cache_key(model, rows, pipeline.Preparation(32, stain=macenko)),
     }
     assert len(keys) == 3
 

@@ -40,7 +40,8 @@ def test_a_bad_grid_is_refused_before_any_cell_runs(grid, message):
 def _fake_run(folder, cfg, accuracy):
     """What a finished run leaves that the sweep reads: its record, metrics and history."""
     from bcnb.batch.reproduce import headless
-    from bcnb.run.record import record_all, start_folder
+    from bcnb.run.folder import start_folder
+    from bcnb.run.record import record_all
 
     record_all(start_folder(folder, "run"), headless(cfg))
     metrics = {
@@ -150,7 +151,7 @@ def test_a_sweep_cell_of_another_kind_is_never_reused(tmp_path):
     """A cell made without --folds is not a K-fold cell, and the reverse."""
 
     def run_cell(cfg, folder):
-        from bcnb.run.record import start_folder
+        from bcnb.run.folder import start_folder
 
         _fake_run(start_folder(folder, "run"), cfg, accuracy=0.5)
 
@@ -170,7 +171,8 @@ def test_a_sweep_never_writes_into_a_folder_it_did_not_make(tmp_path):
 
 def test_a_cut_short_cell_of_other_parameters_is_named_without_a_resume_sweep_does_not_have(tmp_path):
     from bcnb.batch.reproduce import headless
-    from bcnb.run.record import record_all, start_folder
+    from bcnb.run.folder import start_folder
+    from bcnb.run.record import record_all
 
     out = start_folder(tmp_path / "out", "sweep")
     staging = start_folder(out / ".seed=1.partial", "run")  # a cell cut short, made with lr 0.5

@@ -35,7 +35,8 @@ def test_cached_feature_training_gives_the_full_model(trained, tiny_split):
         rows = (tiny_split["split"] == name).to_numpy()
         from_head = transfer.classifier_head(model).predict(cached[rows], verbose=0)
         from_images = loaded.predict(
-            pipeline.make_dataset(tiny_split[rows], cfg.img_size, cfg.batch_size), verbose=0
+            pipeline.make_dataset(tiny_split[rows], pipeline.Preparation(cfg.img_size), cfg.batch_size),
+            verbose=0,
         )
         np.testing.assert_allclose(from_images, from_head, atol=1e-5)
     # and the head really learnt something: its weights moved from the seed's start
@@ -69,7 +70,9 @@ def test_early_stopping_keeps_the_best_weights(tiny_cfg, tiny_split, tmp_path):
     val = tiny_split[tiny_split["split"] == "val"]
     model.compile(loss="binary_crossentropy")
     results = model.evaluate(
-        pipeline.make_dataset(val, cfg.img_size, cfg.batch_size), return_dict=True, verbose=0
+        pipeline.make_dataset(val, pipeline.Preparation(cfg.img_size), cfg.batch_size),
+        return_dict=True,
+        verbose=0,
     )
     assert results["loss"] == pytest.approx(history["val_loss"].min(), rel=1e-4)
 

@@ -16,8 +16,6 @@ interrupted goes on with ``--resume``: finished runs are kept, an unfinished one
 from __future__ import annotations
 
 import math
-import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,9 +24,9 @@ import pandas as pd
 
 from bcnb.config import Config
 from bcnb.evaluate.scores import PAPER, format_figure
-from bcnb.run.artifacts import REPORT_FILE, SUMMARY, load_metrics
+from bcnb.report import caveats
+from bcnb.run.artifacts import SUMMARY, load_metrics
 from bcnb.run.files import write_json_atomic, write_text_atomic
-from bcnb.run.record import RunLock, record_parameters
 
 FOLD_NOTEBOOKS = ("01_data.ipynb", "02_model.ipynb", "03_train.ipynb", "04_evaluate.ipynb")
 METRICS = (
@@ -75,61 +73,17 @@ def run_protocol(
     With ``resume`` the interrupted protocol goes on: finished runs are kept and an unfinished
     one carries on, once every run in it is known to have been made with its parameters.
     """
-    from bcnb.batch import reproduce
-    from bcnb.run.record import check_destination, start_folder
+    from bcnb.batch.notebooks import NOTEBOOKS_DIR
+    from bcnb.batch.reproduce import Job, build, headless
 
-    out = Path(out).resolve()
-    notebooks_dir = Path(notebooks_dir or reproduce.NOTEBOOKS_DIR)
-    reproduce.check_notebooks(notebooks_dir, list(FOLD_NOTEBOOKS))
-    runs = protocol_runs(reproduce.headless(cfg), folds, repeats)
-    check_destination(out, "protocol")
-    with RunLock(out, "bcnb reproduce " + (f"--folds {folds}" if folds else f"--repeats {repeats}")):
-        progress("checking the dataset and parameters")
-        reproduce.check_inputs(next(iter(runs.values())))  # K against the patients, before any notebook
-        staging = reproduce.open_staging(out, "protocol", runs, resume)
-        for number, (name, run_cfg) in enumerate(runs.items(), start=1):
-            folder = staging / name
-            if (folder / REPORT_FILE).is_file():
-                progress(f"{name}: finished before, kept")
-                continue
-            start_folder(folder, "run")
-            record_parameters(folder, run_cfg, (), ["data", "model", "train", "evaluate"])
-            share_features(staging, folder)
-            label = f"{name} ({number}/{len(runs)}) "
-            reproduce.run_notebooks(
-                folder, list(FOLD_NOTEBOOKS), run_cfg, notebooks_dir, progress, progress_bar, label=label
-            )
-        summary = summarize(staging, list(runs), describe(cfg, folds, repeats))
-        write_summary(staging, summary)
-        reproduce.swap_into_place(staging, out)
-    return out
+    runs = protocol_runs(headless(cfg), folds, repeats)
+    what = "bcnb reproduce " + (f"--folds {folds}" if folds else f"--repeats {repeats}")
 
+    def finish(staging: Path) -> None:
+        write_summary(staging, summarize(staging, list(runs), describe(cfg, folds, repeats)))
 
-def share_features(staging: Path, folder: Path) -> None:
-    """Link a sibling run's feature cache into ``folder`` (one extraction for all folds).
-
-    Its key still decides: notebook 03 recomputes the cache if it is not this run's.
-    """
-    from bcnb.run.artifacts import ALL_FEATURES, FEATURES_DIR
-
-    target = folder / FEATURES_DIR / ALL_FEATURES
-    if target.exists():
-        return
-    for sibling in sorted(p for p in staging.iterdir() if p.is_dir() and p != folder):
-        source = sibling / FEATURES_DIR / ALL_FEATURES
-        key = source.with_suffix(".key.json")
-        if source.is_file() and key.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            for path in (source, key):
-                _link_or_copy(path, target.parent / path.name)
-            return
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    try:
-        os.link(source, target)
-    except OSError:  # another file system: a copy does as well
-        shutil.copyfile(source, target)
+    job = Job("protocol", runs, list(FOLD_NOTEBOOKS), what, finish=finish)
+    return build(job, out, Path(notebooks_dir or NOTEBOOKS_DIR), progress, progress_bar, resume)
 
 
 # --------------------------------------------------------------------------- the summary
@@ -197,19 +151,8 @@ def write_summary(folder: Path, summary: dict) -> None:
 
 
 def render_summary(summary: dict) -> str:
-    from bcnb.report.run_report import DISCLAIMER
-
-    lines = ["# bcnb cross-run summary", f"> {DISCLAIMER}"]
-    if not summary["weights_pretrained"]:
-        lines.append(
-            "**WARNING: the base had RANDOM weights, not ImageNet weights: these runs are not "
-            "transfer learning, and their numbers cannot be compared with the paper's.**"
-        )
-    if summary["dataset"] == "synthetic":
-        lines.append(
-            "**The images are bcnb's built-in generated ones, not real tissue: this tests the "
-            "pipeline, not pathology.**"
-        )
+    lines = ["# bcnb cross-run summary", f"> {caveats.DISCLAIMER}"]
+    lines += caveats.markdown_lines(caveats.Provenance.from_summary(summary))
     lines += [f"Protocol: {summary['protocol']}.", "## Each run", _runs_table(summary["runs"])]
     for where, title in (
         ("at_0.5", "at the paper's threshold of 0.5"),
@@ -266,8 +209,3 @@ def _spread_table(found: dict) -> str:
         for name, figures in found.items()
     ]
     return markdown_table(pd.DataFrame(rows))
-
-
-def summary_frame(summary: dict, where: str = "at_0.5") -> pd.DataFrame:
-    """One row per run, one column per metric (for figures and notebooks)."""
-    return pd.DataFrame([{"run": run["run"], **run[where]} for run in summary["runs"]]).set_index("run")

@@ -29,7 +29,9 @@ import pandas as pd
 from bcnb.config import PRESENTATION, Config, parse_override
 from bcnb.run.artifacts import SWEEP_TABLE
 from bcnb.run.files import write_text_atomic
-from bcnb.run.record import RunLock, check_destination, check_runs_made_with, start_folder
+from bcnb.run.folder import check_destination, start_folder
+from bcnb.run.lock import RunLock
+from bcnb.run.record import check_runs_made_with
 
 SHOWN = ("accuracy", "balanced_accuracy", "roc_auc", "patient_recognition_rate")
 # A grid multiplies: past this many cells, --max-cells says the size was meant.
@@ -96,7 +98,7 @@ def run_sweep(
     max_cells: int = MAX_CELLS,
 ) -> Path:
     """Run every unfinished cell into ``out``, then write the table; return ``out``."""
-    from bcnb.batch.reproduce import staging_folder
+    from bcnb.run.staging import staging_folder
 
     out = Path(out).resolve()
     todo = cells(cfg, grid, max_cells)
@@ -119,7 +121,7 @@ def run_sweep(
 
 
 def _cell_runner(folds: int, progress) -> Callable[[Config, Path], Path]:
-    from bcnb.batch.reproduce import staging_folder
+    from bcnb.run.staging import staging_folder
 
     def run(cell_cfg: Config, folder: Path) -> Path:
         cut_short = staging_folder(folder).is_dir()  # go on with what it had finished

@@ -28,7 +28,6 @@ import tensorflow as tf
 # Ruifrok & Johnston's stain vectors: the optical density one unit of each stain adds to the
 # red, green and blue channels. Rows are haematoxylin, eosin and DAB; DAB is absent from H&E
 # slides but makes the matrix square, so it also soaks up what fits neither H nor E.
-STAINS = ("haematoxylin", "eosin", "dab")
 _STAIN_VECTORS = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
 RGB_FROM_STAINS = _STAIN_VECTORS / np.linalg.norm(_STAIN_VECTORS, axis=1, keepdims=True)
 STAINS_FROM_RGB = np.linalg.inv(RGB_FROM_STAINS)

@@ -38,7 +38,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bcnb.run.files import write_json_atomic
-from bcnb.run.record import RunLock, check_writable
+from bcnb.run.folder import check_writable
+from bcnb.run.lock import RunLock
 
 DOWNLOAD_RECORD = "download.json"
 CHUNK = 1 << 20

@@ -18,7 +18,7 @@ from bcnb.config import Config
 from bcnb.data.layouts import read_layout
 from bcnb.data.scan import find_bad_images, scan_memory, split_bad
 from bcnb.data.synthetic import SyntheticSpec, ensure_synthetic_dataset
-from bcnb.data.tasks import CLASSES, class_of_type, subtype_code
+from bcnb.data.tasks import CLASSES, class_of_type, subtype_code, task_named
 from bcnb.run.artifacts import DATASET_FILE
 from bcnb.run.files import write_json_atomic
 
@@ -49,7 +49,7 @@ def load_dataset(cfg: Config) -> LoadedDataset:
     scanned = find_bad_images(pd.concat([images, strays]), remember=scan_memory(source))
     table, bad = split_bad(scanned, cfg.on_bad_image, source)
     check_both_classes(table, source)
-    if cfg.task == "subtype":
+    if task_named(cfg.task).by_type:
         table = with_subtypes(table, source)
     tiled = expand_tiles(table, cfg.tiles_per_image).reset_index(drop=True)
     return LoadedDataset(tiled, bad, found.layout, source, found.notes, found.patient_level)

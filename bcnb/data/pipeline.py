@@ -4,11 +4,14 @@ streamed in batches.
 The model scales pixels itself, so preparing an image means decoding it to RGB, fitting it
 to ``img_size`` (squashed, centre-cropped or cut into tiles) and, where the run normalises
 stains, mapping its colours onto the run's stain target, fitted by notebook 01 on training
-images only.
+images only. A :class:`Preparation` holds those choices, built once per run and handed to
+whatever reads images: the pipeline, training batches, feature extraction, bcnb predict.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,25 +27,50 @@ from bcnb.data.stain import (
     median_target,
     save_normalizer,
 )
-from bcnb.data.tasks import CLASSES, targets_of
+from bcnb.data.tasks import BINARY, Task, task_named
 from bcnb.run.artifacts import STAIN_SKIPPED_FILE
 from bcnb.run.files import write_text_atomic
 
 
+@dataclass(frozen=True)
+class Preparation:
+    """How a run turns an image file into a model input: its size, squashed or centre-cropped
+    (a table's rows say which tile, where the run cuts tiles), and its stain normalisation."""
+
+    img_size: int
+    resize: str = "squash"
+    stain: StainNormalizer | None = None  # the run's fitted normaliser; None: as scanned
+
+    @classmethod
+    def from_run(cls, cfg: Config) -> Preparation:
+        """The run's preparation: cfg's size and resize, and the stain target notebook 01 fitted."""
+        return cls(cfg.img_size, cfg.resize, stain_normalizer(cfg))
+
+    def prepare(self, path: str | Path, tiles: int = 0, tile: int = 0) -> np.ndarray:
+        """One model input: uint8 (img_size, img_size, 3) pixels of the file (or of one tile)."""
+        return load_for_model(path, self.img_size, self.resize, int(tiles), int(tile), self.stain)
+
+    def inputs_of(self, table: pd.DataFrame) -> Iterator[np.ndarray]:
+        """``table``'s model inputs, one row (image or tile) at a time, in order."""
+        for path, tile, tiles in zip(table["path"], *tiles_of(table)):
+            yield self.prepare(path, tiles, tile)
+
+    def cache_header(self, base: str) -> str:
+        """This preparation's part of the feature-cache key, around ``base`` (the base's part)."""
+        header = f"img_size={self.img_size}|resize={self.resize}|{base}"
+        if self.stain is not None:  # absent otherwise, so caches made before normalisation existed stay valid
+            header += f"|stain={self.stain.method}:{self.stain.key()}"
+        return header
+
+
 def load_images(cfg: Config, table: pd.DataFrame) -> np.ndarray:
     """A few of ``table``'s images (or tiles) in memory, as the model takes them: for figures."""
-    stain = stain_normalizer(cfg)
-    return np.stack(
-        [
-            load_for_model(path, cfg.img_size, cfg.resize, int(tiles), int(tile), stain)
-            for path, tile, tiles in zip(table["path"], *tiles_of(table))
-        ]
-    )
+    return np.stack(list(Preparation.from_run(cfg).inputs_of(table)))
 
 
 def labels_of(table: pd.DataFrame) -> np.ndarray:
-    """0 for benign, 1 for malignant."""
-    return (table["label"] == CLASSES[1]).to_numpy(dtype=np.float32)
+    """0 for benign, 1 for malignant: what every task's probability of malignancy is measured on."""
+    return BINARY.targets_of(table)
 
 
 def tiles_of(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -53,14 +81,7 @@ def tiles_of(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return table["tile"].to_numpy(dtype=np.int64), table["tiles"].to_numpy(dtype=np.int64)
 
 
-def make_dataset(
-    table: pd.DataFrame,
-    img_size: int,
-    batch_size: int,
-    resize: str = "squash",
-    stain: StainNormalizer | None = None,
-    task: str = "binary",
-):
+def make_dataset(table: pd.DataFrame, preparation: Preparation, batch_size: int, task: Task = BINARY):
     """A tf.data pipeline of (image, label) batches in table order; images are uint8,
     img_size square (for feature extraction and evaluation; training uses
     :class:`bcnb.train.fit.ImageBatches`, whose order changes with the epoch).
@@ -71,17 +92,17 @@ def make_dataset(
     """
     import tensorflow as tf
 
-    labels = targets_of(table, task).reshape(-1, 1)
+    labels = task.targets_of(table).reshape(-1, 1)
     tile, tiles = tiles_of(table)
     ds = tf.data.Dataset.from_tensor_slices(((table["path"].to_numpy(dtype=str), tile, tiles), labels))
 
     def load(path, tiles, tile):
-        return load_for_model(path.decode(), img_size, resize, int(tiles), int(tile), stain)
+        return preparation.prepare(path.decode(), tiles, tile)
 
     def load_batch_item(source, label):
         path, tile, tiles = source
         image = tf.numpy_function(load, [path, tiles, tile], tf.uint8, stateful=False)
-        return tf.ensure_shape(image, (img_size, img_size, 3)), label
+        return tf.ensure_shape(image, (preparation.img_size, preparation.img_size, 3)), label
 
     ds = ds.map(load_batch_item, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
@@ -89,7 +110,7 @@ def make_dataset(
 
 def image_dataset(cfg: Config, table: pd.DataFrame):
     """Stage entry point: the pipeline of ``table``'s images with cfg's size, resize and batch."""
-    return make_dataset(table, cfg.img_size, cfg.batch_size, cfg.resize, stain_normalizer(cfg), cfg.task)
+    return make_dataset(table, Preparation.from_run(cfg), cfg.batch_size, task_named(cfg.task))
 
 
 # --------------------------------------------------------------------------- stain normalisation
@@ -125,7 +146,7 @@ def stain_target_parameters(cfg: Config) -> dict:
     that cannot be read or fitted raises ValueError naming it."""
     path = Path(cfg.stain_target).expanduser()
     try:
-        pixels = load_for_model(path, cfg.img_size, cfg.resize)
+        pixels = Preparation(cfg.img_size, cfg.resize).prepare(path)
     except Exception as error:  # Pillow raises several kinds for a file that is no image
         reason = getattr(error, "strerror", None) or error.__class__.__name__
         raise ValueError(f"stain_target: {path} is not a readable image ({reason})") from None
@@ -139,8 +160,7 @@ def stain_target_parameters(cfg: Config) -> dict:
 
 def _raw_inputs(cfg: Config, table: pd.DataFrame):
     """``table``'s model inputs before any stain normalisation, one at a time."""
-    for path, tile, tiles in zip(table["path"], *tiles_of(table)):
-        yield load_for_model(path, cfg.img_size, cfg.resize, int(tiles), int(tile))
+    return Preparation(cfg.img_size, cfg.resize).inputs_of(table)
 
 
 def stain_preview(

@@ -22,7 +22,7 @@ import pandas as pd
 
 from bcnb.config import Config
 from bcnb.data.layouts import TABLE_COLUMNS
-from bcnb.data.tasks import CLASSES, SUBTYPE_NAMES, SUBTYPES, class_of_type
+from bcnb.data.tasks import CLASSES, SUBTYPE_NAMES, SUBTYPES, class_of_type, task_named
 from bcnb.run.artifacts import SPLIT_FILE
 from bcnb.run.files import write_text_atomic
 
@@ -202,13 +202,11 @@ SPLITS = ("train", "val", "test")
 def split_for_run(cfg: Config, table: pd.DataFrame) -> pd.DataFrame:
     """Stage entry point: the table with its ``split``, by patient: fold ``fold`` of ``folds``,
     a BreakHis fold file, or val_fraction and test_fraction of the images."""
-    from bcnb.data import splitting
-
-    by = "subtype" if cfg.task == "subtype" else "label"  # what each split must hold its share of
+    by = task_named(cfg.task).column  # what each split must hold its share of
     if cfg.folds:
-        return splitting.split_for_fold(table, cfg.folds, cfg.fold, cfg.val_fraction, cfg.seed, by)
+        return split_for_fold(table, cfg.folds, cfg.fold, cfg.val_fraction, cfg.seed, by)
     if cfg.split_file:
-        return splitting.split_from_fold_file(table, cfg.split_file, cfg.val_fraction, cfg.seed, by)
+        return split_from_fold_file(table, cfg.split_file, cfg.val_fraction, cfg.seed, by)
     return split_by_patient(table, cfg.val_fraction, cfg.test_fraction, cfg.seed, by)
 
 

@@ -1,12 +1,16 @@
-"""Beyond benign vs malignant: BreakHis' eight tumour types (``task=subtype``).
+"""The task: what a run tells apart, and everything that follows from it (:class:`Task`).
 
-The same frozen base and pooled features, with a softmax head over the eight types instead of
-one sigmoid unit. A patient in BreakHis has one tumour type, so splits stay by patient. The
-binary question is still answered, by adding up the probabilities of the four malignant
-types, so a subtype model can be set beside the paper's binary one on the same figures.
+``task=binary`` is the paper's: benign or malignant, one sigmoid unit, binary cross-entropy.
+``task=subtype`` goes beyond it to BreakHis' eight tumour types: the same frozen base and
+pooled features, a softmax head over the eight types. A patient in BreakHis has one tumour
+type, so splits stay by patient. The binary question is still answered, by adding up the
+probabilities of the four malignant types, so a subtype model can be set beside the paper's
+binary one on the same figures. The rest of bcnb asks the Task, never the name.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -42,21 +46,84 @@ def subtype_code(value: str, source: str = "subtype") -> str:
     return code
 
 
-def outputs_of(task: str) -> int:
-    """The head's units: one sigmoid for binary, one softmax unit per type for subtype."""
-    return 1 if task == "binary" else len(SUBTYPES)
+@dataclass(frozen=True)
+class Task:
+    """What a task changes in a run: the head, its loss and accuracy, what it learns from the
+    table, and how its outputs answer benign vs malignant."""
+
+    name: str  # as Config.task and the run's record spell it
+    units: int  # the head's Dense units
+    activation: str  # the head's activation
+    loss_class: str  # a keras.losses class, built by loss(): Keras is imported only then
+    accuracy_class: str  # a keras.metrics class, built by accuracy()
+    column: str  # the table column the head learns; each split holds its share of its values
+    classes: tuple[str, ...]  # the values of ``column``, in the order of the head's outputs
+    by_type: bool  # the head tells tumour types apart: the table must carry them
+    head: str  # the head in a report's words
+
+    def loss(self):
+        """The compile's loss: binary cross-entropy (the paper's), or over the types' indices."""
+        import keras
+
+        return getattr(keras.losses, self.loss_class)()
+
+    def accuracy(self):
+        """The compile's metric, named "accuracy" as the paper's history shows it."""
+        import keras
+
+        return getattr(keras.metrics, self.accuracy_class)(name="accuracy")
+
+    def targets_of(self, table: pd.DataFrame) -> np.ndarray:
+        """What the head learns for each row: 0/1 (malignant) or the type's index 0-7."""
+        values = table[self.column]
+        if self.units == 1:  # one sigmoid unit learns the probability of the last class
+            return (values == self.classes[-1]).to_numpy(dtype=np.float32)
+        return values.map(self.classes.index).to_numpy(dtype=np.float32)
+
+    def malignant_probability(self, outputs: np.ndarray) -> np.ndarray:
+        """P(malignant) per image from this task's model outputs; other widths raise ValueError."""
+        width = np.shape(outputs)[1] if np.ndim(outputs) == 2 else 1
+        if width != self.units:
+            raise ValueError(f"task={self.name}: expected {self.units} outputs per image, got {width}")
+        return malignant_probability(outputs)
 
 
-def targets_of(table: pd.DataFrame, task: str) -> np.ndarray:
-    """What the head learns for each row: 0/1 (malignant) or the type's index 0-7."""
-    if task == "binary":
-        return (table["label"] == "malignant").to_numpy(dtype=np.float32)
-    return table["subtype"].map(SUBTYPES.index).to_numpy(dtype=np.float32)
+BINARY = Task(  # the paper's
+    name="binary",
+    units=1,
+    activation="sigmoid",
+    loss_class="BinaryCrossentropy",
+    accuracy_class="BinaryAccuracy",
+    column="label",
+    classes=CLASSES,
+    by_type=False,
+    head="Dense(1, sigmoid)",
+)
+SUBTYPE = Task(
+    name="subtype",
+    units=len(SUBTYPES),
+    activation="softmax",
+    loss_class="SparseCategoricalCrossentropy",
+    accuracy_class="SparseCategoricalAccuracy",
+    column="subtype",
+    classes=SUBTYPES,
+    by_type=True,
+    head="Dense(8, softmax) over BreakHis' tumour types (benign vs malignant: the malignant types' sum)",
+)
+TASKS = {task.name: task for task in (BINARY, SUBTYPE)}
+
+
+def task_named(name: str) -> Task:
+    """The task Config.task names; ValueError naming the parameter for any other name."""
+    if name not in TASKS:
+        raise ValueError(f"task: expected one of {', '.join(TASKS)}, got {name!r}")
+    return TASKS[name]
 
 
 def malignant_probability(outputs: np.ndarray) -> np.ndarray:
-    """P(malignant) per image from a model's outputs: the sigmoid itself, or the sum of the
-    four malignant types' softmax probabilities."""
+    """P(malignant) per image from any bcnb model's outputs, read off their width (for a model
+    file whose task is not at hand): the sigmoid itself, or the sum of the four malignant
+    types' softmax probabilities."""
     outputs = np.asarray(outputs, dtype=np.float64)
     if outputs.ndim == 1 or outputs.shape[1] == 1:
         return outputs.reshape(-1)
@@ -66,7 +133,7 @@ def malignant_probability(outputs: np.ndarray) -> np.ndarray:
 def subtype_metrics(codes, outputs: np.ndarray) -> dict:
     """Per-type recall and precision, macro F1, balanced accuracy and the 8x8 confusion matrix
     (rows the true type, columns the predicted one, in SUBTYPES order)."""
-    from sklearn import metrics as skm  # here: config imports this module, and must start fast
+    from sklearn import metrics as skm  # here: the data layer imports this module, and must start fast
 
     y_true = np.array([SUBTYPES.index(code) for code in codes])
     y_pred = np.asarray(outputs).argmax(axis=1)

@@ -50,36 +50,20 @@ def _nll(y: np.ndarray, z: np.ndarray, temperature: float) -> float:
 def fit_temperature(y_val, p_val) -> float:
     """The T in [0.05, 20] that minimises the validation negative log-likelihood.
 
-    The loss is convex in 1/T, so it has one valley along log T: a coarse grid finds the
-    valley, a golden-section search narrows it down. Deterministic; numpy only.
+    The loss is convex in 1/T, so along log T it has one valley, which SciPy's bounded
+    Brent search finds (to 1e-9 in log T). Deterministic.
     """
+    from scipy.optimize import minimize_scalar
+
     y, p = _checked(y_val, p_val, "p_val")
     z = logit(p)
     if not np.any(z):
         return 1.0  # every probability is 0.5: no temperature changes anything
     low, high = (math.log(t) for t in TEMPERATURE_RANGE)
-    grid = np.linspace(low, high, 81)
-    losses = [_nll(y, z, math.exp(u)) for u in grid]
-    best = int(np.argmin(losses))
-    a, b = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
-    return math.exp(_golden_section(lambda u: _nll(y, z, math.exp(u)), a, b))
-
-
-def _golden_section(f, a: float, b: float, tolerance: float = 1e-6) -> float:
-    """The minimum of a one-valley function ``f`` on [a, b]."""
-    ratio = (math.sqrt(5) - 1) / 2
-    c, d = b - ratio * (b - a), a + ratio * (b - a)
-    fc, fd = f(c), f(d)
-    while b - a > tolerance:
-        if fc <= fd:
-            b, d, fd = d, c, fc
-            c = b - ratio * (b - a)
-            fc = f(c)
-        else:
-            a, c, fc = c, d, fd
-            d = a + ratio * (b - a)
-            fd = f(d)
-    return (a + b) / 2
+    found = minimize_scalar(
+        lambda u: _nll(y, z, math.exp(u)), bounds=(low, high), method="bounded", options={"xatol": 1e-9}
+    )
+    return math.exp(found.x)
 
 
 def brier_score(y, p) -> float:

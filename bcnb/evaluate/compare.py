@@ -18,7 +18,7 @@ import pandas as pd
 
 from bcnb.config import Config
 from bcnb.data.pipeline import labels_of
-from bcnb.data.tasks import malignant_probability
+from bcnb.data.tasks import task_named
 from bcnb.evaluate import decision, stats
 from bcnb.evaluate.scores import compute_metrics, evaluation_inputs
 from bcnb.model import transfer
@@ -85,7 +85,7 @@ def _extraction_speed(cfg: Config, model, split: pd.DataFrame) -> float:
 def _probabilities(cfg: Config, model, split: pd.DataFrame, part: str) -> np.ndarray:
     """The model's probabilities for one split (from the cached features when they apply)."""
     evaluated, data = evaluation_inputs(cfg, model, split, part)
-    return malignant_probability(evaluated.predict(data, verbose=0))
+    return task_named(cfg.task).malignant_probability(evaluated.predict(data, verbose=0))
 
 
 def comparison_table(results: list[dict]) -> pd.DataFrame:
@@ -96,7 +96,8 @@ def comparison_table(results: list[dict]) -> pd.DataFrame:
         measured = result["measured"]
         row = {
             "backbone": result["backbone"],
-            "weights": result["weights"] if result["pretrained"] else "RANDOM",
+            # Loud where the base was not pretrained: the row is then no transfer learning.
+            "weights": result["weights"] if result["pretrained"] else result["weights"].upper(),
             "parameters (M)": round(result["parameters"] / 1e6, 1),
             "images/s": round(result["images_per_second"], 1),
             "val loss": round(result["validation"]["loss"], 4),

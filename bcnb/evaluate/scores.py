@@ -17,7 +17,7 @@ from sklearn import metrics as skm
 
 from bcnb.data.loading import magnification_order
 from bcnb.data.pipeline import labels_of
-from bcnb.data.tasks import targets_of
+from bcnb.data.tasks import BINARY, Task, task_named
 from bcnb.run.artifacts import METRICS_FILE, PREDICTIONS_FILE, write_json
 from bcnb.run.files import write_text_atomic
 
@@ -63,10 +63,10 @@ def evaluation_inputs(cfg, model, split: pd.DataFrame, part: str):
     rows = split[split["split"] == part]
     if not cfg.feature_cache or cfg.fine_tunes:
         return model, image_dataset(cfg, rows)
-    head = classifier_head(model)
-    compile_for_training(head, cfg.learning_rate, task=cfg.task)  # the paper's loss and accuracy
+    head, task = classifier_head(model), task_named(cfg.task)
+    compile_for_training(head, cfg.learning_rate, task=task)  # the paper's loss and accuracy
     positions = np.flatnonzero(split["split"].to_numpy() == part)
-    targets = targets_of(rows, cfg.task)
+    targets = task.targets_of(rows)
     return head, FeatureBatches(features_of(cfg, model, split), positions, targets, cfg.batch_size)
 
 
@@ -154,7 +154,7 @@ def summarize_test_results(
     keras_results: dict,
     weights: dict,
     dataset: str,
-    task: str = "binary",
+    task: Task = BINARY,
 ) -> dict:
     """Everything metrics.json holds about one evaluated run. For a tumour-type model,
     ``keras_results`` measure the eight types; the test accuracy and loss set beside the
@@ -163,12 +163,10 @@ def summarize_test_results(
     found = compute_metrics(y_true, y_prob)
     correct = round(found["accuracy"] * len(test))
     binary = (
-        keras_results
-        if task == "binary"
-        else {"accuracy": found["accuracy"], "loss": log_loss(y_true, y_prob)}
+        {"accuracy": found["accuracy"], "loss": log_loss(y_true, y_prob)} if task.by_type else keras_results
     )
     return {
-        "task": task,
+        "task": task.name,
         "test_accuracy": float(binary["accuracy"]),
         "test_loss": float(binary["loss"]),
         "test_accuracy_95ci": list(wilson_interval(correct, len(test))),

@@ -100,16 +100,14 @@ def mcnemar(y_true, pred_a, pred_b) -> dict:
     _, pred_b = checked_labels(y_true, pred_b, "pred_b")
     right_a, right_b = pred_a == y_true, pred_b == y_true
     b, c = int(np.sum(right_a & ~right_b)), int(np.sum(~right_a & right_b))
-    return {"b": b, "c": c, "p_value": _two_sided_sign_test(b, c)}
+    return {"b": b, "c": c, "p_value": _sign_test(b, c)}
 
 
-def _two_sided_sign_test(b: int, c: int) -> float:
-    n = b + c
-    if n == 0:
-        return 1.0
-    # Exact integer sum, then one division: no rounding drift for large n.
-    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2**n
-    return min(1.0, 2 * tail)
+def _sign_test(b: int, c: int) -> float:
+    """Two-sided exact binomial test of b successes in b + c fair coin tosses."""
+    from scipy.stats import binomtest
+
+    return 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5).pvalue)
 
 
 def choose_threshold(y_val, p_val, rule: str = "youden", target_sensitivity: float = 0.95) -> float:

@@ -22,7 +22,7 @@ from pathlib import Path
 import keras
 
 from bcnb.config import Config
-from bcnb.data.tasks import outputs_of
+from bcnb.data.tasks import task_named
 from bcnb.model.backbones import get_backbone
 from bcnb.run.artifacts import WEIGHTS_FILE
 from bcnb.run.files import read_run_json, replace_from_writer, write_json_atomic
@@ -37,42 +37,12 @@ class WeightsUnavailableError(FileNotFoundError):
 
 @dataclass(frozen=True)
 class WeightsInfo:
-    """Which weights the base really got, in words fit for a report."""
+    """Which weights the base really got (:mod:`bcnb.report.caveats` says what that means)."""
 
     requested: str
     used: str  # "imagenet", "file" or "random"
     source: str  # the file loaded, or why the weights are random
     pretrained: bool
-
-    def summary(self) -> str:
-        if self.used == "imagenet":
-            return f"ImageNet weights ({self.source})"
-        if self.used == "file":
-            return f"weights file {self.source}"
-        return f"RANDOM weights, not pretrained: {self.source}"
-
-    def warning(self) -> str:
-        """A loud banner for random weights; empty when the base is pretrained."""
-        if self.pretrained:
-            return ""
-        rule = "!" * 78
-        return (
-            f"{rule}\n"
-            "WARNING: the pretrained base has RANDOM weights, not ImageNet weights.\n"
-            f"Reason: {self.source}\n"
-            "This run is NOT transfer learning; its numbers cannot be compared with the\n"
-            "paper's 0.9344. See data_instructions.md to install the ImageNet weights file.\n"
-            f"{rule}"
-        )
-
-    def learning_rate_note(self, learning_rate: float) -> str:
-        """What a random base means for this run's learning rate ("" when pretrained)."""
-        if self.pretrained:
-            return ""
-        why = "The base has random weights: their features are tiny, so the head learns slowly"
-        if learning_rate < 0.01:
-            return f"{why} at this run's learning_rate={learning_rate} (configs/demo.yaml uses 0.03)."
-        return f"{why} at 0.001; this run trains it at learning_rate={learning_rate}."
 
 
 def keras_home() -> Path:
@@ -154,6 +124,7 @@ def build_model(
     probability is always computed in float32. ``task="subtype"`` puts a softmax over
     BreakHis' eight tumour types where the paper has one sigmoid unit.
     """
+    head = task_named(task)  # an unknown task is named before the base is built
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(precision)  # Keras applications take the global policy
     try:
@@ -168,8 +139,9 @@ def build_model(
         x = base_model(x, training=False)
         x = keras.layers.GlobalAveragePooling2D(name=FEATURE_LAYER)(x)
         x = keras.layers.Dropout(dropout, name="dropout")(x)
-        units, activation = (1, "sigmoid") if task == "binary" else (outputs_of(task), "softmax")
-        outputs = keras.layers.Dense(units, activation=activation, name="classifier", dtype="float32")(x)
+        outputs = keras.layers.Dense(
+            head.units, activation=head.activation, name="classifier", dtype="float32"
+        )(x)
     finally:
         keras.config.set_dtype_policy(previous)
     return keras.Model(inputs, outputs, name=f"bcnb_{backbone}")

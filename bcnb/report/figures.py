@@ -19,6 +19,7 @@ from bcnb.data.images import read_rgb
 from bcnb.data.loading import magnification_order
 from bcnb.data.tasks import CLASSES
 from bcnb.evaluate.calibrate import brier_score, reliability_table
+from bcnb.report import caveats
 from bcnb.run.artifacts import FIGURES_DIR
 from bcnb.run.files import replace_from_writer
 
@@ -85,20 +86,10 @@ def plot_runs(summary: dict) -> Figure:
     ax.tick_params(axis="x", labelrotation=20)
     # Outside the axes, where no run's point can hide behind it.
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
-    caveat = runs_caveat(summary)
+    caveat = caveats.subtitle(caveats.Provenance.from_summary(summary))
     if caveat:
         fig.suptitle(caveat, color="crimson", fontweight="bold", fontsize="medium")
     return fig
-
-
-def runs_caveat(summary: dict) -> str:
-    """What keeps a cross-run summary from being set beside the paper, or "" if nothing does."""
-    reasons = []
-    if not summary["weights_pretrained"]:
-        reasons.append("RANDOM weights (not ImageNet)")
-    if summary["dataset"] == "synthetic":
-        reasons.append("generated images (not tissue)")
-    return f"{', '.join(reasons)}: not comparable with the paper" if reasons else ""
 
 
 def plot_class_counts(table: pd.DataFrame) -> Figure:

@@ -20,7 +20,8 @@ from bcnb.data.layouts import parse_breakhis_name
 from bcnb.data.splitting import summarize_split
 from bcnb.data.tasks import SUBTYPE_NAMES
 from bcnb.evaluate.scores import format_figure
-from bcnb.report.run_report import DISCLAIMER, head_of, markdown_table
+from bcnb.report import caveats
+from bcnb.report.run_report import head_of, markdown_table
 from bcnb.run.artifacts import (
     MODEL_CARD_FILE,
     PREDICTIONS_FILE,
@@ -55,8 +56,8 @@ def render_model_card(
 ) -> str:
     sections = [
         f"# Model card: {_title(config)} transfer model (benign vs malignant)",
-        f"> {DISCLAIMER}",
-        _weights_warning(metrics),
+        f"> {caveats.DISCLAIMER}",
+        *caveats.markdown_lines(caveats.Provenance.from_records(config, metrics)),
         "## Model",
         _model_section(config, training, metrics),
         "## Intended use",
@@ -81,24 +82,14 @@ def _title(config: dict) -> str:
     return get_backbone(config["backbone"]).title
 
 
-def _weights_warning(metrics: dict) -> str:
-    if metrics["weights_pretrained"]:
-        return ""
-    return (
-        f"**WARNING: this model's base had RANDOM weights, not ImageNet weights "
-        f"({metrics['weights_source']}). It is not the paper's transfer-learning model, and its "
-        "figures below cannot be compared with the paper's.**"
-    )
-
-
 def _model_section(config: dict, training: dict, metrics: dict) -> str:
     size = config["img_size"]
-    weights = {"imagenet": "ImageNet", "file": f"the file {metrics['weights_source']}"}
+    weights = caveats.label_weights(caveats.Provenance.from_records(config, metrics))
     lines = [
         f"- Architecture: {_title(config)} base (frozen, called with training=False) -> "
         f"GlobalAveragePooling2D -> Dropout({config['dropout']}) -> {head_of(config)}; "
         f"input {size}x{size} RGB pixels, 0-255 ({config['resize']}); precision {config['precision']}.",
-        f"- Weights of the base: {weights.get(metrics['weights'], 'RANDOM (not pretrained)')}.",
+        f"- Weights of the base: {weights}.",
         f"- Trained: {training['epochs_run']} epochs of {training['optimizer']} at learning rate "
         f"{training['learning_rate']}, the weights of epoch {training['best_epoch']} kept (lowest "
         f"validation loss); fine-tuned layers of the base: {len(training['fine_tuned_layers'])}.",
@@ -123,8 +114,8 @@ def _intended_use() -> str:
 
 def _data_section(config: dict, dataset: dict, split: pd.DataFrame) -> str:
     name = config["dataset"]
-    if name == "synthetic":
-        name = "bcnb's built-in generated images (not real tissue)"
+    if name == caveats.SYNTHETIC:
+        name = caveats.BUILT_IN
     how = "by patient (no patient in two splits)" if dataset["patient_level"] else "BY IMAGE (no patient ids)"
     lines = [
         f"- Data: {name}; layout {dataset['layout']}; magnification {config['magnification']}.",
@@ -235,9 +226,5 @@ def _limits_section(config: dict, metrics: dict) -> str:
         "- Public breast histopathology sets come from few laboratories (BreakHis: one, in Brazil); "
         "another lab's staining or scanner can lower performance without warning.",
     ]
-    if config["dataset"] == "synthetic":
-        lines.append("- Trained and tested on generated images: it shows the pipeline works, not pathology.")
-    if not metrics["weights_pretrained"]:
-        lines.append("- Random base weights: not transfer learning; the figures say little about the paper.")
-    lines.append(f"- {DISCLAIMER}")
+    lines += caveats.bullets(caveats.Provenance.from_records(config, metrics))
     return "\n".join(lines)

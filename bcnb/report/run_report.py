@@ -8,11 +8,10 @@ import pandas as pd
 
 from bcnb.data.splitting import summarize_split
 from bcnb.evaluate.scores import format_figure
+from bcnb.report import caveats
 from bcnb.run.artifacts import REPORT_FILE, load_dataset_info, load_metrics, load_split, load_training_summary
 from bcnb.run.files import write_text_atomic
 from bcnb.run.record import read_record
-
-DISCLAIMER = "bcnb is for teaching and research, never for diagnosis."
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -32,8 +31,8 @@ def write_report(run_dir: str | Path) -> Path:
 def render_report(config: dict, dataset: dict, split: pd.DataFrame, training: dict, metrics: dict) -> str:
     sections = [
         "# bcnb run report",
-        f"> {DISCLAIMER}",
-        _weights_warning(config, metrics),
+        f"> {caveats.DISCLAIMER}",
+        *caveats.markdown_lines(caveats.Provenance.from_records(config, metrics)),
         "## Dataset",
         _dataset_section(config, dataset, split),
         "## Model and training",
@@ -48,23 +47,12 @@ def render_report(config: dict, dataset: dict, split: pd.DataFrame, training: di
     return "\n\n".join(s for s in sections if s) + "\n"
 
 
-def _weights_warning(config: dict, metrics: dict) -> str:
-    if metrics["weights_pretrained"]:
-        return ""
-    return (
-        f"**WARNING: the {_title(config)} base had RANDOM weights, not ImageNet weights "
-        f"({metrics['weights_source']}). This run is not transfer learning, and its numbers "
-        "cannot be compared with the paper's.**"
-    )
-
-
 def _dataset_section(config: dict, dataset: dict, split: pd.DataFrame) -> str:
     name = config["dataset"]
-    if name == "synthetic":
+    if name == caveats.SYNTHETIC:
         name = (
-            "synthetic: bcnb's built-in generated images "
-            f"({config['synthetic_patients']} patients, difficulty {config['synthetic_difficulty']}), "
-            "not real tissue"
+            f"synthetic: {caveats.BUILT_IN} "
+            f"({config['synthetic_patients']} patients, difficulty {config['synthetic_difficulty']})"
         )
     lines = [
         f"- dataset: {name}",
@@ -85,9 +73,7 @@ def _training_section(config: dict, training: dict, metrics: dict) -> str:
     """The model as recorded by 02 (config.yaml) and training as 03 recorded it (training.json)."""
     cached = training["feature_cache"]
     how = "the head on cached base features" if cached else "end to end through the frozen base"
-    weights = {"imagenet": "ImageNet", "file": f"file {metrics['weights_source']}"}.get(
-        metrics["weights"], "RANDOM (not pretrained)"
-    )
+    weights = caveats.label_weights(caveats.Provenance.from_records(config, metrics))
     size = config["img_size"]
     lines = [
         f"- model: {_title(config)} (frozen, training=False) -> GlobalAveragePooling2D -> "
@@ -119,9 +105,9 @@ def _training_section(config: dict, training: dict, metrics: dict) -> str:
 
 def head_of(config: dict) -> str:
     """The classifier as the paper writes it, or the tumour-type head of task=subtype."""
-    if config.get("task", "binary") == "binary":
-        return "Dense(1, sigmoid)"
-    return "Dense(8, softmax) over BreakHis' tumour types (benign vs malignant: the malignant types' sum)"
+    from bcnb.data.tasks import BINARY, task_named
+
+    return task_named(config.get("task", BINARY.name)).head
 
 
 def _title(config: dict) -> str:
@@ -228,15 +214,7 @@ def _limits_section(config: dict, metrics: dict) -> str:
         f"would score {metrics['majority_class_accuracy']:.3f} here; balanced accuracy, sensitivity and "
         "specificity show what accuracy hides.",
     ]
-    if config["dataset"] == "synthetic":
-        lines.append(
-            "- The images are generated, not real tissue: this run tests the pipeline, not pathology."
-        )
-    if not metrics["weights_pretrained"]:
-        lines.append("- The base had random weights, so this is not the paper's transfer-learning method.")
-    lines.append(
-        f"- {DISCLAIMER} A test accuracy on a few dozen patients says nothing about use in a clinic."
-    )
+    lines += caveats.bullets(caveats.Provenance.from_records(config, metrics))
     return "\n".join(lines)
 
 

@@ -35,6 +35,8 @@ import pandas as pd
 
 from bcnb.run.files import write_json_atomic, write_text_atomic
 
+# The run folder's own: what the folder is and the record's digest; the record itself.
+MARKER_FILE = ".bcnb.json"
 # 01: the data
 DATASET_FILE = "dataset.json"
 SPLIT_FILE = "split.csv"

@@ -1,38 +1,23 @@
-"""The run folder: one record of how the run was made, one writer at a time, and the one
-decision on whether a folder may be written, resumed or replaced.
+"""The run's record, ``config.yaml``: how the run was made, written once and checked.
 
-**The record** is ``config.yaml``. Each parameter is recorded once, by the first notebook
-that uses it (01 the data and split, 02 the model, 03 training, 04 evaluation, see
-``config.STAGES``), or by ``bcnb reproduce`` for every stage it runs before notebook 01
-starts. A recorded value never changes: a notebook run on the folder with another value
-stops with one line naming the parameter and both values. Only parameters that change how
-results are shown (``config.PRESENTATION``: ``interactive``, ``predict_images``, ``run_dir``)
-may differ.
+Each parameter is recorded once, by the first notebook that uses it (01 the data and split,
+02 the model, 03 training, 04 evaluation, see ``config.STAGES``), or by ``bcnb reproduce`` for
+every stage it runs before notebook 01 starts. A recorded value never changes: a notebook run
+on the folder with another value stops with one line naming the parameter and both values.
+Only parameters that change how results are shown (``config.PRESENTATION``: ``interactive``,
+``predict_images``, ``run_dir``) may differ.
 
-**The marker**, ``.bcnb.json``, says that bcnb made the folder and what it holds (a single
-``run``, a ``protocol`` of folds or repeats, or a ``sweep``), and keeps the SHA-256 of the
-record from its first write: a hand-edited record no longer matches and is refused, so a
-report can never describe a run by parameters it was not made with. Only a folder with a
-marker of the same kind is ever replaced (:func:`check_destination`).
-
-**One writer**: a lock file beside the folder (``.NAME.lock``) held with ``flock``, which the
-operating system releases when its process ends, however it ends, so a killed run never
-blocks the folder. ``bcnb reproduce`` holds it alone for the whole run; notebooks hold it
-together (a student steps through 01-06, each in its own kernel) for as long as their
-kernel lives, so neither can start while the other writes. ``bcnb extract --shard``
-processes take no lock: each writes only its own shard file, by design side by side.
+The record is tamper-evident: the folder's marker (:mod:`bcnb.run.folder`) keeps its SHA-256
+from the first write, so a hand-edited record is refused wherever it is read and no report can
+describe a run by parameters it was not made with. Whether a folder to resume or keep holds
+what is asked for is checked here too, run by run (:func:`check_runs_made_with`).
 """
 
 from __future__ import annotations
 
-import atexit
 import fcntl
 import hashlib
-import json
 import os
-import socket
-import tempfile
-import time
 from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,126 +26,22 @@ from typing import Any
 import yaml
 
 from bcnb.config import CONFIG_FILE, NOTEBOOK_OF_STAGE, STAGES, Config, defines_the_run, field_names
+from bcnb.run.artifacts import MARKER_FILE
 from bcnb.run.files import write_json_atomic, write_text_atomic
-
-# bcnb reproduce sets this to the folder it holds when its kernels work in that folder itself.
-HELD_BY_PARENT = "BCNB_RUN_FOLDER_HELD"
-MARKER_FILE = ".bcnb.json"
-KINDS = {"run": "single run", "protocol": "cross-validation or repeats", "sweep": "sweep"}
-
-
-class RunFolderBusy(ValueError):
-    """Another process is writing the run folder."""
+from bcnb.run.folder import (
+    KINDS,
+    RecordTampered,
+    describe_folder,
+    folder_kind,
+    made_by,
+    read_marker,
+    start_folder,
+)
+from bcnb.run.lock import hold_for_notebook
 
 
 class RecordMismatch(ValueError):
     """Parameters that differ from the ones the run folder was made with."""
-
-
-class RecordTampered(ValueError):
-    """A record that is not the one bcnb wrote (edited, removed, or without its digest)."""
-
-
-class DestinationRefused(ValueError):
-    """A folder bcnb may not write, resume or replace (a user's files, another kind, read-only)."""
-
-
-# --------------------------------------------------------------------------- the marker
-def read_marker(folder: str | Path) -> dict[str, Any] | None:
-    """What ``.bcnb.json`` says of a folder bcnb made; None for any other folder."""
-    path = Path(folder) / MARKER_FILE
-    try:
-        marker = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as error:
-        why = error.__class__.__name__
-        raise RecordTampered(f"{path}: unreadable ({why}); bcnb cannot trust this folder") from None
-    if not isinstance(marker, dict) or marker.get("kind") not in KINDS:
-        raise RecordTampered(f"{path}: not a bcnb marker (expected a kind of {', '.join(KINDS)})")
-    return marker
-
-
-def folder_kind(folder: str | Path) -> str | None:
-    """ "run", "protocol" or "sweep" for a folder bcnb made; None for anything else."""
-    marker = read_marker(folder) if Path(folder).is_dir() else None
-    return marker["kind"] if marker else None
-
-
-def start_folder(folder: str | Path, kind: str) -> Path:
-    """Make ``folder`` (absent or empty) a bcnb folder of ``kind``; keep one that already is."""
-    folder = Path(folder)
-    found = folder_kind(folder)
-    if found == kind:
-        return folder
-    if found is not None or (folder.is_dir() and any(folder.iterdir())):
-        raise DestinationRefused(
-            f"{folder}: {_what_it_is(folder)}; bcnb starts a {KINDS[kind]} only in a new folder"
-        )
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(folder / MARKER_FILE, {"kind": kind, "made_by": made_by()})
-    return folder
-
-
-def made_by() -> dict[str, str]:
-    """The versions a folder was made with (those importable without starting TensorFlow)."""
-    import platform
-
-    from bcnb import __version__
-
-    return {
-        "bcnb": __version__,
-        "python": platform.python_version(),
-        "made": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-
-
-def _what_it_is(folder: Path) -> str:
-    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
-        return "is a file, not a folder"
-    kind = folder_kind(folder)
-    if kind is None:
-        return f"holds files bcnb did not make (no {MARKER_FILE})"
-    return f"is a bcnb {KINDS[kind]} folder"
-
-
-# --------------------------------------------------------------------------- the destination
-def check_destination(out: str | Path, kind: str, option: str = "--out") -> None:
-    """The one decision on a destination: may bcnb make a ``kind`` folder at ``out``?
-
-    Yes when nothing is there, an empty folder, or a folder bcnb made of the same kind (a
-    single run replaces a single run, a protocol a protocol; a sweep goes on in its own
-    folder); and when the folders it writes can be written. Anything else raises
-    DestinationRefused, one line naming ``option`` and the folder, with nothing touched.
-    """
-    out = Path(out)
-    if out.exists() or out.is_symlink():
-        found = folder_kind(out) if out.is_dir() and not out.is_symlink() else None
-        empty = out.is_dir() and not out.is_symlink() and not any(out.iterdir())
-        if found != kind and not empty:
-            raise DestinationRefused(
-                f"{option}: {out} {_what_it_is(out)}; bcnb only replaces a {KINDS[kind]} folder it made: "
-                "choose another folder (or move this one away yourself)"
-            )
-    check_writable(out.parent, option)
-    if kind == "sweep" and out.is_dir():  # a sweep writes its cells inside the folder itself
-        check_writable(out, option)
-
-
-def check_writable(folder: str | Path, option: str) -> None:
-    """Fail in one line, before anything starts, where ``folder`` cannot take new files.
-
-    Tried for real (a file made and removed): permissions, read-only file systems and root's
-    exemptions all answer as they will for the run itself.
-    """
-    folder = Path(folder)
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
-    try:
-        handle, probe = tempfile.mkstemp(prefix=".bcnb-write-test-", dir=existing)
-    except OSError as error:
-        raise DestinationRefused(f"{option}: cannot write in {existing} ({error.strerror})") from None
-    os.close(handle)
-    os.unlink(probe)
 
 
 # --------------------------------------------------------------------------- the record
@@ -264,7 +145,7 @@ def check_runs_made_with(folder: str | Path, kind: str, runs: Mapping[str, Confi
     folder = Path(folder)
     found = folder_kind(folder)
     if found != kind:
-        raise RecordMismatch(f"{folder} {_what_it_is(folder)}, not a {KINDS[kind]}; {advice}")
+        raise RecordMismatch(f"{folder} {describe_folder(folder)}, not a {KINDS[kind]}; {advice}")
     if kind == "run":
         check_made_with(folder, next(iter(runs.values())), advice=advice)
         return
@@ -333,118 +214,3 @@ def open_run(namespace: Mapping[str, Any], stage: str) -> Config:
         start_folder(run_dir, "run")
     record_parameters(run_dir, cfg, given, [stage])
     return cfg
-
-
-_HELD: dict[Path, RunLock] = {}
-
-
-def hold_for_notebook(run_dir: Path, notebook: str) -> None:
-    """Share the run folder with the other notebooks until this kernel ends."""
-    folder = Path(run_dir).resolve()
-    if folder in _HELD or os.environ.get(HELD_BY_PARENT) == str(folder):
-        return
-    _HELD[folder] = RunLock(folder, f"the kernel of notebook {notebook}", shared=True).acquire()
-    atexit.register(_HELD[folder].release)  # a kernel that is killed lets go all the same
-
-
-# --------------------------------------------------------------------------- the lock
-def lock_path(folder: str | Path) -> Path:
-    folder = Path(folder).resolve()
-    return folder.parent / f".{folder.name}.lock"
-
-
-class RunLock:
-    """``flock`` on ``.NAME.lock`` beside the run folder: exclusive, or shared by notebooks.
-
-    The file holds one JSON line per holder (process, host, what, since) so that a refused
-    writer can say who holds the folder.
-    """
-
-    def __init__(self, folder: str | Path, what: str, shared: bool = False):
-        self.folder = Path(folder).resolve()
-        self.path = lock_path(self.folder)
-        self.what = what
-        self.shared = shared
-        self._fd: int | None = None
-
-    def acquire(self) -> RunLock:
-        """Take the lock now or raise RunFolderBusy naming the folder and its holder."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holders = _live_holders(fd)
-                os.close(fd)
-                raise RunFolderBusy(
-                    f"{self.folder} is being written by {holders}; wait for it to finish or stop it "
-                    "(a notebook: shut down its kernel)"
-                ) from None
-            if _same_file(fd, self.path):
-                break
-            os.close(fd)  # an exclusive holder removed the file as we opened it: take the new one
-        self._fd = fd
-        _write_holder(fd, self.what, truncate=not self.shared)
-        return self
-
-    def release(self) -> None:
-        """Let go; the last holder removes the lock file (while still holding it, so no one
-        can be inside)."""
-        if self._fd is None:
-            return
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while others share it
-            self.path.unlink(missing_ok=True)
-        except BlockingIOError:
-            pass
-        os.close(self._fd)
-        self._fd = None
-
-    def __enter__(self) -> RunLock:
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        return os.stat(path).st_ino == os.fstat(fd).st_ino
-    except FileNotFoundError:
-        return False
-
-
-def _write_holder(fd: int, what: str, truncate: bool) -> None:
-    since = time.strftime("%Y-%m-%d %H:%M:%S")
-    line = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "what": what, "since": since}) + "\n"
-    if truncate:
-        os.ftruncate(fd, 0)
-    os.lseek(fd, 0, os.SEEK_END)
-    os.write(fd, line.encode())
-
-
-def _live_holders(fd: int) -> str:
-    """The holders a lock file names whose processes still run, in words."""
-    os.lseek(fd, 0, os.SEEK_SET)
-    text = os.read(fd, 1 << 16).decode(errors="replace")
-    found = []
-    for line in text.splitlines():
-        try:
-            holder = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if holder.get("host") != socket.gethostname() or _alive(int(holder.get("pid", 0))):
-            where = f"process {holder['pid']} on {holder['host']}, since {holder['since']}"
-            found.append(f"{holder['what']} ({where})")
-    return ", ".join(found) or "another process"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return pid > 0

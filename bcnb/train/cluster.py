@@ -72,7 +72,7 @@ _MODELS: dict = {}  # per worker process: the model of each run folder, loaded o
 def features_of_chunk(run_dir: str, start: int, stop: int) -> np.ndarray:
     """On a worker: the features of rows ``start:stop`` of the run's split, as the
     single-process path computes them (same batch size, resize and stain normalisation)."""
-    from bcnb.data.pipeline import stain_normalizer
+    from bcnb.data.pipeline import Preparation
     from bcnb.run.artifacts import load_split
     from bcnb.train.features import EXTRACTION_BATCH, extract_features
 
@@ -83,9 +83,7 @@ def features_of_chunk(run_dir: str, start: int, stop: int) -> np.ndarray:
     # size, so a 16-image chunk in a 64-image batch would cost four times its work.
     batch_size = min(max(cfg.batch_size, EXTRACTION_BATCH), len(rows))
     try:
-        return extract_features(
-            model, rows, cfg.img_size, batch_size, resize=cfg.resize, stain=stain_normalizer(cfg)
-        )
+        return extract_features(model, rows, Preparation.from_run(cfg), batch_size)
     except Exception:
         _raise_for_bad_file(rows)  # a reason of the data: name the file
         raise
@@ -122,13 +120,13 @@ def extract_on_cluster(
 ) -> Path:
     """Stage entry point: run_dir/features/all.npy computed chunk by chunk on ``client``'s
     workers, with its key, unless a current one is there already."""
-    from bcnb.data.pipeline import stain_normalizer
+    from bcnb.data.pipeline import Preparation
     from bcnb.model.transfer import feature_extractor
     from bcnb.run.artifacts import ALL_FEATURES, FEATURES_DIR
     from bcnb.train.features import ABSENT, feature_cache_key, stale_reason, write_feature_key
 
     path = Path(cfg.run_dir) / FEATURES_DIR / ALL_FEATURES
-    key = feature_cache_key(model, split, cfg.img_size, cfg.resize, stain_normalizer(cfg))
+    key = feature_cache_key(model, split, Preparation.from_run(cfg))
     reason = stale_reason(path, key, len(split))
     if reason is None:
         say(f"{path}: already computed for this run")

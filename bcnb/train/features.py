@@ -23,8 +23,7 @@ import numpy as np
 import pandas as pd
 
 from bcnb.config import Config
-from bcnb.data.pipeline import make_dataset, stain_normalizer, tiles_of
-from bcnb.data.stain import StainNormalizer
+from bcnb.data.pipeline import Preparation, make_dataset, tiles_of
 from bcnb.model.transfer import base_of, feature_extractor
 from bcnb.run.artifacts import ALL_FEATURES, FEATURES_DIR, SHARDS_DIR
 from bcnb.run.files import replace_from_writer, write_json_atomic
@@ -42,12 +41,7 @@ _RECOMPUTED: dict[str, str] = {}
 
 
 def feature_batches(
-    model: keras.Model,
-    table: pd.DataFrame,
-    img_size: int,
-    batch_size: int,
-    resize: str = "squash",
-    stain: StainNormalizer | None = None,
+    model: keras.Model, table: pd.DataFrame, preparation: Preparation, batch_size: int
 ) -> Iterator[np.ndarray]:
     """Pooled features of ``table``'s images, one (batch, 2048) array at a time, in order.
 
@@ -57,7 +51,7 @@ def feature_batches(
     to Keras. The images arrive as uint8; the model casts them on entry.
     """
     extractor = feature_extractor(model)
-    for images, _ in make_dataset(table, img_size, batch_size, resize, stain):
+    for images, _ in make_dataset(table, preparation, batch_size):
         images = images.numpy()
         count = len(images)
         if count < batch_size:  # pad the last batch: a new shape would trace predict again
@@ -66,24 +60,22 @@ def feature_batches(
 
 
 def extract_features(
-    model: keras.Model, table: pd.DataFrame, img_size: int, batch_size: int, **prepare
+    model: keras.Model, table: pd.DataFrame, preparation: Preparation, batch_size: int
 ) -> np.ndarray:
-    """All features of a (small) table in memory; large tables go through write_features.
-    ``prepare``: ``resize`` and ``stain``, as :func:`feature_batches` takes them."""
-    return np.concatenate(list(feature_batches(model, table, img_size, batch_size, **prepare)))
+    """All features of a (small) table in memory; large tables go through write_features."""
+    return np.concatenate(list(feature_batches(model, table, preparation, batch_size)))
 
 
 def write_features(
-    model: keras.Model, table: pd.DataFrame, img_size: int, batch_size: int, path: Path, **prepare
+    model: keras.Model, table: pd.DataFrame, preparation: Preparation, batch_size: int, path: Path
 ) -> None:
-    """Stream the features of ``table`` into the .npy file ``path`` (atomically); ``prepare``
-    as for :func:`extract_features`."""
+    """Stream the features of ``table`` into the .npy file ``path`` (atomically)."""
     shape = (len(table), feature_extractor(model).output.shape[-1])
 
     def write(temporary: Path) -> None:
         out = np.lib.format.open_memmap(temporary, mode="w+", dtype=DTYPE, shape=shape)
         start = 0
-        for batch in feature_batches(model, table, img_size, batch_size, **prepare):
+        for batch in feature_batches(model, table, preparation, batch_size):
             out[start : start + len(batch)] = batch
             start += len(batch)
         out.flush()
@@ -97,21 +89,13 @@ def read_features(path: str | Path, rows: np.ndarray | None = None) -> np.ndarra
     return np.array(stored) if rows is None else stored[np.asarray(rows, dtype=int)]
 
 
-def feature_cache_key(
-    model: keras.Model,
-    table: pd.DataFrame,
-    img_size: int,
-    resize: str = "squash",
-    stain: StainNormalizer | None = None,
-) -> str:
-    """A hash of everything the features depend on: files, tiles, image size, resize mode
-    and stain normalisation (method and target), and the base: its name (backbone), compute
-    precision and weights."""
+def feature_cache_key(model: keras.Model, table: pd.DataFrame, preparation: Preparation) -> str:
+    """A hash of everything the features depend on: files, tiles, the preparation (image size,
+    resize mode, stain normalisation's method and target), and the base: its name (backbone),
+    compute precision and weights."""
     extractor = feature_extractor(model)
     base = base_of(model)
-    header = f"img_size={img_size}|resize={resize}|base={base.name}|precision={base.dtype_policy.name}"
-    if stain is not None:  # absent otherwise, so caches made before normalisation existed stay valid
-        header += f"|stain={stain.method}:{stain.key()}"
+    header = preparation.cache_header(f"base={base.name}|precision={base.dtype_policy.name}")
     digest = hashlib.sha256(header.encode())
     for path, tile, tiles in zip(table["path"], *tiles_of(table)):
         stat = Path(path).stat()
@@ -122,28 +106,22 @@ def feature_cache_key(
 
 
 def cached_features(
-    model: keras.Model,
-    table: pd.DataFrame,
-    img_size: int,
-    batch_size: int,
-    path: str | Path,
-    resize: str = "squash",
-    stain: StainNormalizer | None = None,
+    model: keras.Model, table: pd.DataFrame, preparation: Preparation, batch_size: int, path: str | Path
 ) -> Path:
     """The feature file for ``table`` at ``path`` (.npy), recomputed unless its key and checksum
     match; why it was recomputed over stored features, :func:`recompute_note` says."""
     path = Path(path)
-    key = feature_cache_key(model, table, img_size, resize, stain)
+    key = feature_cache_key(model, table, preparation)
     reason = stale_reason(path, key, len(table))
     _RECOMPUTED.pop(_note_key(path), None)
     if reason is None:
         return path
     path.with_suffix(".key.json").unlink(missing_ok=True)  # from here on, the old file is no longer trusted
-    shards = _complete_shards(model, table, img_size, resize, path, stain)
+    shards = _complete_shards(model, table, preparation, path)
     if shards:
         _concatenate(shards, path)
     else:
-        write_features(model, table, img_size, batch_size, path, resize=resize, stain=stain)
+        write_features(model, table, preparation, batch_size, path)
     write_feature_key(path, key, len(table))
     if reason != ABSENT:
         _RECOMPUTED[_note_key(path)] = f"{path}: {reason}: recomputed"
@@ -213,15 +191,13 @@ def shard_path(path: Path, shard: int, shards: int) -> Path:
     return path.parent / SHARDS_DIR / f"{path.stem}.{shard}-of-{shards}.npy"
 
 
-def _complete_shards(
-    model, table: pd.DataFrame, img_size: int, resize: str, path: Path, stain=None
-) -> list[Path]:
+def _complete_shards(model, table: pd.DataFrame, preparation: Preparation, path: Path) -> list[Path]:
     """The shard files of ``path``, in order, if a whole set is there and every key matches."""
     for found in sorted((path.parent / SHARDS_DIR).glob(f"{path.stem}.0-of-*.npy")):
         shards = int(found.stem.rsplit("-of-", 1)[1])
         parts = [shard_path(path, shard, shards) for shard in range(shards)]
         rows = [table.iloc[shard_rows(len(table), shard, shards)] for shard in range(shards)]
-        keys = [feature_cache_key(model, part, img_size, resize, stain) for part in rows]
+        keys = [feature_cache_key(model, part, preparation) for part in rows]
         if all(is_current(part, key, len(r)) for part, key, r in zip(parts, keys, rows)):
             return parts
     return []
@@ -248,7 +224,7 @@ def extract_shard(cfg: Config, model: keras.Model, split: pd.DataFrame, shard: i
     path = shard_path(Path(cfg.run_dir) / FEATURES_DIR / ALL_FEATURES, shard, shards)
     rows = split.iloc[shard_rows(len(split), shard, shards)]
     batch_size = max(cfg.batch_size, EXTRACTION_BATCH)
-    return cached_features(model, rows, cfg.img_size, batch_size, path, cfg.resize, stain_normalizer(cfg))
+    return cached_features(model, rows, Preparation.from_run(cfg), batch_size, path)
 
 
 def _holds_rows(path: Path, rows: int) -> bool:
@@ -273,4 +249,4 @@ def features_of(cfg: Config, model: keras.Model, split: pd.DataFrame) -> Path:
     row order, as run_dir/features/all.npy (one pass over the images for all splits)."""
     path = Path(cfg.run_dir) / FEATURES_DIR / ALL_FEATURES
     batch_size = max(cfg.batch_size, EXTRACTION_BATCH)
-    return cached_features(model, split, cfg.img_size, batch_size, path, cfg.resize, stain_normalizer(cfg))
+    return cached_features(model, split, Preparation.from_run(cfg), batch_size, path)

@@ -30,10 +30,8 @@ import pandas as pd
 
 from bcnb.config import Config
 from bcnb.data.augment import Augmentation, random_augment
-from bcnb.data.images import load_for_model
-from bcnb.data.pipeline import stain_normalizer, tiles_of
-from bcnb.data.stain import StainNormalizer
-from bcnb.data.tasks import targets_of
+from bcnb.data.pipeline import Preparation, tiles_of
+from bcnb.data.tasks import BINARY, Task, task_named
 from bcnb.model.transfer import classifier_head, unfreeze_top_layers
 from bcnb.run.artifacts import (
     CHECKPOINT_FILE,
@@ -117,24 +115,19 @@ class ImageBatches(EpochBatches):
     def __init__(
         self,
         table: pd.DataFrame,
-        img_size: int,
-        resize: str,
+        preparation: Preparation,
         batch_size: int,
         augmentation: Augmentation | None = None,
-        stain: StainNormalizer | None = None,
-        task: str = "binary",
+        task: Task = BINARY,
         **order,
     ):
-        super().__init__(targets_of(table, task), batch_size, **order)
+        super().__init__(task.targets_of(table), batch_size, **order)
         tile, tiles = tiles_of(table)
         self.sources = list(zip(table["path"], tiles, tile))
-        self.img_size, self.resize, self.augmentation, self.stain = img_size, resize, augmentation, stain
+        self.preparation, self.augmentation = preparation, augmentation
 
     def inputs(self, positions: np.ndarray) -> np.ndarray:
-        images = [
-            load_for_model(path, self.img_size, self.resize, int(tiles), int(tile), self.stain)
-            for path, tiles, tile in (self.sources[p] for p in positions)
-        ]
+        images = [self.preparation.prepare(*self.sources[p]) for p in positions]
         if self.augmentation is None:
             return np.stack(images)
         key = int(np.random.default_rng([self.seed, self.stream, self.epoch]).integers(2**31))
@@ -160,10 +153,11 @@ def training_inputs(cfg: Config, model: keras.Model, split: pd.DataFrame):
         return model, *image_inputs(cfg, train, val, augment=cfg.augment)
     path = features_of(cfg, model, split)
     rows = {name: np.flatnonzero(split["split"].to_numpy() == name) for name in ("train", "val")}
+    task = task_named(cfg.task)
     train_data = FeatureBatches(
-        path, rows["train"], targets_of(train, cfg.task), cfg.batch_size, shuffle=True, seed=cfg.seed
+        path, rows["train"], task.targets_of(train), cfg.batch_size, shuffle=True, seed=cfg.seed
     )
-    val_targets = targets_of(val, cfg.task)
+    val_targets = task.targets_of(val)
     val_data = FeatureBatches(path, rows["val"], val_targets, max(cfg.batch_size, VALIDATION_BATCH))
     return classifier_head(model), train_data, val_data
 
@@ -177,20 +171,11 @@ def steps_per_call(train_data) -> int:
 def image_inputs(cfg: Config, train: pd.DataFrame, val: pd.DataFrame, augment: bool = False, stream: int = 0):
     """(train_data, val_data) of images; ``augment`` transforms the training images."""
     augmentation = Augmentation.from_config(cfg) if augment else None
-    stain = stain_normalizer(cfg)
+    preparation, task = Preparation.from_run(cfg), task_named(cfg.task)
     train_data = ImageBatches(
-        train,
-        cfg.img_size,
-        cfg.resize,
-        cfg.batch_size,
-        augmentation,
-        stain,
-        cfg.task,
-        shuffle=True,
-        seed=cfg.seed,
-        stream=stream,
+        train, preparation, cfg.batch_size, augmentation, task, shuffle=True, seed=cfg.seed, stream=stream
     )
-    return train_data, ImageBatches(val, cfg.img_size, cfg.resize, cfg.batch_size, stain=stain, task=cfg.task)
+    return train_data, ImageBatches(val, preparation, cfg.batch_size, task=task)
 
 
 def fine_tuning_inputs(cfg: Config, split: pd.DataFrame):
@@ -204,7 +189,7 @@ def class_weights(cfg: Config, split: pd.DataFrame) -> dict[int, float] | None:
     """``fit``'s class_weight: None, or each class weighed by the inverse of its share."""
     if cfg.class_weight != "balanced":
         return None
-    return balanced_class_weight(targets_of(split[split["split"] == "train"], cfg.task))
+    return balanced_class_weight(task_named(cfg.task).targets_of(split[split["split"] == "train"]))
 
 
 def balanced_class_weight(labels: np.ndarray) -> dict[int, float]:
@@ -253,28 +238,16 @@ def metrics_line(logs: dict | None) -> str:
 
 # --------------------------------------------------------------------------- training
 def compile_for_training(
-    model: keras.Model, learning_rate: float, steps_per_execution: int = 1, task: str = "binary"
+    model: keras.Model, learning_rate: float, steps_per_execution: int = 1, task: Task = BINARY
 ) -> None:
     """The paper's compile: Adam on binary cross-entropy, reporting accuracy; for tumour
     types, cross-entropy over the eight classes (the label is the type's index)."""
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-        loss=loss_of(task),
-        metrics=[accuracy_of(task)],
+        loss=task.loss(),
+        metrics=[task.accuracy()],
         steps_per_execution=steps_per_execution,
     )
-
-
-def loss_of(task: str) -> keras.losses.Loss:
-    if task == "binary":
-        return keras.losses.BinaryCrossentropy()
-    return keras.losses.SparseCategoricalCrossentropy()
-
-
-def accuracy_of(task: str) -> keras.metrics.Metric:
-    if task == "binary":
-        return keras.metrics.BinaryAccuracy(name="accuracy")
-    return keras.metrics.SparseCategoricalAccuracy(name="accuracy")
 
 
 def fit_phase(
@@ -319,13 +292,14 @@ def train_model(
     """
     model_to_fit, train_data, val_data = training_inputs(cfg, model, split)
     seed_everything(cfg.seed)  # the same dropout, cache or not
-    compile_for_training(model_to_fit, cfg.learning_rate, steps_per_call(train_data), cfg.task)
+    task = task_named(cfg.task)
+    compile_for_training(model_to_fit, cfg.learning_rate, steps_per_call(train_data), task)
     lines = [EpochLines(cfg.epochs, progress)] if progress else []
     phases = [fit_phase(cfg, split, "head", model_to_fit, train_data, val_data, callbacks=lines)]
     fine_tuned = []
     if cfg.fine_tunes:
         fine_tuned = unfreeze_top_layers(model, cfg.fine_tune_layers)
-        compile_for_training(model, cfg.fine_tune_learning_rate, task=cfg.task)
+        compile_for_training(model, cfg.fine_tune_learning_rate, task=task)
         lines = [EpochLines(cfg.fine_tune_epochs, progress, "fine-tuning ")] if progress else []
         tune_data, val_images = fine_tuning_inputs(cfg, split)
         phases.append(
@@ -349,9 +323,8 @@ def finish_training(
     """After the last ``fit``: compile the full model as the paper did (so that ``evaluate``
     reports its loss and accuracy), save the history and what training used, and remove the
     checkpoints (finished: a re-run trains afresh). Returns the history of every phase."""
-    compile_for_training(
-        model, cfg.fine_tune_learning_rate if cfg.fine_tunes else cfg.learning_rate, task=cfg.task
-    )
+    learning_rate = cfg.fine_tune_learning_rate if cfg.fine_tunes else cfg.learning_rate
+    compile_for_training(model, learning_rate, task=task_named(cfg.task))
     model.optimizer.build(model.trainable_variables)  # so the saved model loads without a warning
     rows = [{**row, "phase": phase} for phase, done in zip(PHASES, phases) for row in done.history]
     history = history_frame(rows)

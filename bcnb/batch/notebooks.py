@@ -1,0 +1,169 @@
+"""Executing notebooks headless: the one place papermill runs a notebook.
+
+Each notebook runs in its run folder's ``notebooks/`` with ``run_dir = ".."``: the executed
+notebooks name no staging folder, and each can be run again in place, in JupyterLab or by
+papermill, once the run is finished. The kernels work on the folder this process holds for
+them (one writer), and what they write to file descriptor 2 (TensorFlow's C++ log) goes to
+``notebooks/kernels.log``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+from bcnb.config import NOTEBOOK_OF_STAGE, Config
+from bcnb.run.artifacts import KERNEL_LOG
+from bcnb.run.files import write_text_atomic
+from bcnb.run.folder import DestinationRefused
+from bcnb.run.lock import HELD_BY_PARENT
+from bcnb.run.nativelog import native_stderr
+from bcnb.run.record import RecordMismatch
+
+NOTEBOOKS = tuple(NOTEBOOK_OF_STAGE.values())
+# 05 trains every backbone again: it runs only when asked for (bcnb reproduce --compare).
+COMPARISON = NOTEBOOK_OF_STAGE["compare"]
+STAGE_OF_NOTEBOOK = {notebook: stage for stage, notebook in NOTEBOOK_OF_STAGE.items()}
+ROOT_DIR = Path(__file__).resolve().parents[2]  # the project's folder, in a checkout
+# The notebooks travel inside the package when it is installed (pip install .); in a checkout
+# (and an editable install) they are the project's notebooks/.
+_PACKAGED = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS_DIR = _PACKAGED if _PACKAGED.is_dir() else ROOT_DIR / "notebooks"
+# A notebook's run folder, as the executed notebook names it: the folder it lies in is
+# RUN/notebooks, so ".." is RUN wherever the run is moved (staging, then its final name).
+RUN_DIR_FROM_NOTEBOOK = ".."
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook raised while papermill executed it."""
+
+
+class WriteFailed(DestinationRefused):
+    """A file could not be written (disk full, read-only, no permission)."""
+
+
+# --------------------------------------------------------------------------- notebooks
+def run_notebooks(
+    folder: Path,
+    names: list[str],
+    cfg: Config,
+    notebooks_dir: Path = NOTEBOOKS_DIR,
+    progress: Callable[[str], None] = lambda message: None,
+    progress_bar: bool = False,
+    again: bool = False,
+    label: str = "",
+) -> None:
+    """Execute ``names`` in order into ``folder/notebooks``, the kernels working on ``folder``
+    (which this process holds for them) with their C++ log in ``kernels.log``.
+
+    Each executed notebook takes its name only once it has run to its end. A notebook that
+    raises stops the job (NotebookFailed, the executed notebook kept for inspection); a file
+    that cannot be written (disk full, read-only) stops it too (WriteFailed, one line).
+    """
+    target_dir = folder / "notebooks"
+    target_dir.mkdir(parents=True, exist_ok=True)
+    with kernels_work_in(folder), native_stderr(target_dir / KERNEL_LOG):
+        for number, name in enumerate(names, start=1):
+            where = f" (again, in {folder.name})" if again else ""
+            progress(f"{label}[{number}/{len(names)}] {name}{where}")
+            running = target_dir / f".{name}.running.ipynb"
+            try:
+                execute(notebooks_dir / name, running, cfg, progress_bar)
+            except NotebookFailed:
+                os.replace(running, target_dir / name)  # the failed notebook, to read
+                raise
+            except BaseException:
+                running.unlink(missing_ok=True)
+                raise
+            record_final_name(running, name)
+            os.replace(running, target_dir / name)
+
+
+def record_final_name(executed: Path, name: str) -> None:
+    """Papermill records where it wrote the notebook: the temporary name in the staging folder.
+    Record the name it is read under instead, relative to the folder it lies in (the run
+    folder moves; the notebook's place in it does not)."""
+    import nbformat
+
+    notebook = nbformat.read(executed, as_version=4)
+    notebook.metadata.setdefault("papermill", {})["output_path"] = name
+    write_text_atomic(executed, nbformat.writes(notebook) + "\n")
+
+
+@contextmanager
+def kernels_work_in(folder: Path):
+    """The kernels started meanwhile write into ``folder``, which this process holds for them."""
+    os.environ[HELD_BY_PARENT] = str(folder.resolve())
+    try:
+        yield
+    finally:
+        os.environ.pop(HELD_BY_PARENT, None)
+
+
+def check_notebooks(notebooks_dir: Path, names: list[str]) -> None:
+    missing = [name for name in names if not (notebooks_dir / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"notebooks: {notebooks_dir} lacks {', '.join(missing)}")
+
+
+def notebook_named(name: str, option: str = "--stop-after") -> str:
+    """The notebook ``name`` stands for: "02_model", "02_model.ipynb" or "02"."""
+    matches = [
+        notebook
+        for notebook in NOTEBOOKS
+        if notebook == name or notebook.split("_")[0] == name or notebook.removesuffix(".ipynb") == name
+    ]
+    if not matches:
+        raise ValueError(f"{option}: expected one of {', '.join(NOTEBOOKS)}, got {name!r}")
+    return matches[0]
+
+
+def parameter_names(notebook: Path) -> list[str]:
+    """The names a notebook's ``parameters`` cell assigns: what papermill should pass it."""
+    from papermill.inspection import inspect_notebook
+
+    return list(inspect_notebook(str(notebook)))
+
+
+def execute(source: Path, target: Path, cfg: Config, progress_bar: bool) -> None:
+    """Run one notebook with the parameters its own cell names (the rest are in the record),
+    in the folder of ``target``, which lies in the run folder's ``notebooks/``."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    # Quieter TensorFlow in the kernels; they inherit this process' environment.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    values = {**cfg.to_dict(), "run_dir": RUN_DIR_FROM_NOTEBOOK}
+    try:
+        papermill.execute_notebook(
+            str(source),
+            str(target),
+            parameters={name: values[name] for name in parameter_names(source) if name in values},
+            cwd=str(target.parent),
+            progress_bar=progress_bar,
+            kernel_name="python3",
+            # The kernel's own start-up warnings (e.g. about its local TCP sockets) are noise here.
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
+        )
+    except PapermillExecutionError as error:
+        message = f"{source.name} failed at cell {error.exec_count}: {error.ename}: {error.evalue.strip()}"
+        if error.ename in (RecordMismatch.__name__, "RecordTampered", "RunFolderBusy"):
+            raise RecordMismatch(message) from None  # refused input, not a failed run
+        if _is_write_error(error.ename, error.evalue):
+            raise WriteFailed(f"{source.name}: cannot write: {error.evalue.strip()}") from None
+        raise NotebookFailed(f"{message} (executed notebook kept in {target.parent / source.name})") from None
+    except OSError as error:  # papermill writing the executed notebook
+        raise WriteFailed(f"cannot write {error.filename or target} ({error.strerror})") from None
+
+
+# The errors of a destination that takes no more files, whoever meets them first.
+_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG)
+
+
+def _is_write_error(ename: str, evalue: str) -> bool:
+    found = re.match(r"\[Errno (\d+)\]", evalue.strip())
+    return ename in ("OSError", "PermissionError") and bool(found) and int(found[1]) in _WRITE_ERRORS

@@ -1,0 +1,140 @@
+"""One writer at a time: a lock file beside the run folder (``.NAME.lock``), held with ``flock``.
+
+The operating system releases it when its process ends, however it ends, so a killed run never
+blocks the folder. ``bcnb reproduce`` holds it alone for the whole run; notebooks hold it
+together (a student steps through 01-06, each in its own kernel) for as long as their kernel
+lives, so neither can start while the other writes. ``bcnb extract --shard`` processes take no
+lock: each writes only its own shard file, by design side by side.
+"""
+
+from __future__ import annotations
+
+import atexit
+import fcntl
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+# bcnb reproduce sets this to the folder it holds when its kernels work in that folder itself.
+HELD_BY_PARENT = "BCNB_RUN_FOLDER_HELD"
+
+
+class RunFolderBusy(ValueError):
+    """Another process is writing the run folder."""
+
+
+_HELD: dict[Path, RunLock] = {}
+
+
+def hold_for_notebook(run_dir: Path, notebook: str) -> None:
+    """Share the run folder with the other notebooks until this kernel ends."""
+    folder = Path(run_dir).resolve()
+    if folder in _HELD or os.environ.get(HELD_BY_PARENT) == str(folder):
+        return
+    _HELD[folder] = RunLock(folder, f"the kernel of notebook {notebook}", shared=True).acquire()
+    atexit.register(_HELD[folder].release)  # a kernel that is killed lets go all the same
+
+
+# --------------------------------------------------------------------------- the lock
+def lock_path(folder: str | Path) -> Path:
+    folder = Path(folder).resolve()
+    return folder.parent / f".{folder.name}.lock"
+
+
+class RunLock:
+    """``flock`` on ``.NAME.lock`` beside the run folder: exclusive, or shared by notebooks.
+
+    The file holds one JSON line per holder (process, host, what, since) so that a refused
+    writer can say who holds the folder.
+    """
+
+    def __init__(self, folder: str | Path, what: str, shared: bool = False):
+        self.folder = Path(folder).resolve()
+        self.path = lock_path(self.folder)
+        self.what = what
+        self.shared = shared
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        """Take the lock now or raise RunFolderBusy naming the folder and its holder."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holders = _live_holders(fd)
+                os.close(fd)
+                raise RunFolderBusy(
+                    f"{self.folder} is being written by {holders}; wait for it to finish or stop it "
+                    "(a notebook: shut down its kernel)"
+                ) from None
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)  # an exclusive holder removed the file as we opened it: take the new one
+        self._fd = fd
+        _write_holder(fd, self.what, truncate=not self.shared)
+        return self
+
+    def release(self) -> None:
+        """Let go; the last holder removes the lock file (while still holding it, so no one
+        can be inside)."""
+        if self._fd is None:
+            return
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while others share it
+            self.path.unlink(missing_ok=True)
+        except BlockingIOError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _write_holder(fd: int, what: str, truncate: bool) -> None:
+    since = time.strftime("%Y-%m-%d %H:%M:%S")
+    line = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "what": what, "since": since}) + "\n"
+    if truncate:
+        os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_END)
+    os.write(fd, line.encode())
+
+
+def _live_holders(fd: int) -> str:
+    """The holders a lock file names whose processes still run, in words."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    text = os.read(fd, 1 << 16).decode(errors="replace")
+    found = []
+    for line in text.splitlines():
+        try:
+            holder = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if holder.get("host") != socket.gethostname() or _alive(int(holder.get("pid", 0))):
+            where = f"process {holder['pid']} on {holder['host']}, since {holder['since']}"
+            found.append(f"{holder['what']} ({where})")
+    return ", ".join(found) or "another process"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid > 0
