@@ -73,9 +73,9 @@ def _timed_features(split, img_size: int, batch_size: int, precision: str) -> tu
     model, preparation = build_model(img_size, None, precision=precision), Preparation(img_size)
     features.extract_features(model, split.head(batch_size), preparation, batch_size)  # warm-up
     started = time.perf_counter()
-    found = features.extract_features(model, split, preparation, batch_size)
+    extracted = features.extract_features(model, split, preparation, batch_size)
     speed = len(split) / (time.perf_counter() - started)
-    return {name: found[(split["split"] == name).to_numpy()] for name in ("train", "val", "test")}, speed
+    return {name: extracted[(split["split"] == name).to_numpy()] for name in ("train", "val", "test")}, speed
 
 
 def measure_pipeline(img_size: int, batch_size: int) -> dict:
@@ -138,7 +138,7 @@ def measure_bfloat16(img_size: int, batch_size: int) -> dict:
     }
 
 
-def _head_test_accuracy(split, found: dict) -> float:
+def _head_test_accuracy(split, accuracy: dict) -> float:
     """Accuracy on test of a logistic-regression head fitted on train features."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -147,20 +147,20 @@ def _head_test_accuracy(split, found: dict) -> float:
     from bcnb.data.pipeline import labels_of
 
     head = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    head.fit(found["train"], labels_of(split[split["split"] == "train"]))
-    return float(head.score(found["test"], labels_of(split[split["split"] == "test"])))
+    head.fit(accuracy["train"], labels_of(split[split["split"] == "train"]))
+    return float(head.score(accuracy["test"], labels_of(split[split["split"] == "test"])))
 
 
 def measure(name: str, img_size: int, batch_size: int) -> dict:
     """One measurement in this process, with its peak memory."""
-    found = {
+    figures = {
         "ceiling": lambda: measure_ceiling(img_size, 64),
         "pipeline": lambda: measure_pipeline(img_size, batch_size),
         "end_to_end": lambda: measure_training(img_size, batch_size, feature_cache=False),
         "cached": lambda: measure_training(img_size, batch_size, feature_cache=True),
         "bfloat16": lambda: measure_bfloat16(img_size, batch_size),
     }[name]()
-    return {**found, "peak_rss_mb": _peak_rss_mb()}
+    return {**figures, "peak_rss_mb": _peak_rss_mb()}
 
 
 def machine() -> str:

@@ -383,10 +383,10 @@ def _download(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as error:
         return _fail(str(error), EXIT_BAD_INPUT)
     # The record lies beside the unpacked folder, in --to as download() resolved it (~ expanded).
-    found = json.loads((folder.parent / "download.json").read_text())["found"]
+    contents = json.loads((folder.parent / "download.json").read_text())["found"]
     _say(
-        f"{folder}: {found['images']} images checked against the published figures; "
-        f"{patients_note(found, SOURCES[args.name].published)}"
+        f"{folder}: {contents['images']} images checked against the published figures; "
+        f"{patients_note(contents, SOURCES[args.name].published)}"
     )
     return 0
 

@@ -157,22 +157,22 @@ def find_images(targets: str | Path | Iterable[str | Path]) -> list[Path]:
     missing = [str(target) for target in targets if not (target.exists() or target.is_symlink())]
     if missing:
         raise FileNotFoundError(f"{', '.join(missing)}: no such file or folder")
-    found = [path for target in targets for path in _files_in(target)]
-    return list(dict.fromkeys(found))  # a file named twice (itself and its folder) once
+    files = [path for target in targets for path in _files_in(target)]
+    return list(dict.fromkeys(files))  # a file named twice (itself and its folder) once
 
 
 def _files_in(target: Path) -> list[Path]:
     """``target`` itself, or every file under the folder but hidden ones, sorted."""
     if not target.is_dir():
         return [target]
-    found = sorted(
+    files = sorted(
         path
         for path in target.rglob("*")
         if not path.is_dir() and not any(part.startswith(".") for part in path.relative_to(target).parts)
     )
-    if not found:
+    if not files:
         raise ValueError(f"{target}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-    return found
+    return files
 
 
 def check_image(path: str | Path) -> str:

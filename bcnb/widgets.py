@@ -141,12 +141,12 @@ def augmentation_preview(image: np.ndarray, augmentation: Augmentation, interact
 # --------------------------------------------------------------------------- threshold
 def threshold_table(y_true: np.ndarray, probability: np.ndarray, threshold: float) -> pd.DataFrame:
     """Confusion counts and the rates a clinician asks about, at one threshold."""
-    found = compute_metrics(y_true, probability, threshold)
-    (tn, fp), (fn, tp) = found["confusion_matrix"]
+    metrics = compute_metrics(y_true, probability, threshold)
+    (tn, fp), (fn, tp) = metrics["confusion_matrix"]
     rates = {
-        "sensitivity": found["sensitivity"],
-        "specificity": found["specificity"],
-        "PPV (malignant when called so)": found["precision"],
+        "sensitivity": metrics["sensitivity"],
+        "specificity": metrics["specificity"],
+        "PPV (malignant when called so)": metrics["precision"],
         "NPV (benign when called so)": ratio(tn, tn + fn),
     }
     counts = {"true malignant called malignant": tp, "true malignant called benign": fn,

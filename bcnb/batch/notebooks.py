@@ -165,5 +165,5 @@ _WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EF
 
 
 def _is_write_error(ename: str, evalue: str) -> bool:
-    found = re.match(r"\[Errno (\d+)\]", evalue.strip())
-    return ename in ("OSError", "PermissionError") and bool(found) and int(found[1]) in _WRITE_ERRORS
+    match = re.match(r"\[Errno (\d+)\]", evalue.strip())
+    return ename in ("OSError", "PermissionError") and bool(match) and int(match[1]) in _WRITE_ERRORS

@@ -195,7 +195,7 @@ def _run_row(run: dict) -> dict:
     }
 
 
-def _spread_table(found: dict) -> str:
+def _spread_table(spread: dict) -> str:
     from bcnb.report.run_report import markdown_table
 
     rows = [
@@ -206,6 +206,6 @@ def _spread_table(found: dict) -> str:
             "95% interval": "-" if figures["ci95"][0] is None else "{:.3f}-{:.3f}".format(*figures["ci95"]),
             "runs": figures["runs"],
         }
-        for name, figures in found.items()
+        for name, figures in spread.items()
     ]
     return markdown_table(pd.DataFrame(rows))

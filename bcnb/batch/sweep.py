@@ -66,14 +66,14 @@ def cells(cfg: Config, grid: dict[str, list[Any]], max_cells: int = MAX_CELLS) -
         raise ValueError(
             f"--grid: {count} cells ({sizes}), over {max_cells}: to run them all, add --max-cells {count}"
         )
-    found = {}
+    by_name = {}
     for values in itertools.product(*(grid[key] for key in keys)):
         changes = dict(zip(keys, values))
         try:
-            found[cell_name(changes)] = cfg.replace(**changes)
+            by_name[cell_name(changes)] = cfg.replace(**changes)
         except ValueError as error:
             raise ValueError(f"--grid: {error}") from None
-    return found
+    return by_name
 
 
 def cell_name(changes: dict[str, Any]) -> str:

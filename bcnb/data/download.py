@@ -156,7 +156,7 @@ def _download_into(
     try:
         check_is_archive(path, source)
         progress(f"unpacking {path.name} into {to}")
-        unpacked, found = unpack_checked(path, to, source)
+        unpacked, contents = unpack_checked(path, to, source)
     except BadArchive as error:
         if given:  # the user's own file: named, never moved
             raise
@@ -168,7 +168,7 @@ def _download_into(
         "sha256": sha256_of(path),
         "bytes": path.stat().st_size,
         "unpacked": unpacked.name,
-        "found": found,
+        "found": contents,
         "published": asdict(source.published),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
@@ -282,14 +282,14 @@ def unpack_checked(archive: Path, to: Path, source: Source) -> tuple[Path, dict]
     staging = Path(tempfile.mkdtemp(prefix=".unpacking-", dir=to))
     try:
         _extract(archive, staging, to)
-        found = count_contents(staging, source)
-        _compare(found, source.published, archive, source)
+        contents = count_contents(staging, source)
+        _compare(contents, source.published, archive, source)
         top = _top_folder(staging)
         target = to / top.name
         if target.exists():
             raise ValueError(f"{target} already exists; remove it (or choose another --to) to unpack again")
         os.replace(top, target)
-        return target, found
+        return target, contents
     except OSError as error:  # a full disk, most likely: the archive itself is fine, so it stays
         raise ValueError(
             f"{error.filename or to}: cannot unpack ({error.strerror or error}); nothing was unpacked "
@@ -402,39 +402,42 @@ def count_contents(folder: Path, source: Source) -> dict:
     except ValueError:
         return {"images": 0}
     images = table[table["label"] != ""]
-    found = {
+    contents = {
         "images": int(images["path"].nunique()),
         "benign": int((images["label"] == "benign").sum()),
         "malignant": int((images["label"] == "malignant").sum()),
         "magnifications": sorted(set(images["magnification"]) - {"unknown"}),
     }
     if source.layout == "breakhis":  # slide numbers, and one patient per tumour-type folder
-        found["patients_by_slide_number"] = int(images["patient_id"].nunique())
-        found["patients_by_folder"] = int((images["subtype"] + "-" + images["patient_id"]).nunique())
+        contents["patients_by_slide_number"] = int(images["patient_id"].nunique())
+        contents["patients_by_folder"] = int((images["subtype"] + "-" + images["patient_id"]).nunique())
     else:
-        found["patients"] = int(images["patient_id"].nunique())
-    return found
+        contents["patients"] = int(images["patient_id"].nunique())
+    return contents
 
 
-def _compare(found: dict, published: Published, archive: Path, source: Source) -> None:
+def _compare(contents: dict, published: Published, archive: Path, source: Source) -> None:
     differ = [
-        f"{name} {found.get(name)} (published {expected})"
+        f"{name} {contents.get(name)} (published {expected})"
         for name, expected in asdict(published).items()
-        if name not in ("patients", "magnifications") and expected is not None and found.get(name) != expected
+        if name not in ("patients", "magnifications")
+        and expected is not None
+        and contents.get(name) != expected
     ]
-    if published.magnifications and found.get("magnifications") != sorted(published.magnifications):
+    if published.magnifications and contents.get("magnifications") != sorted(published.magnifications):
         differ.append(
-            f"magnifications {found.get('magnifications')} (published {list(published.magnifications)})"
+            f"magnifications {contents.get('magnifications')} (published {list(published.magnifications)})"
         )
     if differ:
         raise BadArchive(f"{archive}: not the published {source.name}: {', '.join(differ)}")
 
 
-def patients_note(found: dict, published: Published) -> str:
+def patients_note(contents: dict, published: Published) -> str:
     """One line on the patients found, since BreakHis' slide codes can be read two ways."""
-    if "patients_by_slide_number" not in found:
-        return f"{found.get('patients')} patients"
+    if "patients_by_slide_number" not in contents:
+        return f"{contents.get('patients')} patients"
     return (
-        f"{found['patients_by_slide_number']} patients by slide number, {found['patients_by_folder']} by "
-        f"patient folder ({published.patients} published); see patient_id_from in data_instructions.md"
+        f"{contents['patients_by_slide_number']} patients by slide number, "
+        f"{contents['patients_by_folder']} by patient folder ({published.patients} published); "
+        "see patient_id_from in data_instructions.md"
     )

@@ -83,16 +83,16 @@ def read_layout(
     """Read ``path`` as ``layout`` ("auto" detects it)."""
     chosen = detect_layout(path) if layout == "auto" else layout
     if chosen == "breakhis":
-        found = read_breakhis(path, patient_id_from)
+        recognised = read_breakhis(path, patient_id_from)
     elif chosen == "idc":
-        found = read_idc(path)
+        recognised = read_idc(path)
     elif chosen == "folders":
-        found = read_class_folders(path, positive_class, patient_pattern)
+        recognised = read_class_folders(path, positive_class, patient_pattern)
     else:
-        found = read_manifest(path)
+        recognised = read_manifest(path)
     if layout == "auto":
-        found.notes.insert(0, f"layout: detected {chosen}")
-    return found
+        recognised.notes.insert(0, f"layout: detected {chosen}")
+    return recognised
 
 
 def _is_file(path: Path) -> bool:
@@ -247,8 +247,8 @@ def read_class_folders(
     folders = _class_folders(root)
     names = [folder.name for folder in folders]
     if len(folders) != 2:
-        found = ", ".join(names) or "none"
-        raise ValueError(f"dataset: {root} has {len(folders)} class folders with images ({found}); need 2")
+        seen = ", ".join(names) or "none"
+        raise ValueError(f"dataset: {root} has {len(folders)} class folders with images ({seen}); need 2")
     if positive_class not in names:
         raise ValueError(
             f"positive_class: {positive_class!r} is not a class folder of {root} ({', '.join(names)})"

@@ -39,8 +39,8 @@ class LoadedDataset:
 def load_dataset(cfg: Config) -> LoadedDataset:
     """Stage entry point: read the layout, select and sample, scan every file, tile."""
     source = dataset_path(cfg)
-    found = read_layout(source, cfg.layout, cfg.positive_class, cfg.patient_pattern, cfg.patient_id_from)
-    images, strays = _images_and_strays(found.table)
+    recognised = read_layout(source, cfg.layout, cfg.positive_class, cfg.patient_pattern, cfg.patient_id_from)
+    images, strays = _images_and_strays(recognised.table)
     images = select_magnification(images, cfg.magnification, source)
     if cfg.split_file:  # only the images the fold file lists; those it lists but we lack are bad
         images, missing = listed_in_fold_file(images, cfg.split_file)
@@ -52,7 +52,7 @@ def load_dataset(cfg: Config) -> LoadedDataset:
     if task_named(cfg.task).by_type:
         table = with_subtypes(table, source)
     tiled = expand_tiles(table, cfg.tiles_per_image).reset_index(drop=True)
-    return LoadedDataset(tiled, bad, found.layout, source, found.notes, found.patient_level)
+    return LoadedDataset(tiled, bad, recognised.layout, source, recognised.notes, recognised.patient_level)
 
 
 def listed_in_fold_file(images: pd.DataFrame, split_file: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -107,8 +107,8 @@ def select_magnification(table: pd.DataFrame, magnification: str, source: Path) 
         return table
     kept = table[table["magnification"] == magnification]
     if kept.empty:
-        found = ", ".join(sorted(table["magnification"].unique()))
-        raise ValueError(f"magnification: no {magnification} images in {source} (found {found})")
+        available = ", ".join(sorted(table["magnification"].unique()))
+        raise ValueError(f"magnification: no {magnification} images in {source} (found {available})")
     return kept
 
 
@@ -121,11 +121,11 @@ def sample_images(table: pd.DataFrame, max_images: int, seed: int) -> pd.DataFra
 
 
 def check_both_classes(table: pd.DataFrame, source: Path) -> None:
-    found = set(table["label"])
-    if not found:
+    labels = set(table["label"])
+    if not labels:
         raise ValueError(f"dataset: {source} has no usable images left")
-    if found != set(CLASSES):
-        only = ", ".join(sorted(found))
+    if labels != set(CLASSES):
+        only = ", ".join(sorted(labels))
         raise ValueError(f"dataset: {source} has only {only} images; need both benign and malignant")
 
 

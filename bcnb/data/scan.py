@@ -55,10 +55,10 @@ def inspect_file(path: str | Path) -> tuple[str, str]:
 
 def _pixels_of(error: Image.DecompressionBombError) -> str:
     """How many pixels a refused image declares, from Pillow's message ("Image size (N pixels)")."""
-    found = re.search(r"\((\d+) pixels\) exceeds limit of (\d+)", str(error))
-    if not found:
+    match = re.search(r"\((\d+) pixels\) exceeds limit of (\d+)", str(error))
+    if not match:
         return "above Pillow's decompression-bomb limit"
-    pixels, limit = (int(number) for number in found.groups())
+    pixels, limit = (int(number) for number in match.groups())
     return f"{pixels:,} pixels, above Pillow's decompression-bomb limit of {limit:,}"
 
 

@@ -60,10 +60,10 @@ def fit_temperature(y_val, p_val) -> float:
     if not np.any(z):
         return 1.0  # every probability is 0.5: no temperature changes anything
     low, high = (math.log(t) for t in TEMPERATURE_RANGE)
-    found = minimize_scalar(
+    best = minimize_scalar(
         lambda u: _nll(y, z, math.exp(u)), bounds=(low, high), method="bounded", options={"xatol": 1e-9}
     )
-    return math.exp(found.x)
+    return math.exp(best.x)
 
 
 def brier_score(y, p) -> float:

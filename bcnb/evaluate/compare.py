@@ -25,7 +25,7 @@ from bcnb.model import transfer
 from bcnb.run import artifacts
 from bcnb.run.artifacts import COMPARE_DIR, STAIN_TARGET_FILE
 from bcnb.run.files import write_json_atomic
-from bcnb.train.features import features_of
+from bcnb.train.features import feature_file
 from bcnb.train.fit import train_model
 
 REFERENCE = "resnet50v2"  # the paper's
@@ -73,7 +73,7 @@ def _extraction_speed(cfg: Config, model, split: pd.DataFrame) -> float:
     measured when the features were computed and kept beside them."""
     record = Path(cfg.run_dir) / "extraction_speed.json"
     started = time.perf_counter()
-    features_of(cfg, model, split)
+    feature_file(cfg, model, split)
     seconds = time.perf_counter() - started
     if record.is_file() and seconds < 1.0:  # a cache hit: report the measured figure
         return json.loads(record.read_text())["images_per_second"]

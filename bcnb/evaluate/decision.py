@@ -49,8 +49,8 @@ def measure_decision(
     by patient bootstrap, and calibration before and after."""
     y_test = labels_of(test)
     calibrated = calibrate.apply_temperature(p_test, rule["temperature"])
-    found = compute_metrics(y_test, calibrated, rule["threshold"])
-    found["patient_recognition_rate"] = patient_recognition_rate(
+    metrics = compute_metrics(y_test, calibrated, rule["threshold"])
+    metrics["patient_recognition_rate"] = patient_recognition_rate(
         y_test, calibrated, test["patient_id"], rule["threshold"]
     )
     intervals = stats.bootstrap_by_patient(
@@ -58,7 +58,7 @@ def measure_decision(
     )
     return {
         **rule,
-        "image_level": found,
+        "image_level": metrics,
         "image_level_95ci_by_patient": {name: list(bounds) for name, bounds in intervals.items()},
         "bootstrap_samples": cfg.bootstrap_samples,
         "patient_level": stats.patient_level_metrics(test, calibrated, rule["threshold"]),

@@ -57,7 +57,7 @@ def evaluation_inputs(cfg, model, split: pd.DataFrame, part: str):
     """
     from bcnb.data.pipeline import image_dataset
     from bcnb.model.transfer import classifier_head
-    from bcnb.train.features import features_of
+    from bcnb.train.features import feature_file
     from bcnb.train.fit import FeatureBatches, compile_for_training
 
     rows = split[split["split"] == part]
@@ -67,7 +67,7 @@ def evaluation_inputs(cfg, model, split: pd.DataFrame, part: str):
     compile_for_training(head, cfg.learning_rate, task=task)  # the paper's loss and accuracy
     positions = np.flatnonzero(split["split"].to_numpy() == part)
     targets = task.targets_of(rows)
-    return head, FeatureBatches(features_of(cfg, model, split), positions, targets, cfg.batch_size)
+    return head, FeatureBatches(feature_file(cfg, model, split), positions, targets, cfg.batch_size)
 
 
 def compute_metrics(y_true: np.ndarray, y_prob: np.ndarray, threshold: float = 0.5) -> dict:
@@ -130,12 +130,12 @@ def metrics_by_magnification(test: pd.DataFrame, y_prob: np.ndarray) -> dict[str
     results = {}
     for magnification in magnification_order(test["magnification"]):
         rows = (test["magnification"] == magnification).to_numpy()
-        found = compute_metrics(labels_of(test[rows]), y_prob[rows])
+        metrics = compute_metrics(labels_of(test[rows]), y_prob[rows])
         keep = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "roc_auc")
         prr = patient_recognition_rate(labels_of(test[rows]), y_prob[rows], test["patient_id"][rows])
         results[magnification] = {
             "n_images": int(rows.sum()),
-            **{k: found[k] for k in keep},
+            **{k: metrics[k] for k in keep},
             "patient_recognition_rate": prr,
         }
     return results
@@ -160,17 +160,17 @@ def summarize_test_results(
     ``keras_results`` measure the eight types; the test accuracy and loss set beside the
     paper's are then those of benign vs malignant from the summed type probabilities."""
     y_true = labels_of(test)
-    found = compute_metrics(y_true, y_prob)
-    correct = round(found["accuracy"] * len(test))
+    metrics = compute_metrics(y_true, y_prob)
+    correct = round(metrics["accuracy"] * len(test))
     binary = (
-        {"accuracy": found["accuracy"], "loss": log_loss(y_true, y_prob)} if task.by_type else keras_results
+        {"accuracy": metrics["accuracy"], "loss": log_loss(y_true, y_prob)} if task.by_type else keras_results
     )
     return {
         "task": task.name,
         "test_accuracy": float(binary["accuracy"]),
         "test_loss": float(binary["loss"]),
         "test_accuracy_95ci": list(wilson_interval(correct, len(test))),
-        **{k: v for k, v in found.items() if k != "accuracy"},
+        **{k: v for k, v in metrics.items() if k != "accuracy"},
         "patient_recognition_rate": patient_recognition_rate(y_true, y_prob, test["patient_id"]),
         **majority_class_baseline(y_true),
         "n_test_images": len(test),

@@ -46,8 +46,8 @@ def bootstrap_by_patient(
     """
     y_true, y_prob, codes = _checked(y_true=y_true, y_prob=y_prob, patients=patients)
     counts = _patient_draws(codes.max() + 1, n_boot, seed)
-    found = _resampled_metrics(_per_patient(y_true, y_prob, codes, threshold), counts)
-    return {name: _percentile_interval(found[name]) for name in BOOTSTRAP_METRICS}
+    resampled = _resampled_metrics(_per_patient(y_true, y_prob, codes, threshold), counts)
+    return {name: _percentile_interval(resampled[name]) for name in BOOTSTRAP_METRICS}
 
 
 def paired_bootstrap(
@@ -169,8 +169,8 @@ def patient_level_metrics(table: pd.DataFrame, y_prob, threshold: float = 0.5) -
     """``compute_metrics`` with one vote per patient: the mean probability of its images."""
     patients = patient_level(table, y_prob)
     y_true = (patients["label"] == CLASSES[1]).to_numpy(dtype=int)
-    found = compute_metrics(y_true, patients["mean_probability"].to_numpy(), threshold)
-    return {**found, "n_patients": len(patients)}
+    metrics = compute_metrics(y_true, patients["mean_probability"].to_numpy(), threshold)
+    return {**metrics, "n_patients": len(patients)}
 
 
 # --- the bootstrap machinery -------------------------------------------------------------------

@@ -28,13 +28,13 @@ def dihedral_views(images: np.ndarray) -> list[np.ndarray]:
 
 def tta_probabilities(model, batches) -> np.ndarray:
     """The mean probability of malignancy over the eight views of every image in ``batches``
-    (an iterable of (images, labels), e.g. ``datasets.image_dataset``), in order."""
-    found = []
+    (an iterable of (images, labels), e.g. ``pipeline.image_dataset``), in order."""
+    means = []
     for images, _ in batches:
         images = np.asarray(images)
         views = [model.predict_on_batch(np.ascontiguousarray(view)) for view in dihedral_views(images)]
-        found.append(malignant_probability(np.mean(views, axis=0)))  # per type first, then summed
-    return np.concatenate(found) if found else np.zeros(0)
+        means.append(malignant_probability(np.mean(views, axis=0)))  # per type first, then summed
+    return np.concatenate(means) if means else np.zeros(0)
 
 
 def tta_comparison(y_true, p_single: np.ndarray, p_tta: np.ndarray) -> pd.DataFrame:
@@ -42,10 +42,10 @@ def tta_comparison(y_true, p_single: np.ndarray, p_tta: np.ndarray) -> pd.DataFr
     accuracy at 0.5, and two calibration scores (lower is better)."""
     rows = {}
     for name, probability in (("one view", p_single), ("8 views (tta)", p_tta)):
-        found = compute_metrics(y_true, probability)
+        metrics = compute_metrics(y_true, probability)
         rows[name] = {
-            "accuracy": found["accuracy"],
-            "balanced accuracy": found["balanced_accuracy"],
+            "accuracy": metrics["accuracy"],
+            "balanced accuracy": metrics["balanced_accuracy"],
             "Brier score": calibrate.brier_score(y_true, probability),
             "calibration error (ECE)": calibrate.expected_calibration_error(y_true, probability),
         }

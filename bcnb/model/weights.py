@@ -41,8 +41,8 @@ def check_weights_file(path: Path, backbone: str, img_size: int = 224, try_loadi
         return "missing"
     if spec.md5 is None:
         return check_weights_layers(path, backbone, img_size, try_loading)
-    found = md5_of(path)
-    return "" if found == spec.md5 else f"md5 {found}, expected {spec.md5} (a wrong or truncated file)"
+    md5 = md5_of(path)
+    return "" if md5 == spec.md5 else f"md5 {md5}, expected {spec.md5} (a wrong or truncated file)"
 
 
 def check_weights_layers(path: Path, backbone: str, img_size: int = 224, try_loading: bool = False) -> str:
@@ -125,8 +125,8 @@ def fetch_weights(backbone: str, img_size: int = 224) -> Path:
     """Download one backbone's ImageNet file into Keras' cache (checked by Keras' md5)."""
     from bcnb.model.transfer import resolve_weights
 
-    found, _ = resolve_weights("imagenet", False, backbone, img_size)
-    return Path(found)
+    path, _ = resolve_weights("imagenet", False, backbone, img_size)
+    return Path(path)
 
 
 def status(img_size: int = 224) -> list[dict]:

@@ -69,8 +69,8 @@ class Caveat:
 
 def list_caveats(provenance: Provenance) -> list[Caveat]:
     """The caveats of a run, the weights' first; none for a pretrained run on real data."""
-    found = [_weights_caveat(provenance), _data_caveat(provenance)]
-    return [caveat for caveat in found if caveat]
+    candidates = [_weights_caveat(provenance), _data_caveat(provenance)]
+    return [caveat for caveat in candidates if caveat]
 
 
 def _weights_caveat(provenance: Provenance) -> Caveat | None:

@@ -181,11 +181,11 @@ def _subgroups_section(metrics: dict, predictions: pd.DataFrame) -> str:
         rows = [
             (
                 name,
-                found["n_images"],
-                format_figure(found["accuracy"]),
-                format_figure(found["balanced_accuracy"]),
+                figures["n_images"],
+                format_figure(figures["accuracy"]),
+                format_figure(figures["balanced_accuracy"]),
             )
-            for name, found in per_magnification.items()
+            for name, figures in per_magnification.items()
         ]
         columns = ["magnification", "images", "accuracy (0.5)", "balanced accuracy (0.5)"]
         parts.append("By magnification:\n\n" + markdown_table(pd.DataFrame(rows, columns=columns)))

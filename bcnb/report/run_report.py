@@ -186,8 +186,8 @@ def _per_magnification_table(per_magnification: dict) -> str:
         return ""
     keys = ("accuracy", "balanced_accuracy", "roc_auc", "patient_recognition_rate")
     rows = [
-        (name, found["n_images"], *(format_figure(found[k]) for k in keys))
-        for name, found in per_magnification.items()
+        (name, figures["n_images"], *(format_figure(figures[k]) for k in keys))
+        for name, figures in per_magnification.items()
     ]
     columns = [
         "magnification",

@@ -51,10 +51,10 @@ def folder_kind(folder: str | Path) -> str | None:
 def start_folder(folder: str | Path, kind: str) -> Path:
     """Make ``folder`` (absent or empty) a bcnb folder of ``kind``; keep one that already is."""
     folder = Path(folder)
-    found = folder_kind(folder)
-    if found == kind:
+    existing_kind = folder_kind(folder)
+    if existing_kind == kind:
         return folder
-    if found is not None or (folder.is_dir() and any(folder.iterdir())):
+    if existing_kind is not None or (folder.is_dir() and any(folder.iterdir())):
         raise DestinationRefused(
             f"{folder}: {describe_folder(folder)}; bcnb starts a {KINDS[kind]} only in a new folder"
         )
@@ -100,9 +100,9 @@ def check_destination(out: str | Path, kind: str, option: str = "--out") -> None
     """
     out = Path(out)
     if out.exists() or out.is_symlink():
-        found = folder_kind(out) if out.is_dir() and not out.is_symlink() else None
+        existing_kind = folder_kind(out) if out.is_dir() and not out.is_symlink() else None
         empty = out.is_dir() and not out.is_symlink() and not any(out.iterdir())
-        if found != kind and not empty:
+        if existing_kind != kind and not empty:
             raise DestinationRefused(
                 f"{option}: {out} {describe_folder(out)}; bcnb only replaces a {KINDS[kind]} folder it made: "
                 "choose another folder (or move this one away yourself)"

@@ -118,7 +118,7 @@ def _live_holders(fd: int) -> str:
     """The holders a lock file names whose processes still run, in words."""
     os.lseek(fd, 0, os.SEEK_SET)
     text = os.read(fd, 1 << 16).decode(errors="replace")
-    found = []
+    holders = []
     for line in text.splitlines():
         try:
             holder = json.loads(line)
@@ -126,8 +126,8 @@ def _live_holders(fd: int) -> str:
             continue
         if holder.get("host") != socket.gethostname() or _alive(int(holder.get("pid", 0))):
             where = f"process {holder['pid']} on {holder['host']}, since {holder['since']}"
-            found.append(f"{holder['what']} ({where})")
-    return ", ".join(found) or "another process"
+            holders.append(f"{holder['what']} ({where})")
+    return ", ".join(holders) or "another process"
 
 
 def _alive(pid: int) -> bool:

@@ -41,8 +41,8 @@ def is_noise(line: bytes) -> bool:
     """True for a C++ information or warning line, or a known start-up line; errors stay."""
     if any(text in line for text in START_UP_NOISE):
         return True
-    found = _LOG_LINE.match(line)
-    return bool(found) and (found["absl"] or found["tf"]) in (b"I", b"W")
+    match = _LOG_LINE.match(line)
+    return bool(match) and (match["absl"] or match["tf"]) in (b"I", b"W")
 
 
 @contextmanager

@@ -143,8 +143,8 @@ def check_runs_made_with(folder: str | Path, kind: str, runs: Mapping[str, Confi
     """A folder to resume or keep holds what is asked for: its kind, and every run already in
     it (finished or not) made with its run's parameters; nothing else in it."""
     folder = Path(folder)
-    found = folder_kind(folder)
-    if found != kind:
+    existing_kind = folder_kind(folder)
+    if existing_kind != kind:
         raise RecordMismatch(f"{folder} {describe_folder(folder)}, not a {KINDS[kind]}; {advice}")
     if kind == "run":
         check_made_with(folder, next(iter(runs.values())), advice=advice)

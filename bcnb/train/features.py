@@ -193,8 +193,8 @@ def shard_path(path: Path, shard: int, shards: int) -> Path:
 
 def _complete_shards(model, table: pd.DataFrame, preparation: Preparation, path: Path) -> list[Path]:
     """The shard files of ``path``, in order, if a whole set is there and every key matches."""
-    for found in sorted((path.parent / SHARDS_DIR).glob(f"{path.stem}.0-of-*.npy")):
-        shards = int(found.stem.rsplit("-of-", 1)[1])
+    for first_shard in sorted((path.parent / SHARDS_DIR).glob(f"{path.stem}.0-of-*.npy")):
+        shards = int(first_shard.stem.rsplit("-of-", 1)[1])
         parts = [shard_path(path, shard, shards) for shard in range(shards)]
         rows = [table.iloc[shard_rows(len(table), shard, shards)] for shard in range(shards)]
         keys = [feature_cache_key(model, part, preparation) for part in rows]
@@ -244,7 +244,7 @@ def _stored_key(key_path: Path) -> dict | None:
     return stored if isinstance(stored, dict) and "key" in stored else None
 
 
-def features_of(cfg: Config, model: keras.Model, split: pd.DataFrame) -> Path:
+def feature_file(cfg: Config, model: keras.Model, split: pd.DataFrame) -> Path:
     """Stage entry point: the cached features of every image of the split table, in its
     row order, as run_dir/features/all.npy (one pass over the images for all splits)."""
     path = Path(cfg.run_dir) / FEATURES_DIR / ALL_FEATURES

@@ -43,7 +43,7 @@ from bcnb.run.artifacts import (
 from bcnb.run.files import write_json_atomic, write_text_atomic
 from bcnb.run.seeds import seed_everything
 from bcnb.train.checkpoint import ResumeTraining, run_fingerprint
-from bcnb.train.features import features_of, read_features
+from bcnb.train.features import feature_file, read_features
 
 # A step of the head on cached features (Dropout and one Dense unit on 2,048 numbers) costs
 # less than the call into TensorFlow that runs it; Keras runs this many per call there.
@@ -151,7 +151,7 @@ def training_inputs(cfg: Config, model: keras.Model, split: pd.DataFrame):
     train, val = split[split["split"] == "train"], split[split["split"] == "val"]
     if not cfg.feature_cache:
         return model, *image_inputs(cfg, train, val, augment=cfg.augment)
-    path = features_of(cfg, model, split)
+    path = feature_file(cfg, model, split)
     rows = {name: np.flatnonzero(split["split"].to_numpy() == name) for name in ("train", "val")}
     task = task_named(cfg.task)
     train_data = FeatureBatches(
