@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/dask_extract.py            # writes benchmarks/dask_results.md
 
 On the built-in dataset (480 images at 224x224, random weights), each way in its own run
-folder copy: the single-process path (``features.features_of``), then ``bcnb extract --dask
+folder copy: the single-process path (``features.feature_file``), then ``bcnb extract --dask
 local:1`` and ``local:2`` (cluster start-up included, as a user waits for it), each with
 chunks of 256 and of 16 images (one worker's difference is the per-task overhead).
 On a 2-core machine two workers share the two cores that one TensorFlow process already
@@ -67,7 +67,7 @@ def main() -> None:
         return extract
 
     rows = [
-        timed("one process", cfg, root, lambda run, model: features.features_of(run, model, split)),
+        timed("one process", cfg, root, lambda run, model: features.feature_file(run, model, split)),
         timed("local:1, chunks of 256", cfg, root, on_cluster("local:1", 256)),
         timed("local:1, chunks of 16", cfg, root, on_cluster("local:1", 16)),
         timed("local:2, chunks of 256", cfg, root, on_cluster("local:2", 256)),

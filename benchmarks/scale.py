@@ -54,7 +54,7 @@ def measure(n_images: int, img_size: int, batch_size: int) -> dict:
     split = splitting.split_by_patient(table, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     model, _ = build_transfer_model(cfg)
     extract_start = time.perf_counter()
-    features.features_of(cfg, model, split)
+    features.feature_file(cfg, model, split)
     extracted = time.perf_counter()
     fit.train_model(cfg, model, split)  # finds the features cached
     trained = time.perf_counter()
