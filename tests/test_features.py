@@ -257,8 +257,8 @@ def test_two_processes_fill_the_cache_like_one(tiny_cfg, tiny_split, tmp_path, m
         models[cfg.run_dir] = transfer.load_model(f"{cfg.run_dir}/{artifacts.INITIAL_MODEL_FILE}")
     with monkeypatch.context() as patch:  # the sharded run must merge, not extract again
         patch.setattr(features, "write_features", lambda *a: pytest.fail("extracted instead of merging"))
-        merged = features.read_features(features.features_of(sharded, models[sharded.run_dir], split))
-    whole = features.read_features(features.features_of(single, models[single.run_dir], split))
+        merged = features.read_features(features.feature_file(sharded, models[sharded.run_dir], split))
+    whole = features.read_features(features.feature_file(single, models[single.run_dir], split))
     np.testing.assert_allclose(merged, whole, atol=1e-5)
     kernels = []
     for cfg in (sharded, single):
@@ -275,7 +275,7 @@ def test_an_incomplete_set_of_shards_is_not_used(tiny_cfg, tiny_split, tmp_path)
     cfg = _run_folder(tiny_cfg, tiny_split, tmp_path)
     model = transfer.load_model(tmp_path / artifacts.INITIAL_MODEL_FILE)
     features.extract_shard(cfg, model, tiny_split, 0, 2)  # shard 1 of 2 never ran
-    path = features.features_of(cfg, model, tiny_split)
+    path = features.feature_file(cfg, model, tiny_split)
     np.testing.assert_allclose(
         features.read_features(path),
         features.extract_features(model, tiny_split, Preparation(32), 8),
@@ -291,7 +291,7 @@ def test_a_damaged_shard_is_not_merged(tiny_cfg, tiny_split, tmp_path, monkeypat
     shards = [features.extract_shard(cfg, model, tiny_split, shard, 2) for shard in range(2)]
     _corrupt_values(shards[1])
     calls = _counting_writer(monkeypatch)
-    path = features.features_of(cfg, model, tiny_split)
+    path = features.feature_file(cfg, model, tiny_split)
     assert len(calls) == 1  # extracted, not merged
     np.testing.assert_allclose(
         features.read_features(path),
@@ -301,14 +301,14 @@ def test_a_damaged_shard_is_not_merged(tiny_cfg, tiny_split, tmp_path, monkeypat
 
 
 def test_the_run_cache_damaged_between_stages_is_recomputed_with_a_note(tiny_cfg, tiny_split, tmp_path):
-    """features_of, which training and evaluation read all.npy through, checks it each time."""
+    """feature_file, which training and evaluation read all.npy through, checks it each time."""
     cfg = _run_folder(tiny_cfg, tiny_split, tmp_path)
     model = transfer.load_model(tmp_path / artifacts.INITIAL_MODEL_FILE)
-    path = features.features_of(cfg, model, tiny_split)
+    path = features.feature_file(cfg, model, tiny_split)
     good = features.read_features(path)
     _corrupt_values(path)
     np.testing.assert_allclose(
-        features.read_features(features.features_of(cfg, model, tiny_split)), good, atol=1e-6
+        features.read_features(features.feature_file(cfg, model, tiny_split)), good, atol=1e-6
     )
     note = features.recompute_note(f"{cfg.run_dir}/features/all.npy")  # as notebook 03 asks
     assert note.endswith("all.npy: the stored features did not match their checksum: recomputed")
