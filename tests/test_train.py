@@ -163,8 +163,9 @@ def test_feature_and_image_batches_come_in_the_same_order(tiny_cfg, tiny_split, 
     _, images, _ = fit.training_inputs(cfg.replace(feature_cache=False), model, tiny_split)
     for epoch in (0, 3):
         features.epoch = images.epoch = epoch
-        for index in range(len(features)):
-            x_features, y_features = features[index]
+        batches = [(x.numpy(), y.numpy()) for x, y in features]  # the epoch's order, drawn as it starts
+        assert len(batches) == len(images)
+        for index, (x_features, y_features) in enumerate(batches):
             x_images, y_images = images[index]
             np.testing.assert_array_equal(y_features, y_images)
             np.testing.assert_allclose(

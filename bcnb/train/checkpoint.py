@@ -19,7 +19,7 @@ import io
 import json
 import time
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import keras
@@ -50,7 +50,8 @@ class TrainingState:
 
     def save(self, path: Path) -> None:
         arrays = {f"{group}_{i}": value for group in _ARRAYS for i, value in enumerate(getattr(self, group))}
-        meta = {k: v for k, v in asdict(self).items() if k not in _ARRAYS}
+        # The fields one by one: asdict would deep-copy every array and the whole history, each epoch.
+        meta = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _ARRAYS}
         counts = {group: len(getattr(self, group)) for group in _ARRAYS}
         buffer = io.BytesIO()
         np.savez(buffer, meta=np.array(json.dumps({**meta, "counts": counts})), **arrays)

@@ -108,6 +108,56 @@ class FeatureBatches(EpochBatches):
         return read_features(self.path, self.rows[positions])
 
 
+def feature_epochs(
+    features: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int = 0,
+    stream: int = 0,
+):
+    """The batches of :class:`FeatureBatches`, from features held in memory, as a tf.data pipeline.
+
+    What ``fit`` reads on cached features, with no Python between its steps: as each epoch
+    starts, its order is drawn (:func:`epoch_order` of (seed, stream, epoch), as FeatureBatches
+    draws it) and its rows gathered in that order, once; TensorFlow then cuts them into batches
+    of ``batch_size``, the last one partial. The same batches in the same order give the same
+    Dropout masks and the same Adam steps: the same training as FeatureBatches, bit for bit.
+    Without ``shuffle``, the rows in their order (validation).
+
+    Returns a ``tf.data.Dataset`` whose ``epoch`` attribute chooses the order: set it before an
+    epoch starts (:class:`bcnb.train.checkpoint.ResumeTraining` does); ``fit`` reads it when it
+    starts the epoch's pass over the data.
+    """
+    import tensorflow as tf
+
+    features = np.asarray(features, dtype=np.float32)
+    labels = np.asarray(labels, dtype=np.float32).reshape(-1, 1)
+    if not shuffle:  # one order for every epoch: slices of two tensors, no function to run
+        dataset = tf.data.Dataset.from_tensor_slices((features, labels)).batch(batch_size)
+        dataset.epoch = 0
+        return dataset
+    n = len(labels)
+
+    def rows_in_order() -> tuple[np.ndarray, np.ndarray]:  # run by TensorFlow as each pass starts
+        order = epoch_order(n, seed, dataset.epoch, stream)
+        return features[order], labels[order]
+
+    def drawn(_):
+        rows, targets = tf.numpy_function(rows_in_order, [], (tf.float32, tf.float32), stateful=True)
+        return tf.ensure_shape(rows, features.shape), tf.ensure_shape(targets, labels.shape)
+
+    # One element per epoch, the whole epoch, which rebatch cuts as batch(batch_size) would.
+    dataset = (
+        tf.data.Dataset.range(1)
+        .map(drawn)
+        .rebatch(batch_size)
+        .apply(tf.data.experimental.assert_cardinality(math.ceil(n / batch_size)))
+    )
+    dataset.epoch = 0
+    return dataset
+
+
 class ImageBatches(EpochBatches):
     """(images, labels) batches of a table's images, as the model takes them (0-255 pixels),
     augmented when asked with draws seeded by (seed, stream, epoch) and the position."""
@@ -154,18 +204,23 @@ def training_inputs(cfg: Config, model: keras.Model, split: pd.DataFrame):
     path = feature_file(cfg, model, split)
     rows = {name: np.flatnonzero(split["split"].to_numpy() == name) for name in ("train", "val")}
     task = task_named(cfg.task)
-    train_data = FeatureBatches(
-        path, rows["train"], task.targets_of(train), cfg.batch_size, shuffle=True, seed=cfg.seed
+    train_data = feature_epochs(
+        read_features(path, rows["train"]),
+        task.targets_of(train),
+        cfg.batch_size,
+        shuffle=True,
+        seed=cfg.seed,
     )
     val_targets = task.targets_of(val)
-    val_data = FeatureBatches(path, rows["val"], val_targets, max(cfg.batch_size, VALIDATION_BATCH))
+    val_batch = max(cfg.batch_size, VALIDATION_BATCH)
+    val_data = feature_epochs(read_features(path, rows["val"]), val_targets, val_batch)
     return classifier_head(model), train_data, val_data
 
 
 def steps_per_call(train_data) -> int:
     """``compile(steps_per_execution=...)``: many on cached features, whose steps are tiny;
     one on images, whose steps are a pass of the base. The trained model is the same."""
-    return HEAD_STEPS_PER_CALL if isinstance(train_data, FeatureBatches) else 1
+    return 1 if isinstance(train_data, ImageBatches) else HEAD_STEPS_PER_CALL
 
 
 def image_inputs(cfg: Config, train: pd.DataFrame, val: pd.DataFrame, augment: bool = False, stream: int = 0):
