@@ -3,6 +3,7 @@
 #   make test    set up .venv, then lint and run the whole test suite (what CI runs)
 # and, for the course:
 #   make lab     open the notebooks in JupyterLab
+#   make book    the course as a static HTML site from a run's executed notebooks (RUN=runs/demo)
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -10,13 +11,13 @@ BIN := $(VENV)/bin
 # JupyterLab refuses to run as root (as in containers and CI) unless told it may.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: setup demo test lab clean
+.PHONY: setup demo test lab book clean
 
 # The stamp is rebuilt whenever pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test,book]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -34,6 +35,12 @@ test: setup
 
 lab: setup
 	$(BIN)/jupyter lab --notebook-dir=notebooks $(ROOT_FLAG)
+
+# The course as a book: docs/course.md, the run's executed notebooks (make demo first, or
+# RUN=runs/x for another run), data_instructions.md and the README, in build/book/html.
+RUN ?= runs/demo
+book: setup
+	$(BIN)/python scripts/build_book.py --run $(RUN) --out build/book
 
 clean:
 	rm -rf $(VENV) runs

@@ -55,9 +55,59 @@ def tiny_split(tiny_cfg):
     return splitting.split_by_patient(table, tiny_cfg.val_fraction, tiny_cfg.test_fraction, tiny_cfg.seed)
 
 
+# --------------------------------------------------------------------------- a tiny base
+# ResNet50V2 is built, traced and trained only where the architecture itself is under test
+# (test_model.py, test_backbones.py, the notebooks). Every test of the plumbing around a base
+# (training, checkpoints, the feature cache, shards, clusters, Grad-CAM, prediction) runs on
+# this one: the bcnb model made by the same bcnb.model.transfer.build_model, with a base of a
+# few layers in ResNet50V2's place. It is registered as a backbone only while build_model
+# runs, so neither Config, the command line nor the notebooks ever see it; its saved model
+# holds standard layers only and loads (safe mode) in any process.
+TINY_BACKBONE = "tiny"
+TINY_TOP_CONV = "top_conv"  # the last convolution: what fine-tuning's top layers include
+
+
+def tiny_base(include_top=False, weights=None, input_shape=(32, 32, 3)):
+    """A base as keras.applications builds one, of ResNet50V2's kinds of layer: convolutions,
+    BatchNormalization (which fine-tuning must keep frozen), ReLU, and a post-activation
+    BatchNormalization on top, with a 4-D output (8x8x16 for 32x32 images) for Grad-CAM."""
+    import keras
+
+    assert not include_top
+    inputs = keras.Input(shape=input_shape)
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", name="conv1_conv")(inputs)
+    x = keras.layers.BatchNormalization(name="conv1_bn")(x)
+    x = keras.layers.ReLU(name="conv1_relu")(x)
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", name=TINY_TOP_CONV)(x)
+    x = keras.layers.BatchNormalization(name="post_bn")(x)
+    x = keras.layers.ReLU(name="post_relu")(x)
+    base = keras.Model(inputs, x, name=TINY_BACKBONE)
+    if weights is not None:
+        base.load_weights(weights)
+    return base
+
+
+def build_tiny_model(img_size=32, weights=None, dropout=0.2, precision="float32", task="binary"):
+    """bcnb.model.transfer.build_model on the tiny base (see TINY_BACKBONE)."""
+    from bcnb.model import backbones, transfer
+
+    spec = backbones.Backbone(
+        TINY_BACKBONE,
+        "Tiny (tests only)",
+        tiny_base,
+        backbones.scale_to_minus_one_one,
+        lambda size: "https://example.invalid/tiny_notop.h5",
+        None,
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(backbones.BACKBONES, TINY_BACKBONE, spec)
+        return transfer.build_model(img_size, weights, dropout, precision, TINY_BACKBONE, task)
+
+
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory):
-    """A finished run as bcnb predict sees it: model.keras, decision.json and config.yaml."""
+    """A finished run as bcnb predict sees it: model.keras, decision.json and config.yaml
+    (the model on the tiny base: predict reads the model file, whatever its base)."""
     import keras
 
     from bcnb import Config
@@ -67,7 +117,7 @@ def run_dir(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("finished_run")
     keras.utils.set_random_seed(4)
-    model = transfer.build_model(32, None)
+    model = build_tiny_model(32)
     model.get_layer("classifier").bias.assign([0.3])
     transfer.save_model(model, folder / "model.keras")
     decision.save_decision({"temperature": 2.0, "threshold": 0.5, "threshold_rule": "fixed"}, folder)
@@ -100,3 +150,33 @@ def remount_read_only(folder: Path) -> None:
     import subprocess
 
     subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True, capture_output=True)
+
+
+# --------------------------------------------------------------------------- headless Chromium
+@contextmanager
+def headless_chromium(chromium: str, driver: str, height: int):
+    """A Selenium driver of Debian's chromium and chromedriver, headless, 1400 pixels wide."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        f"--window-size=1400,{height}",
+    ):
+        options.add_argument(argument)  # no sandbox: Chromium refuses it as root otherwise
+    browser = webdriver.Chrome(options=options, service=Service(driver))
+    try:
+        yield browser
+    finally:
+        browser.quit()
+
+
+def wait_for(driver, condition, timeout: float, what: str, poll: float = 0.5):
+    """Selenium's WebDriverWait: ``condition`` once it holds, or TimeoutException naming ``what``."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=poll).until(condition, message=what)

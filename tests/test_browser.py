@@ -24,6 +24,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import headless_chromium, wait_for
 
 from bcnb.batch.notebooks import NOTEBOOKS_DIR
 
@@ -130,24 +131,12 @@ def _wait_for_server(base: str, token: str, server: subprocess.Popen, timeout: f
 
 @pytest.fixture
 def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,2000"):
-        options.add_argument(argument)  # no sandbox: Chromium refuses it as root otherwise
-    driver = webdriver.Chrome(options=options, service=Service(DRIVER))
-    try:
+    with headless_chromium(CHROMIUM, DRIVER, height=2000) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def _wait(driver, condition, timeout: float, what: str):
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    return WebDriverWait(driver, timeout, poll_frequency=0.5).until(condition, message=what)
+    return wait_for(driver, condition, timeout, what)
 
 
 def test_notebook_01_runs_in_jupyterlab_and_its_widget_answers(lab, browser, tmp_path):
