@@ -2,7 +2,8 @@
 
 Each notebook runs in its run folder's ``notebooks/`` with ``run_dir = ".."``: the executed
 notebooks name no staging folder, and each can be run again in place, in JupyterLab or by
-papermill, once the run is finished. The kernels work on the folder this process holds for
+papermill, once the run is finished. A run's notebooks share one kernel, one after the other
+(:class:`RunKernel`). The kernels work on the folder this process holds for
 them (one writer), and what they write to file descriptor 2 (TensorFlow's C++ log) goes to
 ``notebooks/kernels.log``.
 """
@@ -66,13 +67,14 @@ def run_notebooks(
     """
     target_dir = folder / "notebooks"
     target_dir.mkdir(parents=True, exist_ok=True)
-    with kernels_work_in(folder), native_stderr(target_dir / KERNEL_LOG):
+    with kernels_work_in(folder), native_stderr(target_dir / KERNEL_LOG), run_kernel() as kernel:
         for number, name in enumerate(names, start=1):
             where = f" (again, in {folder.name})" if again else ""
             progress(f"{label}[{number}/{len(names)}] {name}{where}")
             running = target_dir / f".{name}.running.ipynb"
             try:
-                execute(notebooks_dir / name, running, cfg, progress_bar)
+                kernel.next_notebook()
+                execute(notebooks_dir / name, running, cfg, progress_bar, kernel.manager)
             except NotebookFailed:
                 os.replace(running, target_dir / name)  # the failed notebook, to read
                 raise
@@ -81,6 +83,58 @@ def run_notebooks(
                 raise
             record_final_name(running, name)
             os.replace(running, target_dir / name)
+
+
+@contextmanager
+def run_kernel():
+    """A :class:`RunKernel` for one run's notebooks, shut down however the run ends."""
+    kernel = RunKernel()
+    try:
+        yield kernel
+    finally:
+        kernel.shutdown()
+
+
+class RunKernel:
+    """One kernel for a run's notebooks, one notebook after the other.
+
+    A kernel of its own per notebook would start Python and import TensorFlow, Keras and bcnb
+    again for each (several seconds each on 2 cores, four or six times a run, a hundred times
+    in a per-magnification protocol). Here they are imported once. Each notebook still starts
+    as in a kernel of its own: the namespace the previous one left is emptied (``%reset -f``)
+    and its first cell clears Keras' session and seeds every generator
+    (:func:`bcnb.run.seeds.seed_everything`), so it sees no variable, layer name or random state
+    of the one before, and the executed notebooks are those of separate kernels.
+    """
+
+    def __init__(self) -> None:
+        from jupyter_client.manager import AsyncKernelManager
+
+        # nbclient starts it, in the notebook's folder, for the first notebook and leaves it
+        # running for the next: a kernel manager it did not make is not its to shut down.
+        self.manager = AsyncKernelManager(kernel_name="python3")
+        self._notebooks = 0
+
+    def next_notebook(self) -> None:
+        """Empty the namespace the previous notebook left, if any."""
+        if self._notebooks and self.manager.has_kernel:
+            from jupyter_client import BlockingKernelClient
+
+            client = BlockingKernelClient()
+            client.load_connection_info(self.manager.get_connection_info())
+            client.start_channels()
+            try:
+                client.wait_for_ready(timeout=60)
+                client.execute_interactive("%reset -f", store_history=False, timeout=60)
+            finally:
+                client.stop_channels()
+        self._notebooks += 1
+
+    def shutdown(self) -> None:
+        if self.manager.has_kernel:
+            from jupyter_core.utils import run_sync
+
+            run_sync(self.manager.shutdown_kernel)(now=True)
 
 
 def record_final_name(executed: Path, name: str) -> None:
@@ -129,9 +183,10 @@ def parameter_names(notebook: Path) -> list[str]:
     return list(inspect_notebook(str(notebook)))
 
 
-def execute(source: Path, target: Path, cfg: Config, progress_bar: bool) -> None:
+def execute(source: Path, target: Path, cfg: Config, progress_bar: bool, kernel_manager=None) -> None:
     """Run one notebook with the parameters its own cell names (the rest are in the record),
-    in the folder of ``target``, which lies in the run folder's ``notebooks/``."""
+    in the folder of ``target``, which lies in the run folder's ``notebooks/``, in the kernel of
+    ``kernel_manager`` (a :class:`RunKernel`'s; a kernel of its own without one)."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -148,6 +203,7 @@ def execute(source: Path, target: Path, cfg: Config, progress_bar: bool) -> None
             kernel_name="python3",
             # The kernel's own start-up warnings (e.g. about its local TCP sockets) are noise here.
             extra_arguments=["--IPKernelApp.log_level=ERROR"],
+            km=kernel_manager,
         )
     except PapermillExecutionError as error:
         message = f"{source.name} failed at cell {error.exec_count}: {error.ename}: {error.evalue.strip()}"
