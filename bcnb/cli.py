@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     repeats = "R random patient-level splits, seeds seed .. seed+R-1, and OUT/summary.md"
     run.add_argument("--repeats", type=int, default=0, metavar="R", help=repeats)
     run.add_argument(
+        "--per-magnification",
+        action="store_true",
+        help="with --folds K (or --set split_file=...): also one model per magnification per fold, "
+        "on the same patient folds, and the per-magnification table",
+    )
+    run.add_argument(
         "--only",
         action="append",
         metavar="NOTEBOOK",
@@ -151,7 +157,8 @@ DESCRIPTIONS = {
     "--out: the run's record (config.yaml), split, model, metrics, report.md, model_card.md and the "
     "executed notebooks. --out is replaced only when it is a run folder bcnb made, and only once "
     "every notebook has succeeded. --resume goes on with an interrupted run, --only runs notebooks "
-    "of a finished run again, --folds and --repeats run a protocol of several runs and summarise it.",
+    "of a finished run again, --folds and --repeats run a protocol of several runs and summarise it "
+    "(--per-magnification: one model per magnification too, as BreakHis papers report).",
     "sweep": "Runs the pipeline once per combination of the --grid values (or a --folds protocol per "
     "combination), each in its own folder inside --out, then writes sweep.md and sweep.csv. Run "
     "again, it keeps the finished cells and goes on with the others.",
@@ -350,7 +357,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     notebooks = args.notebooks or NOTEBOOKS_DIR
     live = sys.stderr.isatty()  # papermill's cell-by-cell bar in a terminal; none in a log file
     try:
-        if args.folds or args.repeats:
+        if args.folds or args.repeats or args.per_magnification:
             return _reproduce_protocol(args, notebooks, live, started)
         if args.only:
             if args.resume or args.stop_after or args.compare:
@@ -449,7 +456,14 @@ def _reproduce_protocol(args: argparse.Namespace, notebooks: Path, live: bool, s
     if args.only or args.stop_after or args.compare:
         raise ValueError("--folds/--repeats: they go without --only, --stop-after and --compare")
     cfg = config_from_args(args)
-    out = run_protocol(cfg, args.out, args.folds, args.repeats, notebooks, _say, live, args.resume)
+    if args.per_magnification and (args.repeats or not (args.folds or cfg.split_file)):
+        raise ValueError(
+            "--per-magnification: trains on patient folds; expected --folds K, or --set split_file=FILE "
+            "(one of BreakHis' official folds), without --repeats"
+        )
+    out = run_protocol(
+        cfg, args.out, args.folds, args.repeats, notebooks, _say, live, args.resume, args.per_magnification
+    )
     _say(f"done in {time.perf_counter() - started:.0f} s: {out} (see summary.md)")
     return 0
 

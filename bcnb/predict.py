@@ -271,7 +271,9 @@ def save_overlay(pixels: np.ndarray, path: Path) -> Path:
 def describe_rule(rule: dict) -> str:
     """The line above the predictions: the threshold, on what, and how it was chosen."""
     how = rule.get("threshold_rule", "")
-    if how == "fixed":
+    if not rule.get("threshold_rule_applied", True):  # decision.json from before the flag: applied
+        chosen = f"the paper's 0.5, because validation could not choose ({rule['threshold_reason']})"
+    elif how == "fixed":
         chosen = "the paper's 0.5, fixed, not chosen on data"
     elif how == "youden":
         chosen = "chosen on validation (Youden's J)"

@@ -3,6 +3,11 @@
     .venv/bin/python benchmarks/crossval.py                  # both parts (about 25 minutes)
     .venv/bin/python benchmarks/crossval.py --part builtin   # 5 folds vs one run, built-in data
     .venv/bin/python benchmarks/crossval.py --part breakhis  # 5 folds on 7,872 images of 700x460
+    .venv/bin/python benchmarks/crossval.py --part magnification --folds 2   # --per-magnification
+
+The magnification part runs ``--folds K --per-magnification`` at BreakHis' size and splits its
+time into today's protocol (the runs of all magnifications) and the extra runs of one
+magnification each; it replaces only its own section of the results file.
 
 Each measurement is one `bcnb reproduce` in a fresh process, timed from outside; where its
 time went comes from the executed notebooks (papermill records each one's duration). The
@@ -76,10 +81,7 @@ def builtin(work: Path) -> list[str]:
 
 
 def breakhis_size(work: Path, data: Path) -> list[str]:
-    if not (data / "manifest.csv").is_file():
-        from bcnb.data.synthetic import SyntheticSpec, write_synthetic_dataset
-
-        write_synthetic_dataset(SyntheticSpec(patients=82, images_per_patient=24, scale=2), data)
+    ensure_breakhis_size(data)
     images = sum(1 for _ in data.rglob("*.png"))
     options = ["--folds", "5", "--set", f"dataset={data}", "--set", "precision=mixed_bfloat16"]
     seconds = reproduce(work / "breakhis", *options, cache=work / "cold-cache")
@@ -96,9 +98,81 @@ def breakhis_size(work: Path, data: Path) -> list[str]:
     ]
 
 
+def magnification_table(out: Path, names: list[str]) -> list[str]:
+    rows = ["| run | " + " | ".join(NOTEBOOKS) + " | total |", "|---" * (len(NOTEBOOKS) + 2) + "|"]
+    for name in names:
+        seconds = durations(out / name)
+        cells = " | ".join(f"{seconds[notebook]:.0f}" for notebook in NOTEBOOKS)
+        rows.append(f"| {name} | {cells} | {sum(seconds.values()):.0f} |")
+    return rows
+
+
+def per_magnification(work: Path, data: Path, folds: int) -> list[str]:
+    """``--folds K --per-magnification`` at BreakHis' size: where the time goes."""
+    import numpy as np
+    import pandas as pd
+
+    ensure_breakhis_size(data)
+    options = ["--folds", str(folds), "--per-magnification", "--set", f"dataset={data}"]
+    seconds = reproduce(
+        work / "magnification", *options, "--set", "precision=mixed_bfloat16", cache=work / "cold"
+    )
+    out = work / "magnification"
+    mixed = [f"fold-{k}" for k in range(1, folds + 1)]
+    extra = [f"fold-{k}-{m}" for k in range(1, folds + 1) for m in ("40X", "100X", "200X", "400X")]
+    spent = {name: sum(durations(out / name).values()) for name in mixed + extra}
+    first = np.load(out / "fold-1" / "features" / "all.npy", mmap_mode="r")
+    split = pd.read_csv(out / "fold-1" / "split.csv")
+    rows_of = {name: (split["magnification"] == name.rsplit("-", 1)[1]).to_numpy() for name in extra}
+    taken = all(
+        np.array_equal(np.load(out / name / "features" / "all.npy"), first[rows_of[name]]) for name in extra
+    )
+    head = [durations(out / name)["03_train"] for name in extra]
+    today, more = sum(spent[n] for n in mixed), sum(spent[n] for n in extra)
+    summary = (out / "summary.md").read_text()
+    table = summary[summary.index("## Per magnification") : summary.index("## Reading it")].strip()
+    return [
+        f"## `--folds {folds} --per-magnification` at BreakHis' size ({len(split)} generated images of "
+        "700x460, 82 patients, 224x224, mixed_bfloat16)",
+        "",
+        f"- the whole command, nothing cached (the scan included): {seconds:.0f} s = {seconds / 60:.1f} min",
+        f"- today's protocol, the {folds} runs of all magnifications: {today:.0f} s "
+        "of notebooks (fold-1's 03 extracts every image's features once)",
+        f"- the extra: {len(extra)} runs of one magnification, {more:.0f} s of notebooks, "
+        f"{np.mean([spent[n] for n in extra]):.0f} s a run; their 03 (head training on cached rows) "
+        f"{np.mean(head):.0f} s on average",
+        f"- feature extractions: 1; every magnification run's features are its rows of fold-1's: {taken}",
+        "",
+        *magnification_table(out, mixed + extra),
+        "",
+        "What the summary printed (random weights, generated images: the figures mean nothing):",
+        "",
+        table.replace("## Per magnification", "#### Per magnification"),
+    ]
+
+
+def ensure_breakhis_size(data: Path) -> None:
+    if not (data / "manifest.csv").is_file():
+        from bcnb.data.synthetic import SyntheticSpec, write_synthetic_dataset
+
+        write_synthetic_dataset(SyntheticSpec(patients=82, images_per_patient=24, scale=2), data)
+
+
+def replace_section(text: str, lines: list[str]) -> str:
+    """``text`` with the section that starts like ``lines`` (up to the next "## ") replaced."""
+    title = lines[0].split(" at BreakHis")[0]
+    if title not in text:
+        return text.rstrip() + "\n\n" + "\n".join(lines) + "\n"
+    start = text.index(title)
+    end = text.find("\n## ", start + 1)
+    rest = text[end:] if end >= 0 else "\n"
+    return text[:start] + "\n".join(lines) + "\n" + rest
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("builtin", "breakhis", "both"), default="both")
+    parser.add_argument("--part", choices=("builtin", "breakhis", "both", "magnification"), default="both")
+    parser.add_argument("--folds", type=int, default=2, help="--part magnification: the folds (2)")
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "bcnb-breakhis-size")
     parser.add_argument("--out", type=Path, default=HERE / "crossval_results.md")
     args = parser.parse_args()
@@ -113,6 +187,12 @@ def main() -> None:
         "",
     ]
     with tempfile.TemporaryDirectory(prefix="bcnb-crossval-") as work:
+        if args.part == "magnification":
+            section = per_magnification(Path(work), args.data, args.folds)
+            text = replace_section(args.out.read_text() if args.out.is_file() else "\n".join(lines), section)
+            print("\n".join(section))
+            args.out.write_text(text)
+            return
         if args.part in ("builtin", "both"):
             lines += [*builtin(Path(work)), ""]
         if args.part in ("breakhis", "both"):

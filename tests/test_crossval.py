@@ -42,15 +42,16 @@ def test_protocol_runs_are_the_folds_or_the_seeds():
     }
 
 
-def test_spread_is_the_mean_sd_and_t_interval_of_the_runs():
+def test_spread_is_the_mean_sd_and_corrected_t_interval_of_the_runs():
     values = [0.80, 0.90, 0.85, 0.95]
-    found = protocol.spread(values)
+    found = protocol.spread(values, 1 / 4)  # five folds: n_test / n_train = 1/4
     sd = np.std(values, ddof=1)
-    half = scipy_stats.t.ppf(0.975, 3) * sd / 2
+    half = scipy_stats.t.ppf(0.975, 3) * sd * np.sqrt(1 / 4 + 1 / 4)  # Nadeau & Bengio, not sd / sqrt(4)
     assert found["mean"] == pytest.approx(0.875) and found["sd"] == pytest.approx(sd)
-    assert found["ci95"] == pytest.approx([0.875 - half, 0.875 + half]) and found["runs"] == 4
-    assert protocol.spread([0.2, 1.0, None])["ci95"][1] == 1.0  # a proportion's interval stops at 1
-    assert protocol.spread([0.7])["sd"] is None and protocol.spread([])["mean"] is None
+    interval = found["interval"]
+    assert [interval["low"], interval["high"]] == pytest.approx([0.875 - half, 0.875 + half])
+    assert found["runs"] == 4 and interval["past_range"]  # past 1: shown and flagged, never cut
+    assert protocol.spread([0.7], 0.25)["sd"] is None and protocol.spread([], 0.25)["mean"] is None
 
 
 def test_a_sibling_cache_is_linked_not_copied(tmp_path):

@@ -42,8 +42,9 @@ def test_the_rule_is_fitted_on_validation(measured):
 
 def test_measurement_has_patient_intervals_around_the_estimates(measured):
     _, rule, found, _ = measured
-    for name, (low, high) in found["image_level_95ci_by_patient"].items():
-        assert low <= found["image_level"][name] <= high, name
+    for name, interval in found["image_level_95ci_by_patient"].items():
+        assert interval["estimable"] and interval["resamples_used"] == 500, name  # 8 patients a class
+        assert interval["low"] <= found["image_level"][name] <= interval["high"], name
     assert found["patient_level"]["n_patients"] == 16
     assert found["image_level"]["threshold"] == rule["threshold"]
     calibration = found["calibration"]

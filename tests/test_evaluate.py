@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from bcnb.evaluate import scores
+from bcnb.evaluate import headline, scores
 from bcnb.run import artifacts
 
 
@@ -71,7 +71,7 @@ def test_summary_holds_every_required_field():
     )
     y_prob = np.array([0.2, 0.7, 0.9, 0.8, 0.4, 0.95])
     weights = {"used": "random", "pretrained": False, "source": "weights=none was requested"}
-    summary = scores.summarize_test_results(
+    summary = headline.summarize_test_results(
         test, y_prob, {"accuracy": 4 / 6, "loss": 0.5}, weights, "synthetic"
     )
     required = set(

@@ -2,6 +2,7 @@ import pandas as pd
 import pytest
 
 from bcnb import Config
+from bcnb.evaluate.intervals import Interval
 from bcnb.report.caveats import DISCLAIMER
 from bcnb.report.model_card import render_model_card, subtype_errors
 from bcnb.train.fit import training_summary
@@ -32,9 +33,10 @@ def _metrics(**changes):
         "temperature": 1.37,
         "image_level": {"accuracy": 0.75, "balanced_accuracy": 0.75, "sensitivity": 1.0, "specificity": 0.5,
                         "roc_auc": 0.875},
-        "image_level_95ci_by_patient": {"accuracy": [0.5, 1.0], "balanced_accuracy": [0.5, 1.0],
-                                        "sensitivity": [1.0, 1.0], "specificity": [0.0, 1.0],
-                                        "roc_auc": [0.6, 1.0]},
+        "image_level_95ci_by_patient": {name: Interval(low, high, 2000, 2000).to_json() for name, (low, high)
+                                        in {"accuracy": (0.5, 1.0), "balanced_accuracy": (0.5, 1.0),
+                                            "sensitivity": (0.9, 1.0), "specificity": (0.0, 1.0),
+                                            "roc_auc": (0.6, 1.0)}.items()},
         "patient_level": {"accuracy": 1.0, "balanced_accuracy": 1.0, "n_patients": 3},
         "calibration": {"test_brier_before": 0.2, "test_brier_after": 0.15, "test_ece_before": 0.12,
                         "test_ece_after": 0.05},
@@ -42,7 +44,8 @@ def _metrics(**changes):
     metrics = {
         "test_accuracy": 0.75,
         "test_loss": 0.41,
-        "test_accuracy_95ci": [0.3, 0.95],
+        "test_95ci_by_patient": {"accuracy": Interval(0.25, 1.0, 2000, 2000).to_json()},
+        "test_accuracy_95ci_images_independent": [0.3, 0.95],
         "majority_class": "benign",
         "majority_class_accuracy": 0.5,
         "n_test_images": 4,
@@ -63,10 +66,8 @@ def _card(**changes) -> str:
 
 def test_the_card_carries_the_runs_figures_with_their_intervals():
     card = _card()
-    assert (
-        "| specificity | 0.5000 | 0.0000-1.0000 |" in card and "| roc auc | 0.8750 | 0.6000-1.0000 |" in card
-    )
-    assert "at the threshold 0.610 (youden, chosen on the validation split" in card
+    assert "| specificity | 0.5000 | 0.000-1.000 |" in card and "| roc auc | 0.8750 | 0.600-1.000 |" in card
+    assert "at the threshold 0.610, a threshold maximising sensitivity + specificity (Youden's J)" in card
     assert "T = 1.3700" in card and "Brier score 0.2000 before, 0.1500 after" in card
     assert "| 40X | 3 | 1.0000 | 1.0000 |" in card
     assert "weights of epoch 2 kept" in card and "Weights of the base: ImageNet." in card
@@ -94,9 +95,16 @@ def test_random_weights_and_generated_data_are_said_at_the_top(dataset):
     card = render_model_card(config, DATASET, SPLIT, TRAINING, metrics, PREDICTIONS)
     top = card.split("## Model")[0]
     assert "RANDOM weights, not ImageNet weights (no file)" in top
+    # the title names no transfer that did not happen; a pretrained run's does
+    assert top.startswith("# Model card: ResNet50V2 model on a random base (no ImageNet transfer)")
+    assert _card().startswith("# Model card: ResNet50V2 transfer model (benign vs malignant)")
     assert ("generated images" in card) == (dataset == "synthetic")
 
 
 def test_without_a_decision_step_the_card_still_reports_the_papers_measurement():
     card = _card(decision=None)
-    assert "accuracy 0.7500 (95% CI 0.300-0.950" in card and "Not measured" in card
+    # this run's figure, measured the paper's way: never worded as the paper's own figure
+    assert "This run, measured as the paper measures (`model.evaluate`, threshold 0.5)" in card
+    assert "paper's own measurement" not in card
+    assert "accuracy 0.7500 (95% interval resampling test patients: 0.250-1.000; counting images" in card
+    assert "as independent: 0.300-0.950)" in card and "Not measured" in card

@@ -457,10 +457,12 @@ def test_model_card_figures_are_metrics_json(run):
         metrics["decision"]["image_level"],
         metrics["decision"]["image_level_95ci_by_patient"],
     )
+    from bcnb.evaluate.intervals import format_interval
+
     for name in ("accuracy", "balanced_accuracy", "sensitivity", "specificity"):
-        low, high = intervals[name]
-        assert f"| {name.replace('_', ' ')} | {decided[name]:.4f} | {low:.4f}-{high:.4f} |" in card
-    assert f"accuracy {metrics['test_accuracy']:.4f} (95% CI" in card
+        shown = format_interval(intervals[name])
+        assert f"| {name.replace('_', ' ')} | {decided[name]:.4f} | {shown} |" in card
+    assert f"accuracy {metrics['test_accuracy']:.4f} (95% interval resampling test patients" in card
     for name, found in metrics["per_magnification"].items():
         assert f"| {name} | {found['n_images']} | {found['accuracy']:.4f} |" in card
     # the synthetic names are BreakHis-like: tumour types, one row each, all test images

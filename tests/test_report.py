@@ -1,6 +1,8 @@
 import pandas as pd
 
 from bcnb import Config
+from bcnb.evaluate import stats
+from bcnb.evaluate.intervals import Interval
 from bcnb.report.caveats import DISCLAIMER
 from bcnb.report.run_report import render_report
 from bcnb.train.fit import training_summary
@@ -32,7 +34,11 @@ def _metrics(**changes):
     metrics = {
         "test_accuracy": 0.95,
         "test_loss": 0.15,
-        "test_accuracy_95ci": [0.9, 0.98],
+        "test_95ci_by_patient": {
+            name: Interval(0.713, 0.972, 2000, 2000).to_json() for name in stats.BOOTSTRAP_METRICS
+        },
+        "bootstrap_samples": 2000,
+        "test_accuracy_95ci_images_independent": [0.9, 0.98],
         "balanced_accuracy": 0.94,
         "sensitivity": 0.97,
         "specificity": 0.91,
@@ -44,6 +50,7 @@ def _metrics(**changes):
         "patient_recognition_rate": 0.9375,
         "n_test_images": 60,
         "n_test_patients": 16,
+        "n_test_patients_by_class": {"benign": 6, "malignant": 10},
         "weights": "imagenet",
         "weights_pretrained": True,
         "weights_source": "/root/.keras/models/x.h5",
@@ -59,7 +66,8 @@ def test_pretrained_run_has_no_warning_and_states_the_method():
     assert "31 run of 100 requested (early stopping, patience 10); weights of epoch 21 kept" in report
     assert "always-malignant baseline accuracy (the majority class) | 0.6300" in report
     assert "| patient recognition rate (Spanhol et al. 2016) | 0.9375 | not reported |" in report
-    assert "0.9500 (95% CI 0.900-0.980) | 0.9344" in report
+    assert "| accuracy | 0.9500 | 0.9344 | 0.713-0.972 |" in report
+    assert "images as independent instead, accuracy's Wilson interval would be 0.900-0.980" in report
     assert DISCLAIMER in report and "not real tissue" not in report
     assert "A test accuracy on 16 test patients says nothing about use in a clinic" in report
 
@@ -82,6 +90,21 @@ def test_undefined_metrics_read_n_a():
 def test_split_counts_table():
     report = render_report(CONFIG, DATASET, SPLIT, TRAINING, _metrics())
     assert "| train | benign | 2 | 2 |" in report and "| test | malignant | 1 | 1 |" in report
+
+
+def test_the_stratification_and_a_type_never_trained_on_are_reported():
+    assert "split: by patient (no patient in two splits), stratified by class, seed 42" in render_report(
+        CONFIG, DATASET, SPLIT, TRAINING, _metrics()
+    )
+    # both adenosis (A) patients landed outside training: the report says the model never saw the type
+    typed = SPLIT.assign(subtype=["F", "DC", "F", "DC", "A", "LC", "A", "DC"])
+    report = render_report(CONFIG, DATASET, typed, TRAINING, _metrics())
+    assert "stratified by class and by tumour type within class, seed 42" in report
+    assert "- WARNING: no adenosis patient in training (1 in validation, 1 in test): the model" in report
+    assert (
+        "no ductal carcinoma" not in report
+        and "no lobular carcinoma patient in training (1 in validation)" in report
+    )
 
 
 def test_bad_files_image_level_split_and_magnifications_are_reported():

@@ -2,60 +2,134 @@
 
 ``bcnb reproduce --folds K`` runs notebooks 01-04 once per patient-level fold (``fold-1`` ...
 ``fold-K``, each a complete run folder testing on its own fold); ``--repeats R`` once per
-random patient-level split, seeds ``seed`` .. ``seed + R - 1`` (``repeat-1`` ...). Then
-``summary.md``, ``summary.json`` and ``summary.png`` give each run's metrics and their mean,
-standard deviation and 95% interval, at the paper's threshold of 0.5 and at each run's own
-validation-chosen threshold.
+random patient-level split, seeds ``seed`` .. ``seed + R - 1`` (``repeat-1`` ...). With
+``--per-magnification`` each fold also trains one model per magnification (``fold-1-40X`` ...,
+on the same patient folds, drawn from the whole dataset), as BreakHis papers do (Spanhol et
+al., IEEE TBME 63(7):1455-1462, 2016), beside the one on all of them (``fold-1``).
 
-The folds share one feature extraction: the cache holds every image's features in the table's
-order, and a fold only selects rows, so the first fold's cache is linked into the others (its
-key is checked there, so a fold whose model differs computes its own). A protocol that is
-interrupted goes on with ``--resume``: finished runs are kept, an unfinished one carries on.
+Then ``summary.md``, ``summary.json`` and ``summary.png`` give each run's metrics, the folds'
+predictions pooled (every image tested once) with a patient-bootstrap interval, and the mean
+and standard deviation over the runs with the corrected resampled t interval
+(:mod:`bcnb.evaluate.crossval`), at the paper's threshold of 0.5 and at each run's own
+validation-chosen threshold; with ``--per-magnification`` also the table such papers print.
+
+The runs share one feature extraction: the cache holds every image's features in the table's
+order, and a run only selects rows, so the first run's cache is linked into the others (its
+key is checked there, and a run of one magnification takes its own rows of it: see
+:func:`bcnb.train.features.cached_features`). A protocol that is interrupted goes on with
+``--resume``: finished runs are kept, an unfinished one carries on.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from bcnb.config import Config
+from bcnb.evaluate import crossval
+from bcnb.evaluate.crossval import METRICS
 from bcnb.evaluate.scores import PAPER, format_figure
 from bcnb.report import caveats
-from bcnb.run.artifacts import SUMMARY, load_metrics
+from bcnb.run.artifacts import SUMMARY, load_metrics, load_predictions
 from bcnb.run.files import write_json_atomic, write_text_atomic
 
 FOLD_NOTEBOOKS = ("01_data.ipynb", "02_model.ipynb", "03_train.ipynb", "04_evaluate.ipynb")
-METRICS = (
-    "accuracy",
-    "balanced_accuracy",
-    "roc_auc",
-    "sensitivity",
-    "specificity",
-    "patient_recognition_rate",
-)
+WHERE = {
+    "at_0.5": "at the paper's threshold of 0.5",
+    "at_chosen_threshold": "at each run's threshold chosen on its validation split",
+}
 
 
-def protocol_runs(cfg: Config, folds: int = 0, repeats: int = 0) -> dict[str, Config]:
-    """The runs of a protocol, by folder name."""
-    if folds:
-        return {f"fold-{k}": cfg.replace(folds=folds, fold=k) for k in range(1, folds + 1)}
-    return {f"repeat-{r}": cfg.replace(seed=cfg.seed + r - 1) for r in range(1, repeats + 1)}
+def protocol_runs(
+    cfg: Config, folds: int = 0, repeats: int = 0, magnifications: tuple[str, ...] = ()
+) -> dict[str, Config]:
+    """The runs of a protocol, by folder name: each fold's (a fold file is one fold) or each
+    repeat's, and with ``magnifications`` each fold's run of each (``fold-1-40X``) after it."""
+    if repeats:
+        return {f"repeat-{r}": cfg.replace(seed=cfg.seed + r - 1) for r in range(1, repeats + 1)}
+    runs = {}
+    for k in range(1, max(folds, 1) + 1):
+        fold = cfg.replace(folds=folds, fold=k) if folds else cfg
+        runs[f"fold-{k}"] = fold  # first: its feature cache serves the magnifications' runs
+        runs.update({f"fold-{k}-{m}": fold.replace(magnification=m) for m in magnifications})
+    return runs
 
 
-def describe(cfg: Config, folds: int, repeats: int) -> str:
-    if folds:
-        return (
-            f"{folds}-fold cross-validation by patient (stratified by class, every patient tested "
-            f"once; seed {cfg.seed}), validation carved by patient from each fold's training part"
-        )
-    return (
-        f"{repeats} random patient-level splits ({1 - cfg.val_fraction - cfg.test_fraction:.0%} / "
-        f"{cfg.val_fraction:.0%} / {cfg.test_fraction:.0%}, seeds {cfg.seed} to {cfg.seed + repeats - 1})"
-    )
+@dataclass(frozen=True)
+class Protocol:
+    """K patient-level folds (or one fold file, ``split_file``) or R random splits; with
+    ``magnifications`` one model per magnification per fold too."""
+
+    cfg: Config
+    folds: int = 0
+    repeats: int = 0
+    magnifications: tuple[str, ...] = ()
+
+    @property
+    def runs(self) -> dict[str, Config]:
+        return protocol_runs(self.cfg, self.folds, self.repeats, self.magnifications)
+
+    @property
+    def mixed(self) -> list[str]:
+        """The runs on every magnification: the protocol's own."""
+        return [name for name, run in self.runs.items() if run.magnification == self.cfg.magnification]
+
+    def at(self, magnification: str) -> list[str]:
+        return [name for name, run in self.runs.items() if run.magnification == magnification]
+
+    @property
+    def ratio(self) -> float:
+        """n_test / n_train of one run, for the corrected resampled t."""
+        return crossval.test_to_train(self.folds, self.cfg.test_fraction)
+
+    @property
+    def not_pooled(self) -> str:
+        """Why the runs' predictions cannot be pooled ("" where they can: K folds)."""
+        if self.folds:
+            return ""
+        if self.repeats:
+            return (
+                "random splits test some patients in several runs and others in none: their "
+                "predictions are not one test set of the dataset, so only the spread over the runs applies"
+            )
+        return "one fold file tests only its own test part"
+
+    @property
+    def command(self) -> str:
+        what = f"--folds {self.folds}" if self.folds else f"--repeats {self.repeats}" if self.repeats else ""
+        return " ".join(
+            ["bcnb reproduce", what, "--per-magnification" if self.magnifications else ""]
+        ).strip()
+
+    def describe(self) -> str:
+        text = self._split()
+        if self.magnifications:
+            text += (
+                f"; one model per magnification ({', '.join(self.magnifications)}) and one on all of "
+                "them, on the same patient folds"
+            )
+        return text
+
+    def _split(self) -> str:
+        cfg = self.cfg
+        if self.folds:
+            return (
+                f"{self.folds}-fold cross-validation by patient (stratified by class, and by tumour type "
+                f"within class where known; every patient tested once; seed {cfg.seed}), validation "
+                "carved by patient from each fold's training part"
+            )
+        if self.repeats:
+            train = 1 - cfg.val_fraction - cfg.test_fraction
+            return (
+                f"{self.repeats} random patient-level splits ({train:.0%} / {cfg.val_fraction:.0%} / "
+                f"{cfg.test_fraction:.0%}, seeds {cfg.seed} to {cfg.seed + self.repeats - 1})"
+            )
+        name = Path(cfg.split_file).name
+        return f"the fold file {name} (one split), validation carved from its training part"
 
 
 def run_protocol(
@@ -67,6 +141,7 @@ def run_protocol(
     progress: Callable[[str], None] = lambda message: None,
     progress_bar: bool = False,
     resume: bool = False,
+    per_magnification: bool = False,
 ) -> Path:
     """Run every fold or repeat into ``out`` (replaced only when all are done), then summarise.
 
@@ -76,14 +151,33 @@ def run_protocol(
     from bcnb.batch.notebooks import NOTEBOOKS_DIR
     from bcnb.batch.reproduce import Job, build, headless
 
-    runs = protocol_runs(headless(cfg), folds, repeats)
-    what = "bcnb reproduce " + (f"--folds {folds}" if folds else f"--repeats {repeats}")
+    magnifications = tuple(magnifications_to_train(cfg)) if per_magnification else ()
+    protocol = Protocol(headless(cfg), folds, repeats, magnifications)
 
     def finish(staging: Path) -> None:
-        write_summary(staging, summarize(staging, list(runs), describe(cfg, folds, repeats)))
+        write_summary(staging, summarize(staging, protocol))
 
-    job = Job("protocol", runs, list(FOLD_NOTEBOOKS), what, finish=finish)
+    job = Job("protocol", protocol.runs, list(FOLD_NOTEBOOKS), protocol.command, finish=finish)
     return build(job, out, Path(notebooks_dir or NOTEBOOKS_DIR), progress, progress_bar, resume)
+
+
+def magnifications_to_train(cfg: Config) -> list[str]:
+    """The magnifications ``--per-magnification`` trains a model on: the dataset's; refused
+    where it has fewer than two, or where ``magnification`` already chooses one."""
+    from bcnb.data.loading import magnifications_of
+
+    if cfg.magnification != "all":
+        raise ValueError(
+            f"--per-magnification: trains one model per magnification and one on all of them; "
+            f"expected magnification=all, got {cfg.magnification}"
+        )
+    found = [name for name in magnifications_of(cfg) if name != "unknown"]
+    if len(found) < 2:
+        raise ValueError(
+            f"--per-magnification: the dataset has {len(found) or 'no'} magnification(s) "
+            f"({', '.join(found) or 'none in its names or manifest'}); expected BreakHis' 40X-400X"
+        )
+    return found
 
 
 # --------------------------------------------------------------------------- the summary
@@ -105,43 +199,97 @@ def run_metrics(folder: Path) -> dict:
     }
 
 
-def spread(values: list[float | None]) -> dict:
-    """Mean, standard deviation (n - 1) and the 95% t-interval of the mean over runs."""
-    from scipy import stats as scipy_stats
-
-    defined = np.array([v for v in values if v is not None and not math.isnan(v)], dtype=float)
-    if len(defined) == 0:
-        return {"mean": None, "sd": None, "ci95": [None, None], "runs": 0}
-    mean = float(defined.mean())
-    if len(defined) < 2:
-        return {"mean": mean, "sd": None, "ci95": [None, None], "runs": 1}
-    sd = float(defined.std(ddof=1))
-    half = float(scipy_stats.t.ppf(0.975, len(defined) - 1)) * sd / math.sqrt(len(defined))
-    # Every metric here is a proportion: an interval reaching past 0 or 1 is cut there.
-    return {
-        "mean": mean,
-        "sd": sd,
-        "ci95": [max(0.0, mean - half), min(1.0, mean + half)],
-        "runs": len(defined),
-    }
+def spread(values: list[float | None], ratio: float) -> dict:
+    """Mean, sd and corrected resampled t interval over the runs (:func:`crossval.spread`)."""
+    return crossval.spread(values, ratio)
 
 
-def summarize(staging: Path, names: list[str], protocol: str) -> dict:
+def summarize(staging: Path, protocol: Protocol) -> dict:
+    """Everything summary.json holds: each run, the pooled figures, the spread over the runs."""
+    names = protocol.mixed
     runs = [run_metrics(staging / name) for name in names]
-    return {
-        "protocol": protocol,
+    cfg = protocol.cfg
+    if protocol.not_pooled:
+        pooled = crossval.not_pooled(protocol.not_pooled)
+    else:
+        predictions = [load_predictions(staging / name) for name in names]
+        pooled = crossval.pooled_out_of_fold(predictions, cfg.bootstrap_samples, cfg.seed)
+    summary = {
+        "protocol": protocol.describe(),
         "runs": runs,
+        "pooled": pooled,
         "summary": {
-            where: {name: spread([run[where][name] for run in runs]) for name in METRICS}
-            for where in ("at_0.5", "at_chosen_threshold")
+            where: {name: spread([run[where][name] for run in runs], protocol.ratio) for name in METRICS}
+            for where in WHERE
         },
+        "test_to_train": protocol.ratio,
         "paper_test_accuracy": PAPER["test_accuracy"],
         "weights": sorted({run["weights"] for run in runs}),
         "weights_pretrained": all(run["weights_pretrained"] for run in runs),
         "dataset": runs[0]["dataset"],
     }
+    if protocol.magnifications:
+        summary["per_magnification"] = by_magnification(staging, protocol)
+    return summary
 
 
+# --------------------------------------------------------------------------- per magnification
+MODELS = {"separate": "one model per magnification", "mixed": "one model for all magnifications"}
+TABLE_METRICS = {"accuracy": "Image-level accuracy", "patient_recognition_rate": "Patient recognition rate"}
+
+
+def by_magnification(staging: Path, protocol: Protocol) -> dict:
+    """The table BreakHis papers print: image-level accuracy and patient recognition rate at 0.5
+    for each magnification (and all of them), mean and sd over the folds, of the models trained
+    on one magnification and of the model trained on all of them."""
+    folds = {name: protocol.at(name) for name in protocol.magnifications}
+    per_fold = {"separate": [], "mixed": []}
+    for k, mixed in enumerate(protocol.mixed):
+        own = {m: load_predictions(staging / runs[k]) for m, runs in folds.items()}
+        own["all"] = pd.concat(
+            own.values(), ignore_index=True
+        )  # each image called by its magnification's model
+        everything = load_predictions(staging / mixed)
+        seen = {m: everything[everything["magnification"] == m] for m in protocol.magnifications}
+        per_fold["separate"].append({column: at_half(table) for column, table in own.items()})
+        per_fold["mixed"].append({**{m: at_half(t) for m, t in seen.items()}, "all": at_half(everything)})
+    columns = [*protocol.magnifications, "all"]
+    return {
+        "threshold": 0.5,
+        "columns": columns,
+        "rows": {
+            model: {
+                column: {
+                    name: spread([fold[column][name] for fold in rows], protocol.ratio)
+                    for name in TABLE_METRICS
+                }
+                for column in columns
+            }
+            for model, rows in per_fold.items()
+        },
+        "runs": {
+            name: at_half(load_predictions(staging / name))
+            for name in protocol.runs
+            if name not in protocol.mixed
+        },
+    }
+
+
+def at_half(predictions: pd.DataFrame) -> dict[str, float]:
+    """Image-level accuracy and patient recognition rate of some test predictions at 0.5."""
+    from bcnb.evaluate.scores import patient_recognition_rate
+
+    y_true = (predictions["label"] == "malignant").to_numpy(dtype=int)
+    y_prob = predictions["malignant_probability"].to_numpy(dtype=float)
+    return {
+        "accuracy": float(np.mean((y_prob >= 0.5) == y_true)),
+        "patient_recognition_rate": patient_recognition_rate(
+            y_true, y_prob, predictions["patient_id"].to_numpy()
+        ),
+    }
+
+
+# --------------------------------------------------------------------------- summary.md
 def write_summary(folder: Path, summary: dict) -> None:
     from bcnb.report.figures import plot_runs, save_image
 
@@ -154,27 +302,91 @@ def render_summary(summary: dict) -> str:
     lines = ["# bcnb cross-run summary", f"> {caveats.DISCLAIMER}"]
     lines += caveats.markdown_lines(caveats.Provenance.from_summary(summary))
     lines += [f"Protocol: {summary['protocol']}.", "## Each run", _runs_table(summary["runs"])]
-    for where, title in (
-        ("at_0.5", "at the paper's threshold of 0.5"),
-        ("at_chosen_threshold", "at each run's threshold chosen on its validation split"),
-    ):
+    lines += _pooled_section(summary["pooled"])
+    for where, title in WHERE.items():
         lines += [f"## Over the runs, {title}", _spread_table(summary["summary"][where])]
-    lines += ["## Reading it", "\n".join(_READING).format(paper=summary["paper_test_accuracy"])]
-    return "\n\n".join(lines) + "\n"
+    if summary.get("per_magnification"):
+        lines += _magnification_section(summary["per_magnification"])
+    reading = "\n".join(_READING).format(paper=summary["paper_test_accuracy"], ratio=summary["test_to_train"])
+    return "\n\n".join([*lines, "## Reading it", reading]) + "\n"
 
 
 _READING = [
     "- The paper reports one test accuracy, {paper}, on one split it does not "
-    "describe; set it beside the distribution above, not beside one run.",
-    "- The 95% interval is Student's t over the runs' figures. The runs share most of their "
-    "training patients, so they are not independent and the spread understates the uncertainty "
-    "(Bengio & Grandvalet, JMLR 2004: no unbiased estimator of the variance of K-fold "
-    "cross-validation exists).",
-    "- The patient recognition rate (Spanhol et al. 2016) averages, over test patients, the share "
+    "describe; set it beside the figures above, not beside one run.",
+    "- **Pooled out of fold**: the folds' test predictions together, every image scored once by "
+    "the fold's model that did not train on its patient; the 95% interval resamples patients "
+    "(percentile bootstrap, Efron & Tibshirani, An Introduction to the Bootstrap, 1993), since a "
+    "patient's images are not independent. Pooling sets K models' probabilities on one scale they "
+    "do not quite share, so a pooled ROC AUC can sit below the folds' mean (Forman & Scholz, "
+    "SIGKDD Explorations 12(1):49-57, 2010). At each run's threshold the calls are each fold's own; "
+    "the ROC AUC there ranks the calibrated probabilities.",
+    "- **Over the runs**: mean and standard deviation of the runs' figures; the 95% interval is the "
+    "corrected resampled t of Nadeau & Bengio (Machine Learning 52:239-281, 2003): the runs share "
+    "most of their training patients, so Student's t over them is too narrow; the variance of the "
+    "mean is taken as sd^2 (1/J + n_test/n_train), here n_test/n_train = {ratio:.3f} (1/(K-1) for K "
+    "folds, Bouckaert & Frank, PAKDD 2004), with J-1 degrees of freedom. No unbiased estimator of "
+    "that variance exists (Bengio & Grandvalet, JMLR 5:1089-1105, 2004): it is a heuristic that errs less.",
+    '- An interval is never cut at 0 or 1: one marked "past 1" (or 0) is the t interval as computed, '
+    "whose symmetric shape does not fit a proportion near its bound; read it as reaching the bound.",
+    "- The patient recognition rate (Spanhol et al., IEEE TBME 2016) averages, over test patients, the share "
     "of each patient's images called right.",
-    "- Each run's folder holds its executed notebooks, metrics.json and report.md; summary.png draws "
-    "one point per run.",
+    "- Each run's folder holds its executed notebooks, metrics.json, predictions.csv and report.md; "
+    "summary.png draws one point per run, the mean with its interval and the pooled figure.",
 ]
+
+
+def _pooled_section(pooled: dict) -> list[str]:
+    from bcnb.evaluate.intervals import format_interval
+    from bcnb.report.run_report import markdown_table
+
+    title = "## Pooled out of fold: every image tested once"
+    if not pooled["applies"]:
+        return [title, f"Not applicable: {pooled['why']}."]
+    rows = [
+        {
+            "metric": name,
+            "at 0.5": format_figure(pooled["at_0.5"][name]["value"]),
+            "95% interval at 0.5": format_interval(pooled["at_0.5"][name]["interval"]),
+            "at each run's threshold": format_figure(pooled["at_chosen_threshold"][name]["value"]),
+            "95% interval at it": format_interval(pooled["at_chosen_threshold"][name]["interval"]),
+        }
+        for name in METRICS
+    ]
+    note = (
+        f"{pooled['images']} test images of {pooled['patients']} patients, each tested once; intervals: "
+        f"{pooled['method']} ({pooled['bootstrap_samples']} resamples)."
+    )
+    return [title, note, markdown_table(pd.DataFrame(rows))]
+
+
+def _magnification_section(table: dict) -> list[str]:
+    from bcnb.report.run_report import markdown_table
+
+    lines = [
+        "## Per magnification",
+        "As BreakHis papers print it (Spanhol et al., IEEE TBME 63(7):1455-1462, 2016): mean +- sd over "
+        "the folds at 0.5, every model on the same patient folds. In the column *all*, the models of one "
+        "magnification each call their own magnification's images; the model for all magnifications "
+        "is scored on each magnification's test images too. The corrected t interval of every cell "
+        "is in summary.json.",
+    ]
+    for metric, title in TABLE_METRICS.items():
+        rows = [
+            {
+                "model": MODELS[model],
+                **{column: _mean_sd(cells[column][metric]) for column in table["columns"]},
+            }
+            for model, cells in table["rows"].items()
+        ]
+        lines += [f"### {title}", markdown_table(pd.DataFrame(rows))]
+    return lines
+
+
+def _mean_sd(figures: dict) -> str:
+    if figures["mean"] is None:
+        return "n/a"
+    return format_figure(figures["mean"], 3) + ("" if figures["sd"] is None else f" +- {figures['sd']:.3f}")
 
 
 def _runs_table(runs: list[dict]) -> str:
@@ -203,7 +415,7 @@ def _spread_table(spread: dict) -> str:
             "metric": name,
             "mean": format_figure(figures["mean"]),
             "sd": format_figure(figures["sd"]),
-            "95% interval": "-" if figures["ci95"][0] is None else "{:.3f}-{:.3f}".format(*figures["ci95"]),
+            "95% interval (corrected t)": crossval.format_t_interval(figures["interval"]),
             "runs": figures["runs"],
         }
         for name, figures in spread.items()

@@ -60,7 +60,8 @@ def check_inputs(cfg: Config, compare: bool = False) -> None:
             from bcnb.model.transfer import resolve_weights
         for backbone in {cfg.backbone, *(cfg.backbones_to_compare() if compare else [])}:
             resolve_weights(cfg.weights, False, backbone, cfg.img_size)
-    split_for_run(cfg, load_dataset(cfg).table)
+    loaded = load_dataset(cfg)
+    split_for_run(cfg, loaded.table, loaded.whole)
     if cfg.stain_normalization != "none" and cfg.stain_target:
         stain_target_parameters(cfg)
 

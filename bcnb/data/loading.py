@@ -8,7 +8,7 @@ The result of loading is an *image table*: one row per image with its ``path`` (
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,9 @@ class LoadedDataset:
     source: Path
     notes: list[str]  # what the reader decided, in words for the notebook and report
     patient_level: bool  # False when the layout has no patient ids
+    # Every image at every magnification, before sampling and the scan: the patients the split
+    # is drawn from (bcnb.data.splitting.split_for_run), the same whichever magnification runs.
+    whole: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 # --------------------------------------------------------------------------- loading
@@ -41,18 +44,34 @@ def load_dataset(cfg: Config) -> LoadedDataset:
     source = dataset_path(cfg)
     recognised = read_layout(source, cfg.layout, cfg.positive_class, cfg.patient_pattern, cfg.patient_id_from)
     images, strays = _images_and_strays(recognised.table)
-    images = select_magnification(images, cfg.magnification, source)
+    images, notes = known_types(images, source, task_named(cfg.task).by_type)
+    strays = strays.drop(columns=strays.columns.difference(images.columns))  # no types where images have none
     if cfg.split_file:  # only the images the fold file lists; those it lists but we lack are bad
         images, missing = listed_in_fold_file(images, cfg.split_file)
         strays = pd.concat([strays, missing], ignore_index=True)
+    whole = images.reset_index(drop=True)
+    images = select_magnification(images, cfg.magnification, source)
     images = sample_images(images, cfg.max_images, cfg.seed)
     scanned = find_bad_images(pd.concat([images, strays]), remember=scan_memory(source))
     table, bad = split_bad(scanned, cfg.on_bad_image, source)
     check_both_classes(table, source)
-    if task_named(cfg.task).by_type:
-        table = with_subtypes(table, source)
     tiled = expand_tiles(table, cfg.tiles_per_image).reset_index(drop=True)
-    return LoadedDataset(tiled, bad, recognised.layout, source, recognised.notes, recognised.patient_level)
+    notes = recognised.notes + notes
+    return LoadedDataset(tiled, bad, recognised.layout, source, notes, recognised.patient_level, whole)
+
+
+def known_types(images: pd.DataFrame, source: Path, required: bool) -> tuple[pd.DataFrame, list[str]]:
+    """The images with their tumour types as BreakHis codes, and notes. A task that needs them
+    (``required``) stops where they are missing; otherwise the split is then stratified by class
+    only, and a note says why where a ``subtype`` column was there but unusable."""
+    if required or "subtype" not in images:
+        return (with_subtypes(images, source) if required else images), []
+    try:
+        return with_subtypes(images, source), []
+    except ValueError as error:
+        why = str(error).removeprefix("task=subtype: ")
+        note = f"tumour types not used ({why}): the split is stratified by class only"
+        return images.drop(columns="subtype"), [note]
 
 
 def listed_in_fold_file(images: pd.DataFrame, split_file: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -168,6 +187,34 @@ def magnification_order(names) -> list[str]:
         return float(digits) if digits.isdigit() else float("inf")
 
     return sorted(set(names), key=power)
+
+
+def magnifications_of(cfg: Config) -> list[str]:
+    """The dataset's magnifications, lowest first, read from its layout alone (no scan); a
+    dataset without them (IDC, class folders) has only "unknown"."""
+    source = dataset_path(cfg)
+    recognised = read_layout(source, cfg.layout, cfg.positive_class, cfg.patient_pattern, cfg.patient_id_from)
+    images, _ = _images_and_strays(recognised.table)
+    return magnification_order(images["magnification"])
+
+
+def describe_patients(table: pd.DataFrame) -> list[str]:
+    """What notebook 01 says about a data set, computed from it (never a sentence true of one
+    data set only): images and magnifications per patient, and the share of the larger class."""
+    per_patient = table.drop_duplicates("path").groupby("patient_id")
+    images, powers = per_patient.size(), per_patient["magnification"].nunique()
+    shares = table.drop_duplicates("path")["label"].value_counts(normalize=True)
+    return [
+        f"{len(images)} patients, {_range(images)} images each (median {images.median():g}), "
+        f"at {_range(powers)} magnification(s)",
+        f"{shares.idxmax()} is the larger class ({shares.max():.0%} of the images): always answering "
+        f"{shares.idxmax()} would score {shares.max():.0%} accuracy",
+    ]
+
+
+def _range(counts: pd.Series) -> str:
+    low, high = int(counts.min()), int(counts.max())
+    return f"{low}" if low == high else f"{low} to {high}"
 
 
 def count_images(table: pd.DataFrame) -> pd.DataFrame:

@@ -4,17 +4,25 @@ One split gives one number whose interval spans much of the scale on a few dozen
 papers on BreakHis report the mean and spread over several patient-disjoint test sets
 (Spanhol et al. 2016: five trials of 70/30 by patient). Two ways to get them:
 
-- ``folds=K``: every patient in exactly one of K test folds, stratified by class
-  (scikit-learn's ``StratifiedGroupKFold``, groups = patients); run ``fold=k`` tests on fold k.
+- ``folds=K``: every patient in exactly one of K test folds, stratified (scikit-learn's
+  ``StratifiedGroupKFold``, groups = patients); run ``fold=k`` tests on fold k. The folds are
+  drawn from the patients of the whole dataset, every magnification, so a run of one
+  magnification tests on the same patients as the others (:func:`split_for_run`'s ``whole``).
 - ``split_file``: one of Spanhol et al.'s fold files (``dsfold1.txt`` ... ``dsfold5.txt``), one
   line per image, ``file name|magnification|fold|train or test``.
 
-Either way a validation part is carved by patient from the training part, stratified by class,
-so that early stopping and the decision threshold never see the test fold.
+Either way a validation part is carved by patient from the training part, stratified, so that
+early stopping and the decision threshold never see the test fold.
+
+Stratified means by class and, where the tumour types are known (BreakHis names, a manifest's
+``subtype`` column, the built-in data), by type within class: by class alone, all three
+adenosis patients of a run could land in test and a model would never train on adenosis.
+:func:`types_missing_from_training` names any type a training part still lacks.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -40,24 +48,63 @@ def check_folds(table: pd.DataFrame, folds: int) -> None:
 
 
 def assign_folds(table: pd.DataFrame, folds: int, seed: int, by: str = "label") -> np.ndarray:
-    """Each image's test fold (1..K): by patient, stratified by class (or tumour type, ``by``),
-    shuffled by ``seed``. scikit-learn warns where a type has fewer patients than folds."""
+    """Each image's test fold (1..K): by patient, shuffled by ``seed``, stratified by tumour type
+    where the types are known, else by class (``by`` is kept for callers; the table decides).
+
+    By type, the patients of a type go to as many different folds as it has patients (each
+    fold then trains on the others); where that leaves a test fold without one class, the
+    folds are stratified by class instead.
+    """
+    check_folds(table, folds)
+    fold_of = np.zeros(len(table), dtype=int)
+    for strata in ([table["subtype"]] if has_types(table) else []) + [table["label"]]:
+        fold_of = _group_folds(table, strata, folds, seed)
+        if all(table["label"][fold_of == k].nunique() == 2 for k in range(1, folds + 1)):
+            break
+    return fold_of
+
+
+def _group_folds(table: pd.DataFrame, strata: pd.Series, folds: int, seed: int) -> np.ndarray:
+    """scikit-learn's StratifiedGroupKFold over patients; zeros where it cannot stratify by ``strata``."""
     from sklearn.model_selection import StratifiedGroupKFold
 
-    check_folds(table, folds)
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     fold_of = np.zeros(len(table), dtype=int)
-    for number, (_, test) in enumerate(splitter.split(table, table[by], table["patient_id"]), start=1):
-        fold_of[test] = number
+    with warnings.catch_warnings():
+        # A type with fewer images than folds cannot reach them all: types_missing_from_training says so.
+        warnings.filterwarnings("ignore", "The least populated class", UserWarning)
+        try:
+            for number, (_, test) in enumerate(splitter.split(table, strata, table["patient_id"]), start=1):
+                fold_of[test] = number
+        except ValueError:  # every stratum smaller than the folds: by class, then
+            return np.zeros(len(table), dtype=int)
     return fold_of
 
 
 def split_for_fold(
-    table: pd.DataFrame, folds: int, fold: int, val_fraction: float, seed: int, by: str = "label"
+    table: pd.DataFrame,
+    folds: int,
+    fold: int,
+    val_fraction: float,
+    seed: int,
+    by: str = "label",
+    whole: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """The table with a ``split`` column: fold ``fold`` is test, validation is carved from the rest."""
-    is_test = assign_folds(table, folds, seed, by) == fold
-    return _with_validation(table, is_test, val_fraction, seed, by)
+    """The table with a ``split`` column: fold ``fold`` is test, validation is carved from the
+    rest; both drawn from the patients of ``whole`` (the dataset at every magnification;
+    ``table`` itself by default), so that every magnification's runs share them."""
+    whole = table if whole is None else whole
+    is_test = assign_folds(whole, folds, seed, by) == fold
+    return on_patients(table, _with_validation(whole, is_test, val_fraction, seed, by))
+
+
+def on_patients(table: pd.DataFrame, decided: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with the split that ``decided`` (a split of a table holding its patients) gives
+    each of its patients."""
+    if decided.index.equals(table.index) and (decided["path"].to_numpy() == table["path"].to_numpy()).all():
+        return decided
+    split_of = decided.groupby("patient_id")["split"].first()
+    return table.assign(split=table["patient_id"].map(split_of).to_numpy())
 
 
 def _with_validation(
@@ -77,12 +124,13 @@ def carve_validation(part: pd.DataFrame, share: float, seed: int, by: str = "lab
     in each class to validation."""
     rng = np.random.default_rng(seed)
     images_per_patient = part.groupby("patient_id").size().sort_index()
+    types = patient_types(part) if by == "label" else None
     assignment: dict[str, str] = {}
     for label, patients in patient_strata(part, 2, by).items():
         shuffled = [patients[i] for i in rng.permutation(len(patients))]
         shares = {"val": share, "train": 1 - share}
         counts = images_per_patient[patients]
-        assignment.update(assign_patients(shuffled, counts, shares, f"the training part's {label}"))
+        assignment.update(assign_patients(shuffled, counts, shares, f"the training part's {label}", types))
     return part["patient_id"].map(assignment)
 
 
@@ -147,26 +195,41 @@ def _check_groups(path: Path, table: pd.DataFrame) -> None:
 
 
 def split_from_fold_file(
-    table: pd.DataFrame, path: str | Path, val_fraction: float, seed: int, by: str = "label"
+    table: pd.DataFrame,
+    path: str | Path,
+    val_fraction: float,
+    seed: int,
+    by: str = "label",
+    whole: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """``table`` (images the fold file lists) with its split: the file's test images are test,
-    validation is carved from its training images. Refused when the file puts a patient on
+    validation is carved from its training images (of ``whole``, every magnification, where
+    given: the same validation patients for each). Refused when the file puts a patient on
     both sides, or none of ``table``'s images on one side."""
     rows = _fold_file_lines(path).drop_duplicates("file").set_index("file")
-    names = table["path"].map(lambda p: Path(p).name)
     name = Path(path).name
-    unlisted = sorted(set(names) - set(rows.index))
-    if unlisted:
-        raise ValueError(f"split_file: {name} does not list {len(unlisted)} image(s), e.g. {unlisted[0]}")
-    listed = table.assign(group=names.map(rows["group"]).to_numpy(), line=names.map(rows["line"]).to_numpy())
-    _check_patients(listed, name)
+    listed = _listed(table, rows, name)
     for group in ("train", "test"):
         if not (listed["group"] == group).any():
             raise ValueError(
                 f"split_file: {name} puts none of the {len(table)} images of this run in {group}; "
                 f"expected both train and test images"
             )
-    return _with_validation(table, (listed["group"] == "test").to_numpy(), val_fraction, seed, by)
+    whole = listed if whole is None else _listed(whole, rows, name)
+    decided = _with_validation(whole, (whole["group"] == "test").to_numpy(), val_fraction, seed, by)
+    return on_patients(table, decided.drop(columns=["group", "line"]))
+
+
+def _listed(table: pd.DataFrame, rows: pd.DataFrame, name: str) -> pd.DataFrame:
+    """``table`` with each image's ``group`` (train or test) and ``line`` in the fold file; refused
+    where the file does not list an image, or puts a patient on both sides."""
+    names = table["path"].map(lambda p: Path(p).name)
+    unlisted = sorted(set(names) - set(rows.index))
+    if unlisted:
+        raise ValueError(f"split_file: {name} does not list {len(unlisted)} image(s), e.g. {unlisted[0]}")
+    listed = table.assign(group=names.map(rows["group"]).to_numpy(), line=names.map(rows["line"]).to_numpy())
+    _check_patients(listed, name)
+    return listed
 
 
 def _check_patients(listed: pd.DataFrame, name: str) -> None:
@@ -199,36 +262,44 @@ def _shared_slide_hint(images: pd.DataFrame) -> str:
 SPLITS = ("train", "val", "test")
 
 
-def split_for_run(cfg: Config, table: pd.DataFrame) -> pd.DataFrame:
+def split_for_run(cfg: Config, table: pd.DataFrame, whole: pd.DataFrame | None = None) -> pd.DataFrame:
     """Stage entry point: the table with its ``split``, by patient: fold ``fold`` of ``folds``,
-    a BreakHis fold file, or val_fraction and test_fraction of the images."""
+    a BreakHis fold file, or val_fraction and test_fraction of the images.
+
+    ``whole`` (:attr:`bcnb.data.loading.LoadedDataset.whole`, every magnification) is what the
+    folds and fractions are drawn from, so that a run of one magnification gives its patients
+    the parts a run of all of them gives them; ``table`` itself by default.
+    """
     by = task_named(cfg.task).column  # what each split must hold its share of
+    whole = table if whole is None or whole.empty else whole
     if cfg.folds:
-        return split_for_fold(table, cfg.folds, cfg.fold, cfg.val_fraction, cfg.seed, by)
+        return split_for_fold(table, cfg.folds, cfg.fold, cfg.val_fraction, cfg.seed, by, whole)
     if cfg.split_file:
-        return split_from_fold_file(table, cfg.split_file, cfg.val_fraction, cfg.seed, by)
-    return split_by_patient(table, cfg.val_fraction, cfg.test_fraction, cfg.seed, by)
+        return split_from_fold_file(table, cfg.split_file, cfg.val_fraction, cfg.seed, by, whole)
+    return on_patients(table, split_by_patient(whole, cfg.val_fraction, cfg.test_fraction, cfg.seed, by))
 
 
 # --------------------------------------------------------------------------- split
 def split_by_patient(
     table: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int, by: str = "label"
 ) -> pd.DataFrame:
-    """Add a ``split`` column: train/val/test by patient, stratified by class (``by="label"``)
-    or by tumour type (``by="subtype"``, see :func:`patient_strata`).
+    """Add a ``split`` column: train/val/test by patient, stratified by class (``by="label"``;
+    and by tumour type within class where the table holds the types) or by tumour type
+    (``by="subtype"``, task=subtype: each type a stratum, see :func:`patient_strata`).
 
     Images of one patient are near-duplicates, so every patient's images go to one split;
     an image-level split would let the model recognise patients instead of tumours.
     Within each class, patients are shuffled and each goes to the split furthest below its
-    share of that class' images.
+    share of that class' images (and of its type's, see :func:`assign_patients`).
     """
     shares = {"test": test_fraction, "val": val_fraction, "train": 1 - val_fraction - test_fraction}
     rng = np.random.default_rng(seed)
     images_per_patient = table.groupby("patient_id").size().sort_index()
+    types = patient_types(table) if by == "label" else None
     assignment: dict[str, str] = {}
     for label, patients in patient_strata(table, len(SPLITS), by).items():
         shuffled = [patients[i] for i in rng.permutation(len(patients))]
-        assignment.update(assign_patients(shuffled, images_per_patient[patients], shares, label))
+        assignment.update(assign_patients(shuffled, images_per_patient[patients], shares, label, types))
     return table.assign(split=table["patient_id"].map(assignment))
 
 
@@ -251,25 +322,39 @@ def patient_strata(table: pd.DataFrame, parts: int, by: str = "label") -> dict[s
     return strata
 
 
-def assign_patients(patients, images_per_patient, shares, label) -> dict[str, str]:
-    """Deal shuffled ``patients`` out to the splits of ``shares`` (split: share of images)."""
+def assign_patients(patients, images_per_patient, shares, label, types=None) -> dict[str, str]:
+    """Deal shuffled ``patients`` out to the splits of ``shares`` (split: share of images): each
+    to the split furthest below its share of the class' images and, with ``types`` (patient:
+    tumour type), of its type's images too, so that each type is dealt out like its class
+    (measured on the built-in data and BreakHis' mix of types: no type left out of training,
+    the class' shares kept, where pooling the types as strata cut benign training to a third)."""
     wanted = [split for split, share in shares.items() if share > 0]
     if len(patients) < len(wanted):
         raise ValueError(
             f"split: {label} has {len(patients)} patient(s); a patient-level split into "
             f"{'/'.join(wanted)} needs at least {len(wanted)}"
         )
-    total = images_per_patient.sum()
-    filled = dict.fromkeys(shares, 0)
+    groups = {p: ("class",) if types is None else ("class", types[p]) for p in patients}
+    total: dict[str, float] = {}
+    for patient in patients:
+        for group in groups[patient]:
+            total[group] = total.get(group, 0) + images_per_patient[patient]
+    filled: dict[tuple[str, str], float] = {}
     assignment = {}
+
+    def deal(patient, split):
+        assignment[patient] = split
+        for group in groups[patient]:
+            filled[group, split] = filled.get((group, split), 0) + images_per_patient[patient]
+
+    def behind(patient, split):  # how far the split is below its share, of each group
+        return sum((shares[split] * total[g] - filled.get((g, split), 0)) / total[g] for g in groups[patient])
+
     # Every wanted split gets one patient first, so none is left without this class.
     for split, patient in zip(wanted, patients):
-        assignment[patient] = split
-        filled[split] += images_per_patient[patient]
+        deal(patient, split)
     for patient in patients[len(wanted) :]:
-        split = max(wanted, key=lambda s: shares[s] * total - filled[s])
-        assignment[patient] = split
-        filled[split] += images_per_patient[patient]
+        deal(patient, max(wanted, key=lambda split: behind(patient, split)))
     return assignment
 
 
@@ -293,6 +378,48 @@ def subtype_strata(table: pd.DataFrame, parts: int) -> dict[str, list[str]]:
         else:
             strata[max(same_class, key=lambda code: len(strata[code]))] += pooled
     return strata
+
+
+def has_types(table: pd.DataFrame) -> bool:
+    """Whether every row of ``table`` says its tumour type (then splits are stratified by it)."""
+    if "subtype" not in table or table.empty:
+        return False
+    return bool((table["subtype"].fillna("").astype(str).str.strip() != "").all())
+
+
+def patient_types(table: pd.DataFrame) -> pd.Series | None:
+    """Each patient's tumour type (the first of its images'), or None where types are unknown."""
+    return table.groupby("patient_id")["subtype"].first() if has_types(table) else None
+
+
+PART_WORDS = {"train": "training", "val": "validation", "test": "test"}
+
+
+def types_missing_from_training(split: pd.DataFrame) -> list[str]:
+    """One line per tumour type with no patient in the training part of ``split`` (a table with
+    ``split`` and ``subtype``), e.g. "no adenosis patient in training (2 in test)"; none where
+    the types are unknown. A model cannot learn a type it never trains on."""
+    if not has_types(split):
+        return []
+    patients = split.groupby(["subtype", "split"])["patient_id"].nunique().unstack(fill_value=0)
+    known = [code for code in SUBTYPES if code in patients.index]
+    lines = []
+    for code in known + sorted(set(patients.index) - set(known)):
+        held = patients.loc[code]
+        if held.get("train", 0) == 0:
+            where = [f"{held[part]} in {PART_WORDS[part]}" for part in ("val", "test") if held.get(part, 0)]
+            lines.append(f"no {SUBTYPE_NAMES.get(code, code)} patient in training ({', '.join(where)})")
+    return lines
+
+
+def stratified_by(split: pd.DataFrame, by: str = "label") -> str:
+    """How a split was stratified, in the report's words: what :func:`split_by_patient` and the
+    folds did with this table's columns."""
+    if by == "subtype":
+        return "stratified by tumour type"
+    return (
+        "stratified by class and by tumour type within class" if has_types(split) else "stratified by class"
+    )
 
 
 def rare_types(table: pd.DataFrame, parts: int) -> list[str]:

@@ -20,6 +20,7 @@ from bcnb.config import Config
 from bcnb.data.pipeline import labels_of
 from bcnb.data.tasks import task_named
 from bcnb.evaluate import decision, stats
+from bcnb.evaluate.intervals import format_interval
 from bcnb.evaluate.scores import compute_metrics, evaluation_inputs
 from bcnb.model import transfer
 from bcnb.run import artifacts
@@ -104,8 +105,8 @@ def comparison_table(results: list[dict]) -> pd.DataFrame:
             "val ROC AUC": round(result["validation"]["roc_auc"], 3),
         }
         for name in ("accuracy", "balanced_accuracy", "roc_auc"):
-            low, high = measured["image_level_95ci_by_patient"][name]
-            row[f"test {name}"] = f"{measured['image_level'][name]:.3f} ({low:.3f}-{high:.3f})"
+            interval = format_interval(measured["image_level_95ci_by_patient"][name])
+            row[f"test {name}"] = f"{measured['image_level'][name]:.3f} ({interval})"
         rows.append(row)
     return pd.DataFrame(rows).set_index("backbone")
 

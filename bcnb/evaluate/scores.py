@@ -3,7 +3,8 @@
 BreakHis is imbalanced (about 69% of images are malignant), so a model that always says
 "malignant" already scores 69% accuracy (on the IDC patches, where benign is the larger
 class, always-benign scores about 72%). Balanced accuracy, sensitivity and specificity are
-reported beside accuracy, with the majority-class baseline and an interval for accuracy.
+reported beside accuracy, with the majority-class baseline and intervals from resampling
+test patients (:mod:`bcnb.evaluate.intervals`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from sklearn import metrics as skm
 
 from bcnb.data.loading import magnification_order
 from bcnb.data.pipeline import labels_of
-from bcnb.data.tasks import BINARY, Task, task_named
+from bcnb.data.tasks import task_named
 from bcnb.run.artifacts import METRICS_FILE, PREDICTIONS_FILE, write_json
 from bcnb.run.files import write_text_atomic
 
@@ -146,45 +147,6 @@ def majority_class_baseline(y_true: np.ndarray) -> dict:
     malignant_share = float(np.mean(y_true))
     larger = "malignant" if malignant_share >= 0.5 else "benign"
     return {"majority_class": larger, "majority_class_accuracy": max(malignant_share, 1 - malignant_share)}
-
-
-def summarize_test_results(
-    test: pd.DataFrame,
-    y_prob: np.ndarray,
-    keras_results: dict,
-    weights: dict,
-    dataset: str,
-    task: Task = BINARY,
-) -> dict:
-    """Everything metrics.json holds about one evaluated run. For a tumour-type model,
-    ``keras_results`` measure the eight types; the test accuracy and loss set beside the
-    paper's are then those of benign vs malignant from the summed type probabilities."""
-    y_true = labels_of(test)
-    metrics = compute_metrics(y_true, y_prob)
-    correct = round(metrics["accuracy"] * len(test))
-    binary = (
-        {"accuracy": metrics["accuracy"], "loss": log_loss(y_true, y_prob)} if task.by_type else keras_results
-    )
-    return {
-        "task": task.name,
-        "test_accuracy": float(binary["accuracy"]),
-        "test_loss": float(binary["loss"]),
-        "test_accuracy_95ci": list(wilson_interval(correct, len(test))),
-        **{k: v for k, v in metrics.items() if k != "accuracy"},
-        "patient_recognition_rate": patient_recognition_rate(y_true, y_prob, test["patient_id"]),
-        **majority_class_baseline(y_true),
-        "n_test_images": len(test),
-        "n_test_patients": int(test["patient_id"].nunique()),
-        "dataset": dataset,
-        "weights": weights["used"],
-        "weights_pretrained": weights["pretrained"],
-        "weights_source": weights["source"],
-        "paper_test_accuracy": PAPER["test_accuracy"],
-        "paper_test_loss": PAPER["test_loss"],
-        "per_magnification": metrics_by_magnification(test, y_prob)
-        if test["magnification"].nunique() > 1
-        else {},
-    }
 
 
 def log_loss(y_true, y_prob) -> float:

@@ -22,6 +22,8 @@ from sklearn.metrics import roc_curve
 
 from bcnb.config import THRESHOLD_RULES
 from bcnb.data.tasks import CLASSES
+from bcnb.evaluate import intervals
+from bcnb.evaluate.intervals import NEEDS, Interval
 from bcnb.evaluate.scores import checked_labels, checked_probabilities, compute_metrics
 
 BOOTSTRAP_METRICS = (
@@ -37,17 +39,26 @@ PAIRED_METRICS = ("accuracy", "balanced_accuracy", "roc_auc")
 
 def bootstrap_by_patient(
     y_true, y_prob, patients, threshold: float = 0.5, n_boot: int = 2000, seed: int = 0
-) -> dict[str, tuple[float, float]]:
+) -> dict[str, Interval]:
     """95% percentile intervals of the main metrics, resampling patients with replacement.
 
     A patient drawn twice counts twice. A resample where a metric is undefined (e.g. no benign
-    patient drawn, so no specificity) is left out for that metric only; a metric that no
-    resample defines gets ``(nan, nan)``.
+    patient drawn, so no specificity) is left out for that metric only; whether what is left
+    makes an interval is :func:`bcnb.evaluate.intervals.from_resamples`' to judge.
     """
     y_true, y_prob, codes = _checked(y_true=y_true, y_prob=y_prob, patients=patients)
     counts = _patient_draws(codes.max() + 1, n_boot, seed)
-    resampled = _resampled_metrics(_per_patient(y_true, y_prob, codes, threshold), counts)
-    return {name: _percentile_interval(resampled[name]) for name in BOOTSTRAP_METRICS}
+    sums = _per_patient(y_true, y_prob, codes, threshold)
+    resampled, held = _resampled_metrics(sums, counts), _patients_by_class(sums)
+    return {name: intervals.from_resamples(resampled[name], held, NEEDS[name]) for name in BOOTSTRAP_METRICS}
+
+
+def _patients_by_class(sums: dict) -> dict[str, int]:
+    """How many patients hold images of each class: what a resample of that class draws from."""
+    return {
+        "benign": int(np.sum(sums["tn"] + sums["fp"] > 0)),
+        "malignant": int(np.sum(sums["tp"] + sums["fn"] > 0)),
+    }
 
 
 def paired_bootstrap(
@@ -110,8 +121,25 @@ def _sign_test(b: int, c: int) -> float:
     return 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5).pvalue)
 
 
+# Validation must hold at least this many patients of each class for a rule to choose: with
+# one, the threshold separates one slide's images from another's, and which patient happened to
+# be drawn into validation decides it. Lower than the intervals' 5 (MIN_PATIENTS_PER_CLASS),
+# since a threshold is not an interval: however noisily it is chosen, the test split measures
+# it fairly. Degenerate choices (J = 0, every image one class) are refused at any count.
+MIN_VALIDATION_PATIENTS_PER_CLASS = 2
+
+
 def choose_threshold(y_val, p_val, rule: str = "youden", target_sensitivity: float = 0.95) -> float:
-    """The decision threshold picked on the validation split (never on test) by ``rule``.
+    """The decision threshold picked on the validation split (never on test) by ``rule``:
+    :func:`threshold_choice`'s threshold, without its reason."""
+    return threshold_choice(y_val, p_val, rule, target_sensitivity)[0]
+
+
+def threshold_choice(
+    y_val, p_val, rule: str = "youden", target_sensitivity: float = 0.95, patients=None
+) -> tuple[float, str]:
+    """(threshold, reason): the validation threshold of ``rule``, or 0.5 and why validation
+    could not choose ("" when it could).
 
     - "fixed": 0.5, the paper's implicit choice.
     - "youden": maximises sensitivity + specificity - 1 on validation.
@@ -119,23 +147,62 @@ def choose_threshold(y_val, p_val, rule: str = "youden", target_sensitivity: flo
       ``target_sensitivity`` (a screening choice: miss few malignant cases, accept more
       false alarms).
 
-    A validation split with one class only cannot rank anything, so it falls back to 0.5.
+    Validation cannot choose when it holds one class, fewer than
+    ``MIN_VALIDATION_PATIENTS_PER_CLASS`` patients of a class (``patients`` given), when
+    Youden's J is 0 (no threshold beats calling every image one class), or when the threshold
+    would call every validation image one class: the paper's 0.5 is kept, and the reason said.
     """
     if rule not in THRESHOLD_RULES:
         raise ValueError(f"threshold_rule: expected one of {', '.join(THRESHOLD_RULES)}, got {rule!r}")
     if not 0 < target_sensitivity <= 1:
         raise ValueError(f"target_sensitivity must be in (0, 1], got {target_sensitivity!r}")
     y_val, p_val = checked_probabilities(y_val, p_val, "p_val")
-    if rule == "fixed" or len(np.unique(y_val)) < 2:
-        return 0.5
+    if rule == "fixed":
+        return 0.5, ""
+    reason = _too_few_to_choose(y_val, patients)
+    if reason:
+        return 0.5, reason
+    threshold, reason = _rule_threshold(y_val, p_val, rule, target_sensitivity)
+    called = p_val >= threshold
+    if not reason and (called.all() or not called.any()):
+        everything = CLASSES[1] if called.all() else CLASSES[0]
+        reason = f"its threshold {threshold:.3f} would call every validation image {everything}"
+    return (0.5, reason) if reason else (threshold, "")
+
+
+def _too_few_to_choose(y_val: np.ndarray, patients) -> str:
+    """Why validation is too small to choose from ("" if it is not)."""
+    present = np.unique(y_val)
+    if len(present) < 2:
+        return f"validation holds {CLASSES[present[0]]} images only"
+    if patients is None:
+        return ""
+    patients = np.asarray(patients).reshape(-1)
+    benign, malignant = (len(np.unique(patients[y_val == label])) for label in (0, 1))
+    if min(benign, malignant) >= MIN_VALIDATION_PATIENTS_PER_CLASS:
+        return ""
+    return (
+        f"validation has {benign} benign and {malignant} malignant patient(s); choosing needs at "
+        f"least {MIN_VALIDATION_PATIENTS_PER_CLASS} of each"
+    )
+
+
+def _rule_threshold(y_val: np.ndarray, p_val: np.ndarray, rule: str, target: float) -> tuple[float, str]:
+    """The threshold ``rule`` picks on validation, and why it is no choice ("" if it is one)."""
     # Every distinct score is a candidate: thresholds decrease, sensitivity (tpr) increases.
     fpr, tpr, thresholds = roc_curve(y_val, p_val, drop_intermediate=False)
     if rule == "youden":
         best = int(np.argmax(tpr - fpr))  # first maximum: the highest of tied thresholds
     else:
-        best = int(np.argmax(tpr >= target_sensitivity - 1e-12))
+        best = int(np.argmax(tpr >= target - 1e-12))
     # sklearn's first threshold is +inf (nobody called malignant); 1.0 means the same here.
-    return float(min(thresholds[best], 1.0))
+    threshold = float(min(thresholds[best], 1.0))
+    if rule == "youden" and tpr[best] - fpr[best] <= 0:
+        return (
+            threshold,
+            "Youden's J is 0 on validation: no threshold there beats calling every image one class",
+        )
+    return threshold, ""
 
 
 def patient_level(table: pd.DataFrame, y_prob) -> pd.DataFrame:
@@ -170,7 +237,8 @@ def patient_level_metrics(table: pd.DataFrame, y_prob, threshold: float = 0.5) -
     patients = patient_level(table, y_prob)
     y_true = (patients["label"] == CLASSES[1]).to_numpy(dtype=int)
     metrics = compute_metrics(y_true, patients["mean_probability"].to_numpy(), threshold)
-    return {**metrics, "n_patients": len(patients)}
+    counted = {f"n_{name}_patients": int(np.sum(patients["label"] == name)) for name in CLASSES}
+    return {**metrics, "n_patients": len(patients), **counted}
 
 
 # --- the bootstrap machinery -------------------------------------------------------------------

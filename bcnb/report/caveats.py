@@ -142,6 +142,20 @@ def closing(provenance: Provenance) -> str:
     return f"{DISCLAIMER} A test accuracy on {patients} test patients says nothing about use in a clinic."
 
 
+def fold_note(config: Mapping) -> str:
+    """A fold's report and card say which fold they are and what to report instead ("" if none)."""
+    folds = config.get("folds") or 0
+    if not folds:
+        return ""
+    # One fold tests on a K-th of the patients: its figure is one draw of K, and the protocol's
+    # summary (bcnb.batch.protocol) sets all K side by side with their spread.
+    return (
+        f"**Fold {config['fold']} of {folds} of a cross-validation by patient: what to report is the "
+        "protocol's summary.md in the folder above (every fold's figures, their mean and spread), "
+        "not one fold's.**"
+    )
+
+
 def short_lines(provenance: Provenance) -> list[str]:
     """One line per caveat, for a terminal (``bcnb predict`` prints them on stderr)."""
     return [f"WARNING: {caveat.text}" for caveat in list_caveats(provenance)]
@@ -166,6 +180,13 @@ def describe_weights(provenance: Provenance) -> str:
     if provenance.pretrained:
         return f"weights file {provenance.weights_source}"
     return f"WARNING: {_weights_caveat(provenance).text}"
+
+
+def model_kind(provenance: Provenance) -> str:
+    """What a model card's title calls the model: a transfer model only where the base was pretrained."""
+    if provenance.pretrained is None:
+        return "model (whether its base was pretrained is unknown)"
+    return "transfer model" if provenance.pretrained else "model on a random base (no ImageNet transfer)"
 
 
 def label_weights(provenance: Provenance) -> str:

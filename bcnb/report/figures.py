@@ -57,8 +57,9 @@ def save_image(fig: Figure, path: str | Path) -> Path:
 
 
 def plot_runs(summary: dict) -> Figure:
-    """One point per run for each metric, at 0.5 and at the validation-chosen threshold; the
-    paper's single test accuracy drawn across the accuracy column.
+    """One point per run for each metric, at 0.5 and at the validation-chosen threshold, beside
+    them the mean with its corrected t interval and the pooled out-of-fold figure; the paper's
+    single test accuracy drawn across the accuracy column.
 
     Runs on random weights or generated images say so in the figure itself: a PNG travels
     without the summary.md that warns about them, and beside "paper: 0.9344" it would read as a
@@ -81,15 +82,41 @@ def plot_runs(summary: dict) -> Figure:
     ax.hlines(
         paper, accuracy - 0.45, accuracy + 0.45, color="crimson", linestyle="--", label=f"paper: {paper}"
     )
+    _draw_over_runs(ax, summary, list(frame["metric"].unique()))
     title = f"{len(summary['runs'])} runs: {summary['protocol'].split(' (')[0]}"
     ax.set(ylabel="test-split value (0 to 1)", xlabel="", title=title)
     ax.tick_params(axis="x", labelrotation=20)
-    # Outside the axes, where no run's point can hide behind it.
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
+    # Outside the axes, where no run's point can hide behind it; each label once.
+    labelled = dict(zip(*reversed(ax.get_legend_handles_labels())))
+    place = {"loc": "upper left", "bbox_to_anchor": (1.01, 1), "borderaxespad": 0}
+    ax.legend(labelled.values(), labelled.keys(), fontsize="small", **place)
     caveat = caveats.subtitle(caveats.Provenance.from_summary(summary))
     if caveat:
         fig.suptitle(caveat, color="crimson", fontweight="bold", fontsize="medium")
     return fig
+
+
+def _draw_over_runs(ax, summary: dict, metrics: list[str]) -> None:
+    """Right of each metric's points: the mean with its corrected t interval, drawn as computed
+    (past 1 where it reaches there, above the grey line at 1), and the pooled out-of-fold figure."""
+    pooled = summary.get("pooled") or {}
+    ax.axhline(1.0, color="lightgray", linewidth=0.8, zorder=0)
+    for where, x_shift in (("at_0.5", -0.07), ("at_chosen_threshold", 0.33)):
+        for x, name in enumerate(metrics):
+            over = summary.get("summary", {}).get(where, {}).get(name) or {}
+            if over.get("interval"):
+                mean, low, high = over["mean"], over["interval"]["low"], over["interval"]["high"]
+                bars = {"fmt": "_", "color": "black", "capsize": 3, "label": "mean, corrected t 95%"}
+                ax.errorbar(x + x_shift, mean, yerr=[[mean - low], [high - mean]], **bars)
+            value = (pooled.get(where, {}).get(name) or {}).get("value") if pooled.get("applies") else None
+            if value is not None:
+                marker = {
+                    "marker": "D",
+                    "color": "dimgray",
+                    "linestyle": "none",
+                    "label": "pooled out of fold",
+                }
+                ax.plot(x + x_shift + 0.09, value, **marker)
 
 
 def plot_class_counts(table: pd.DataFrame) -> Figure:

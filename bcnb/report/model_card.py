@@ -19,6 +19,7 @@ from bcnb.config import CONFIG_FILE
 from bcnb.data.layouts import parse_breakhis_name
 from bcnb.data.splitting import summarize_split
 from bcnb.data.tasks import SUBTYPE_NAMES
+from bcnb.evaluate.intervals import NOT_ESTIMABLE_WHEN, Interval, format_interval
 from bcnb.evaluate.scores import format_figure
 from bcnb.report import caveats
 from bcnb.report.run_report import head_of, markdown_table
@@ -54,10 +55,12 @@ def write_model_card(run_dir: str | Path) -> Path:
 def render_model_card(
     config: dict, dataset: dict, split: pd.DataFrame, training: dict, metrics: dict, predictions: pd.DataFrame
 ) -> str:
+    provenance = caveats.Provenance.from_records(config, metrics)
     sections = [
-        f"# Model card: {_title(config)} transfer model (benign vs malignant)",
+        f"# Model card: {_title(config)} {caveats.model_kind(provenance)} (benign vs malignant)",
         f"> {caveats.DISCLAIMER}",
-        *caveats.markdown_lines(caveats.Provenance.from_records(config, metrics)),
+        *caveats.markdown_lines(provenance),
+        caveats.fold_note(config),
         "## Model",
         _model_section(config, training, metrics),
         "## Intended use",
@@ -127,26 +130,32 @@ def _data_section(config: dict, dataset: dict, split: pd.DataFrame) -> str:
 
 def _metrics_section(metrics: dict) -> str:
     decision = metrics.get("decision")
-    low, high = metrics["test_accuracy_95ci"]
     paper = (
-        f"The paper's own measurement (`model.evaluate`, threshold 0.5): accuracy "
-        f"{format_figure(metrics['test_accuracy'])} (95% CI {low:.3f}-{high:.3f}, images as "
-        f"independent), loss {format_figure(metrics['test_loss'])}; the paper reports "
-        f"{metrics['paper_test_accuracy']:.4f}. Always answering {metrics['majority_class']} "
-        f"would score {format_figure(metrics['majority_class_accuracy'])}."
+        f"This run, measured as the paper measures (`model.evaluate`, threshold 0.5): accuracy "
+        f"{format_figure(metrics['test_accuracy'])} (95% interval resampling test patients: "
+        f"{format_interval(metrics['test_95ci_by_patient']['accuracy'])}; counting images as "
+        f"independent: {format_interval(metrics['test_accuracy_95ci_images_independent'])}), loss "
+        f"{format_figure(metrics['test_loss'])}; the paper reports {metrics['paper_test_accuracy']:.4f}. "
+        f"Always answering {metrics['majority_class']} would score "
+        f"{format_figure(metrics['majority_class_accuracy'])}."
     )
     if not decision:
         return paper
-    intervals = decision["image_level_95ci_by_patient"]
+    from bcnb.evaluate.decision import describe_threshold
+
+    found = decision["image_level_95ci_by_patient"]
     rows = [
-        (name.replace("_", " "), format_figure(decision["image_level"][name]), _interval(intervals.get(name)))
+        (
+            name.replace("_", " "),
+            format_figure(decision["image_level"][name]),
+            format_interval(found.get(name)),
+        )
         for name in CARD_METRICS
     ]
     table = pd.DataFrame(rows, columns=["metric", "value", "95% interval (test patients resampled)"])
     head = (
         f"On {metrics['n_test_images']} test images from {metrics['n_test_patients']} patients, at the "
-        f"threshold {decision['threshold']:.3f} ({decision['threshold_rule']}, chosen on the "
-        f"{decision['chosen_on']}):"
+        f"threshold {decision['threshold']:.3f}, {describe_threshold(decision)}:"
     )
     patients = decision["patient_level"]
     per_patient = (
@@ -155,10 +164,6 @@ def _metrics_section(metrics: dict) -> str:
         f"balanced accuracy {format_figure(patients['balanced_accuracy'])}."
     )
     return "\n\n".join([head, markdown_table(table), per_patient, paper])
-
-
-def _interval(bounds) -> str:
-    return "n/a" if bounds is None or None in bounds else f"{bounds[0]:.4f}-{bounds[1]:.4f}"
 
 
 def _calibration_section(decision: dict | None) -> str:
@@ -217,10 +222,25 @@ def subtype_errors(predictions: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
+def _patients_limit(metrics: dict) -> str:
+    """How far the test split's size lets its figures be trusted, true to its intervals."""
+    found = [*metrics["test_95ci_by_patient"].values()]
+    found += [*(metrics.get("decision") or {}).get("image_level_95ci_by_patient", {}).values()]
+    unsure = any(not Interval.from_json(interval).estimable for interval in found)
+    said = (
+        f'too few for some 95% intervals, which read "not estimable" {NOT_ESTIMABLE_WHEN}'
+        if unsure
+        else "the intervals above say how far each figure could move"
+    )
+    return (
+        f"- {metrics['n_test_patients']} test patients: {said}; one split's figure varies with the split, "
+        "and `bcnb reproduce --folds 5` gives a distribution over patient folds."
+    )
+
+
 def _limits_section(config: dict, metrics: dict) -> str:
     lines = [
-        f"- {metrics['n_test_patients']} test patients: intervals are wide, and one split's figure "
-        "varies with the split; `bcnb reproduce --folds 5` gives a distribution over patient folds.",
+        _patients_limit(metrics),
         "- Two classes only: no tumour grade, no other tissue (normal, in situ); an image of anything "
         "else still gets a benign or malignant answer.",
         "- Public breast histopathology sets come from few laboratories (BreakHis: one, in Brazil); "

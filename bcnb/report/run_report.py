@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bcnb.data.splitting import summarize_split
+from bcnb.data.splitting import stratified_by, summarize_split, types_missing_from_training
+from bcnb.evaluate.intervals import NOT_ESTIMABLE_WHEN, Interval, format_interval
 from bcnb.evaluate.scores import format_figure
 from bcnb.report import caveats
 from bcnb.run.artifacts import REPORT_FILE, load_dataset_info, load_metrics, load_split, load_training_summary
@@ -33,13 +34,14 @@ def render_report(config: dict, dataset: dict, split: pd.DataFrame, training: di
         "# bcnb run report",
         f"> {caveats.DISCLAIMER}",
         *caveats.markdown_lines(caveats.Provenance.from_records(config, metrics)),
+        caveats.fold_note(config),
         "## Dataset",
         _dataset_section(config, dataset, split),
         "## Model and training",
         _training_section(config, training, metrics),
         "## Test results",
         _results_section(metrics),
-        "## The decision rule, chosen on validation" if "decision" in metrics else "",
+        _decision_heading(metrics.get("decision")),
         _decision_section(metrics.get("decision")),
         "## What these numbers can and cannot tell",
         _limits_section(config, metrics),
@@ -65,7 +67,9 @@ def _dataset_section(config: dict, dataset: dict, split: pd.DataFrame) -> str:
             f"- {dataset['n_bad_files']} bad file(s) left out (on_bad_image=skip); see bad_images.csv"
         )
     how = "by patient (no patient in two splits)" if dataset["patient_level"] else "BY IMAGE (no patient ids)"
-    lines.append(f"- split: {how}, stratified by class, seed {config['seed']}")
+    by = "subtype" if config.get("task") == "subtype" else "label"
+    lines.append(f"- split: {how}, {stratified_by(split, by)}, seed {config['seed']}")
+    lines += [f"- WARNING: {line}: the model never learnt it" for line in types_missing_from_training(split)]
     return "\n".join(lines) + "\n\n" + markdown_table(summarize_split(split))
 
 
@@ -116,65 +120,86 @@ def _title(config: dict) -> str:
     return get_backbone(config["backbone"]).title
 
 
-def _results_section(metrics: dict) -> str:
-    low, high = metrics["test_accuracy_95ci"]
-    rows = [
-        (
-            "accuracy",
-            f"{metrics['test_accuracy']:.4f} (95% CI {low:.3f}-{high:.3f})",
-            f"{metrics['paper_test_accuracy']:.4f}",
-        ),
-        ("loss", f"{metrics['test_loss']:.4f}", f"{metrics['paper_test_loss']:.4f}"),
-        ("balanced accuracy", format_figure(metrics["balanced_accuracy"]), "not reported"),
-        ("sensitivity (malignant recall)", format_figure(metrics["sensitivity"]), "not reported"),
-        ("specificity (benign recall)", format_figure(metrics["specificity"]), "not reported"),
-        ("ROC AUC", format_figure(metrics["roc_auc"]), "not reported"),
-        (
-            "patient recognition rate (Spanhol et al. 2016)",
-            format_figure(metrics["patient_recognition_rate"]),
-            "not reported",
-        ),
-        (
-            f"always-{metrics['majority_class']} baseline accuracy (the majority class)",
-            format_figure(metrics["majority_class_accuracy"]),
-            "-",
-        ),
+# The rows of the results table after accuracy and loss: metrics.json's name, the row's words.
+RESULT_ROWS = {
+    "balanced_accuracy": "balanced accuracy",
+    "sensitivity": "sensitivity (malignant recall)",
+    "specificity": "specificity (benign recall)",
+    "roc_auc": "ROC AUC",
+    "patient_recognition_rate": "patient recognition rate (Spanhol et al. 2016)",
+}
+
+
+def _results_table(metrics: dict) -> pd.DataFrame:
+    """The figures at 0.5 beside the paper's, each with its interval from resampling test patients."""
+    found = metrics["test_95ci_by_patient"]
+    accuracy, paper = f"{metrics['test_accuracy']:.4f}", f"{metrics['paper_test_accuracy']:.4f}"
+    rows = [("accuracy", accuracy, paper, format_interval(found["accuracy"]))]
+    rows.append(("loss", f"{metrics['test_loss']:.4f}", f"{metrics['paper_test_loss']:.4f}", "-"))
+    rows += [
+        (words, format_figure(metrics[name]), "not reported", format_interval(found[name]))
+        for name, words in RESULT_ROWS.items()
     ]
-    table = pd.DataFrame(rows, columns=["metric", "this run", "paper"])
+    baseline = f"always-{metrics['majority_class']} baseline accuracy (the majority class)"
+    rows.append((baseline, format_figure(metrics["majority_class_accuracy"]), "-", "-"))
+    columns = ["metric", "this run", "paper", "95% interval (test patients resampled)"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _results_section(metrics: dict) -> str:
     (tn, fp), (fn, tp) = metrics["confusion_matrix"]
     matrix = pd.DataFrame(
         [["benign", tn, fp], ["malignant", fn, tp]],
         columns=["true \\ predicted", "benign", "malignant"],
     )
     return (
-        f"On {metrics['n_test_images']} test images from {metrics['n_test_patients']} patients, "
-        f"threshold {metrics['threshold']}:\n\n"
-        + markdown_table(table)
-        + "\n\nConfusion matrix:\n\n"
+        f"On {metrics['n_test_images']} test images from {metrics['n_test_patients']} patients "
+        f"({_by_class(metrics)}), threshold {metrics['threshold']}:\n\n"
+        + markdown_table(_results_table(metrics))
+        + f"\n\n{_interval_words(metrics)}\n\nConfusion matrix:\n\n"
         + markdown_table(matrix)
         + _per_magnification_table(metrics.get("per_magnification", {}))
     )
 
 
+def _by_class(metrics: dict) -> str:
+    counts = metrics["n_test_patients_by_class"]
+    return ", ".join(f"{counts[name]} {name}" for name in ("benign", "malignant"))
+
+
+def _interval_words(metrics: dict) -> str:
+    """How the intervals were made, when one is not estimable, and the image-level one."""
+    return (
+        f"Intervals resample the {metrics['n_test_patients']} test patients "
+        f"{metrics['bootstrap_samples']} times (all images of a drawn patient come along); "
+        f'an interval reads "not estimable" {NOT_ESTIMABLE_WHEN}. Counting the '
+        f"{metrics['n_test_images']} images as independent instead, accuracy's Wilson interval would be "
+        f"{format_interval(metrics['test_accuracy_95ci_images_independent'])}, which assumes images of "
+        "one patient are no more alike than images of two."
+    )
+
+
+def _decision_heading(decision: dict | None) -> str:
+    if not decision:
+        return ""
+    if decision.get("threshold_rule_applied", True):
+        return "## The decision rule, chosen on validation"
+    return "## The decision rule: the paper's 0.5, as validation could not choose"
+
+
 def _decision_section(decision: dict | None) -> str:
     if not decision:
         return ""
-    from bcnb.evaluate.decision import summary_table
+    from bcnb.evaluate.decision import describe_threshold, summary_table
 
-    rule = decision["threshold_rule"]
-    why = {
-        "fixed": "fixed at 0.5",
-        "youden": "maximising sensitivity + specificity (Youden's J)",
-        "sensitivity": f"the highest reaching sensitivity {decision['target_sensitivity']}",
-    }[rule]
     calibration = decision["calibration"]
     return (
-        f"Probabilities are calibrated by temperature scaling (T = {decision['temperature']:.2f}) and "
-        f"images called malignant from {decision['threshold']:.3f} on, a threshold {why}; both were "
-        f"chosen on the {decision['chosen_on']}, never on test. Intervals resample test patients "
-        f"({decision['bootstrap_samples']} times); 'per patient' scores the mean probability of "
-        f"each of the {decision['patient_level']['n_patients']} test patients, while the patient "
-        "recognition rate averages each patient's share of images called right.\n\n"
+        f"Probabilities are calibrated by temperature scaling (T = {decision['temperature']:.2f}, "
+        f"fitted on the {decision['chosen_on']}, never on test) and images called malignant from "
+        f"{decision['threshold']:.3f} on: {describe_threshold(decision)}. Intervals resample test "
+        f"patients ({decision['bootstrap_samples']} times) as above; 'per patient' scores the mean "
+        f"probability of each of the {decision['patient_level']['n_patients']} test patients, while "
+        "the patient recognition rate averages each patient's share of images called right.\n\n"
         + markdown_table(summary_table(decision).reset_index())
         + f"\n\nTest Brier score {calibration['test_brier_before']:.3f} before calibration, "
         f"{calibration['test_brier_after']:.3f} after (lower is better)."
@@ -202,20 +227,40 @@ def _per_magnification_table(per_magnification: dict) -> str:
 
 
 def _limits_section(config: dict, metrics: dict) -> str:
-    low, high = metrics["test_accuracy_95ci"]
     lines = [
-        f"- The 95% interval on accuracy spans {100 * (high - low):.0f} points, and it assumes images "
-        "are independent: images of one patient are alike, so with "
-        f"{metrics['n_test_patients']} test patients the real uncertainty is wider. The paper's "
-        "0.9344 comes from a test set whose size it does not state (its 4 evaluation batches "
-        "fit 61 images, which would mean roughly +-6 points) on a data set and split it does "
-        "not describe: differences of a few points between the two are noise.",
+        _uncertainty_line(metrics),
+        "- The paper's 0.9344 comes from a test set whose size it does not state (its 4 evaluation "
+        "batches fit 61 images, which would mean roughly +-6 points even counting images as "
+        "independent) on a data set and split it does not describe: no test of the difference "
+        "between it and this run is possible.",
         f"- A model that always answers {metrics['majority_class']}, the larger class of this test split, "
         f"would score {metrics['majority_class_accuracy']:.3f} here; balanced accuracy, sensitivity and "
         "specificity show what accuracy hides.",
     ]
     lines += caveats.bullets(caveats.Provenance.from_records(config, metrics))
     return "\n".join(lines)
+
+
+def _uncertainty_line(metrics: dict) -> str:
+    """What the accuracy's interval says, by patient, and what counting images would pretend."""
+    accuracy = Interval.from_json(metrics["test_95ci_by_patient"]["accuracy"])
+    patients = metrics["n_test_patients"]
+    if accuracy.estimable:
+        head = (
+            f"- Resampling the {patients} test patients, the 95% interval on accuracy spans "
+            f"{100 * (accuracy.high - accuracy.low):.0f} points ({format_interval(accuracy)})"
+        )
+    else:
+        head = (
+            f"- With {patients} test patients ({_by_class(metrics)}), the 95% interval on accuracy is "
+            f"{format_interval(accuracy)}: too few patients to say how far the figure could move"
+        )
+    low, high = metrics["test_accuracy_95ci_images_independent"]
+    return (
+        f"{head}. Counting images as independent would give {format_interval([low, high])} "
+        f"({100 * (high - low):.0f} points), an interval that assumes images of one patient are no more "
+        "alike than images of two."
+    )
 
 
 def markdown_table(frame: pd.DataFrame) -> str:

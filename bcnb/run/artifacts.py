@@ -15,7 +15,7 @@ weights, the decision rule) build their objects from them.
       stain_target.json  the fitted stain target; stain_skipped.csv    01
       weights.json       which weights the base really got             02
       model_initial.keras, model.keras                                 02, 03
-      features/          the cached base features (all.npy + key)      03
+      features/          the cached base features (all.npy, key, rows)  03
       checkpoint/        the resumable training state (while training) 03
       history.csv, training.json, logs/ (TensorBoard)                  03
       metrics.json, predictions.csv, decision.json                     04

@@ -10,6 +10,7 @@ checked against its parameters (:func:`bcnb.run.record.check_runs_made_with`).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Mapping
@@ -104,18 +105,35 @@ def tidy(folder: Path) -> None:
 
 
 def share_features(staging: Path, folder: Path) -> None:
-    """Link a sibling run's feature cache into ``folder`` (one extraction for all folds).
+    """Link a sibling run's feature cache into ``folder`` (one extraction for all the runs):
+    the one of most images, so that a run of one magnification finds its rows in it.
 
-    Its key still decides: notebook 03 recomputes the cache if it is not this run's.
+    Its key still decides: notebook 03 uses it if it is this run's, takes this run's rows of it
+    if it holds them under this run's model (:func:`bcnb.train.features.cached_features`), and
+    extracts the features again otherwise.
     """
     target = folder / FEATURES_DIR / ALL_FEATURES
     if target.exists():
         return
-    for sibling in sorted(p for p in staging.iterdir() if p.is_dir() and p != folder):
-        source = sibling / FEATURES_DIR / ALL_FEATURES
-        key = source.with_suffix(".key.json")
-        if source.is_file() and key.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            for path in (source, key):
-                _link_or_copy(path, target.parent / path.name)
-            return
+    caches = [sibling / FEATURES_DIR / ALL_FEATURES for sibling in sorted(staging.iterdir())]
+    caches = [path for path in caches if path.parent.parent != folder and path.is_file()]
+    rows = {path: _rows_of(path.with_suffix(".key.json")) for path in caches}
+    usable = [path for path in caches if rows[path] is not None]
+    if not usable:
+        return
+    source = max(usable, key=lambda path: rows[path])  # the first of the largest
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for path in (source, source.with_suffix(".key.json"), source.with_suffix(".rows.csv")):
+        if path.is_file():
+            _link_or_copy(path, target.parent / path.name)
+
+
+def _rows_of(key: Path) -> int | None:
+    """How many rows a feature cache's key file says it holds (0 where it does not say); None
+    without a key file (an unfinished cache: nothing to hand over)."""
+    if not key.is_file():
+        return None
+    try:
+        return int(json.loads(key.read_text()).get("rows", 0))
+    except (OSError, ValueError, AttributeError, TypeError):
+        return 0

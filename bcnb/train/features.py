@@ -9,6 +9,12 @@ Each ``NAME.npy`` has a ``NAME.key.json`` beside it holding a hash of everything
 depend on, the number of rows and a SHA-256 checksum of the file. The key is written last, so
 a file from an interrupted run has no valid key and is recomputed, never read; a file changed
 after it was written (same shape, other values) fails its checksum and is recomputed too.
+
+``NAME.rows.csv`` lists the images (and tiles) the rows are of, in order. A run handed a cache
+of more images (a protocol's run of one magnification, given the run of all of them) takes its
+own rows from it instead of extracting them, once the key, computed again over those listed
+images with this run's model and preparation, matches: the features are then those images'
+under this run's base, whoever computed them.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from bcnb.config import Config
 from bcnb.data.pipeline import Preparation, make_dataset, tiles_of
 from bcnb.model.transfer import base_of, feature_extractor
 from bcnb.run.artifacts import ALL_FEATURES, FEATURES_DIR, SHARDS_DIR
-from bcnb.run.files import replace_from_writer, write_json_atomic
+from bcnb.run.files import replace_from_writer, write_json_atomic, write_text_atomic
 
 DTYPE = np.dtype("<f4")
 # Extraction only runs the frozen base forward, so it takes bigger batches than training:
@@ -116,16 +122,69 @@ def cached_features(
     _RECOMPUTED.pop(_note_key(path), None)
     if reason is None:
         return path
+    positions = _positions(_stored_rows(model, preparation, path), table) if reason != ABSENT else None
     path.with_suffix(".key.json").unlink(missing_ok=True)  # from here on, the old file is no longer trusted
     shards = _complete_shards(model, table, preparation, path)
     if shards:
         _concatenate(shards, path)
+    elif positions is not None:  # this run's rows of a cache of more images: nothing to extract
+        _select_rows(path, positions)
     else:
         write_features(model, table, preparation, batch_size, path)
+    write_rows(path, table)
     write_feature_key(path, key, len(table))
-    if reason != ABSENT:
+    if reason != ABSENT and positions is None:
         _RECOMPUTED[_note_key(path)] = f"{path}: {reason}: recomputed"
     return path
+
+
+def rows_file(path: Path) -> Path:
+    """Where the images (path, tile, tiles) of a feature file's rows are listed, in order."""
+    return Path(path).with_suffix(".rows.csv")
+
+
+def write_rows(path: Path, table: pd.DataFrame) -> Path:
+    tile, tiles = tiles_of(table)
+    rows = pd.DataFrame({"path": table["path"].to_numpy(), "tile": tile, "tiles": tiles})
+    return write_text_atomic(rows_file(path), rows.to_csv(index=False))
+
+
+def _stored_rows(model: keras.Model, preparation: Preparation, path: Path) -> pd.DataFrame | None:
+    """The images listed for the feature file at ``path``, where its key holds for them under
+    this model and preparation (then its rows are their features); None otherwise."""
+    try:
+        rows = pd.read_csv(rows_file(path), dtype={"path": str})
+        key = feature_cache_key(model, rows, preparation)  # stats every listed image: gone is stale
+    except (OSError, ValueError, KeyError):
+        return None
+    return rows if is_current(path, key, len(rows)) else None
+
+
+def _positions(stored: pd.DataFrame | None, table: pd.DataFrame) -> np.ndarray | None:
+    """Where each image (and tile) of ``table`` is among the ``stored`` rows; None if one is not."""
+    if stored is None:
+        return None
+    index = pd.MultiIndex.from_frame(stored[["path", "tile", "tiles"]])
+    if not index.is_unique:
+        return None
+    positions = index.get_indexer(pd.MultiIndex.from_arrays([table["path"].to_numpy(), *tiles_of(table)]))
+    return None if (positions < 0).any() else positions
+
+
+def _select_rows(path: Path, positions: np.ndarray) -> None:
+    """Replace the feature file ``path`` by its rows ``positions`` (atomically, in blocks)."""
+    stored = np.load(path, mmap_mode="r")  # the old file: still readable once replaced
+
+    def write(temporary: Path) -> None:
+        out = np.lib.format.open_memmap(
+            temporary, mode="w+", dtype=DTYPE, shape=(len(positions), stored.shape[1])
+        )
+        for start in range(0, len(positions), EXTRACTION_BATCH * 64):
+            chosen = positions[start : start + EXTRACTION_BATCH * 64]
+            out[start : start + len(chosen)] = stored[chosen]
+        out.flush()
+
+    replace_from_writer(path, write)
 
 
 def recompute_note(path: str | Path) -> str | None:

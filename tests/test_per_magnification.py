@@ -1,0 +1,341 @@
+"""bcnb reproduce --folds K --per-magnification: one model per magnification on the same patient folds."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bcnb import Config
+from bcnb.batch import protocol
+from bcnb.cli import main
+from bcnb.data import loading, splitting
+from bcnb.run import staging
+
+MAGNIFICATIONS = ("40X", "100X", "200X", "400X")
+
+
+# --------------------------------------------------------------------------- the folds
+def _uneven_table(seed: int = 0) -> pd.DataFrame:
+    """Patients with different numbers of images at each magnification (as BreakHis has)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(16):
+        label = "benign" if p < 6 else "malignant"
+        for magnification in MAGNIFICATIONS:
+            for i in range(int(rng.integers(1, 9))):
+                rows.append(
+                    {
+                        "path": f"/d/{p}-{magnification}-{i}.png",
+                        "label": label,
+                        "patient_id": f"p{p}",
+                        "magnification": magnification,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def _parts(split: pd.DataFrame) -> dict[str, str]:
+    return split.drop_duplicates("patient_id").set_index("patient_id")["split"].to_dict()
+
+
+def test_every_magnification_gets_the_patient_folds_of_the_whole_dataset():
+    """Drawn per magnification, the folds would differ (the image counts differ); drawn from the
+    whole dataset they are the same for every magnification, validation included."""
+    whole = _uneven_table()
+    differed = False
+    for fold in (1, 2, 3):
+        everything = _parts(splitting.split_for_fold(whole, 3, fold, 0.2, seed=5))
+        for magnification in MAGNIFICATIONS:
+            one = whole[whole["magnification"] == magnification].reset_index(drop=True)
+            assert _parts(splitting.split_for_fold(one, 3, fold, 0.2, 5, whole=whole)) == everything
+            differed |= _parts(splitting.split_for_fold(one, 3, fold, 0.2, 5)) != everything
+    assert differed  # the test means something: per magnification, the folds were not these
+
+
+def test_split_for_run_of_one_magnification_uses_the_loaded_whole(tmp_path):
+    cfg = Config(synthetic_patients=12, synthetic_images_per_patient=1, folds=3, fold=2, seed=3)
+    everything = loading.load_dataset(cfg)
+    expected = _parts(splitting.split_for_run(cfg, everything.table, everything.whole))
+    for magnification in MAGNIFICATIONS:
+        loaded = loading.load_dataset(cfg.replace(magnification=magnification))
+        assert len(loaded.whole) == len(everything.whole) == 4 * len(loaded.table)
+        split = splitting.split_for_run(cfg.replace(magnification=magnification), loaded.table, loaded.whole)
+        assert _parts(split) == expected and set(split["magnification"]) == {magnification}
+
+
+def test_a_fold_file_of_every_magnification_serves_a_run_of_one(tmp_path):
+    """BreakHis' fold files list all four magnifications: a 40X run takes its own lines and
+    counts the other magnifications' images as not missing."""
+    cfg = Config(synthetic_patients=12, synthetic_images_per_patient=1)
+    table = loading.load_dataset(cfg).table
+    test_patients = sorted(table["patient_id"].unique())[::3]
+    side = {patient: "test" if patient in test_patients else "train" for patient in table["patient_id"]}
+    lines = [
+        f"{os.path.basename(row.path)}|{row.magnification[:-1]}|1|{side[row.patient_id]}"
+        for row in table.itertuples()
+    ]
+    (tmp_path / "dsfold1.txt").write_text("\n".join(lines) + "\n")
+    one = cfg.replace(magnification="40X", split_file=str(tmp_path / "dsfold1.txt"))
+    loaded = loading.load_dataset(one)
+    assert loaded.bad.empty and set(loaded.table["magnification"]) == {"40X"}
+    split = splitting.split_for_run(one, loaded.table, loaded.whole)
+    assert sorted(split[split["split"] == "test"]["patient_id"].unique()) == test_patients
+    everything = loading.load_dataset(one.replace(magnification="all"))
+    mixed = splitting.split_for_run(one.replace(magnification="all"), everything.table, everything.whole)
+    assert _parts(split) == _parts(mixed)  # validation too: carved from every magnification's patients
+
+
+# --------------------------------------------------------------------------- the runs
+def test_each_fold_runs_all_magnifications_first_then_each_one():
+    runs = protocol.protocol_runs(Config(seed=7), folds=2, magnifications=("40X", "400X"))
+    assert list(runs) == ["fold-1", "fold-1-40X", "fold-1-400X", "fold-2", "fold-2-40X", "fold-2-400X"]
+    assert {name: (run.fold, run.magnification) for name, run in runs.items()} == {
+        "fold-1": (1, "all"),
+        "fold-1-40X": (1, "40X"),
+        "fold-1-400X": (1, "400X"),
+        "fold-2": (2, "all"),
+        "fold-2-40X": (2, "40X"),
+        "fold-2-400X": (2, "400X"),
+    }
+    design = protocol.Protocol(Config(), folds=2, magnifications=("40X", "400X"))
+    assert design.mixed == ["fold-1", "fold-2"] and design.at("400X") == ["fold-1-400X", "fold-2-400X"]
+    assert "one model per magnification (40X, 400X) and one on all of them" in design.describe()
+    one_file = protocol.protocol_runs(Config(split_file="/f/dsfold1.txt"), magnifications=("40X",))
+    assert list(one_file) == ["fold-1", "fold-1-40X"]
+
+
+def test_the_magnifications_to_train_are_the_datasets(tmp_path):
+    assert protocol.magnifications_to_train(Config(synthetic_patients=12)) == list(MAGNIFICATIONS)
+    with pytest.raises(ValueError, match="--per-magnification: .* expected magnification=all, got 40X"):
+        protocol.magnifications_to_train(Config(magnification="40X"))
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label,patient_id\na.png,benign,p1\nb.png,malignant,p2\n")
+    with pytest.raises(ValueError, match="the dataset has no magnification"):
+        protocol.magnifications_to_train(Config(dataset=str(manifest)))
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--per-magnification"], "--per-magnification: trains on patient folds; expected --folds K"),
+        (["--repeats", "2", "--per-magnification"], "without --repeats"),
+        (["--folds", "2", "--per-magnification", "--set", "magnification=40X"], "expected magnification=all"),
+    ],
+)
+def test_per_magnification_without_folds_or_of_one_magnification_is_refused(tmp_path, capsys, args, message):
+    status = main(["reproduce", "--out", str(tmp_path / "cv"), "--set", "synthetic_patients=12", *args])
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and message in line and not (tmp_path / "cv").exists()
+
+
+def test_a_resume_checks_every_magnifications_run(tmp_path):
+    from bcnb.run.folder import start_folder
+    from bcnb.run.record import RecordMismatch, record_all
+
+    asked = protocol.protocol_runs(Config(), folds=2, magnifications=("40X", "100X"))
+    partial = start_folder(tmp_path / ".cv.partial", "protocol")
+    for name, run in asked.items():
+        record_all(partial / name, run.replace(epochs=7) if name == "fold-2-100X" else run)
+    with pytest.raises(RecordMismatch, match=r"fold-2-100X was made with epochs=7 \(not 100\)"):
+        staging.open_staging(tmp_path / "cv", "protocol", asked, resume=True)
+    fewer = protocol.protocol_runs(Config(), folds=2)  # resumed without --per-magnification
+    with pytest.raises(
+        RecordMismatch, match="holds fold-1-100X, fold-1-40X, .* which this request does not make"
+    ):
+        staging.open_staging(tmp_path / "cv", "protocol", fewer, resume=True)
+
+
+# --------------------------------------------------------------------------- one extraction
+@pytest.fixture(scope="module")
+def tiny_model():
+    import keras
+
+    from bcnb.model import transfer
+
+    keras.utils.set_random_seed(1)
+    return transfer.build_model(32, None)
+
+
+def test_a_run_of_one_magnification_takes_its_rows_of_the_cache_of_all(tmp_path, tiny_model, monkeypatch):
+    from bcnb.data.pipeline import Preparation
+    from bcnb.train import features
+
+    table = loading.load_dataset(Config(synthetic_patients=12, synthetic_images_per_patient=1)).table
+    preparation = Preparation(32)
+    full = features.cached_features(tiny_model, table, preparation, 16, tmp_path / "fold-1/features/all.npy")
+    (tmp_path / "fold-1-40X").mkdir()
+    staging.share_features(tmp_path, tmp_path / "fold-1-40X")
+    own = tmp_path / "fold-1-40X/features/all.npy"
+    assert os.stat(own).st_ino == os.stat(full).st_ino  # handed over as a link
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("extracted again")
+
+    monkeypatch.setattr(features, "write_features", no_extraction)
+    at_40x = table[table["magnification"] == "40X"].reset_index(drop=True)
+    features.cached_features(tiny_model, at_40x, preparation, 16, own)
+    rows = np.flatnonzero(table["magnification"] == "40X")
+    assert np.array_equal(np.load(own), np.load(full)[rows]) and os.stat(own).st_ino != os.stat(full).st_ino
+    assert features.is_current(own, features.feature_cache_key(tiny_model, at_40x, preparation), len(rows))
+    assert features.recompute_note(own) is None and len(np.load(full)) == len(table)  # the source untouched
+
+
+def test_a_cache_of_another_model_is_not_taken_from(tmp_path, tiny_model, monkeypatch):
+    import keras
+
+    from bcnb.data.pipeline import Preparation
+    from bcnb.model import transfer
+    from bcnb.train import features
+
+    table = loading.load_dataset(Config(synthetic_patients=12, synthetic_images_per_patient=1)).table
+    path = features.cached_features(tiny_model, table, Preparation(32), 16, tmp_path / "all.npy")
+    keras.utils.set_random_seed(2)
+    other = transfer.build_model(32, None)
+    extracted = []
+    original = features.write_features
+    monkeypatch.setattr(features, "write_features", lambda *a: extracted.append(1) or original(*a))
+    features.cached_features(other, table.head(8), Preparation(32), 16, path)
+    assert extracted and "computed for other images, settings or weights" in features.recompute_note(path)
+
+
+def test_the_largest_sibling_cache_is_handed_over(tmp_path):
+    for name, rows in (("fold-1-40X", 12), ("fold-1", 48), ("fold-1-100X", 12)):
+        folder = tmp_path / name / "features"
+        folder.mkdir(parents=True)
+        (folder / "all.npy").write_bytes(name.encode())
+        (folder / "all.key.json").write_text(json.dumps({"key": "k", "rows": rows}))
+        (folder / "all.rows.csv").write_text(f"{name}\n")
+    (tmp_path / "fold-2-40X").mkdir()
+    staging.share_features(tmp_path, tmp_path / "fold-2-40X")
+    handed = tmp_path / "fold-2-40X" / "features"
+    assert (handed / "all.npy").read_bytes() == b"fold-1" and (
+        handed / "all.rows.csv"
+    ).read_text() == "fold-1\n"
+
+
+# --------------------------------------------------------------------------- the table
+def _predictions(patients, magnifications, right, prefix):
+    """predictions.csv rows: one malignant image per patient and magnification, right or not."""
+    return pd.DataFrame(
+        [
+            {
+                "path": f"/d/{prefix}-{p}-{m}.png",
+                "label": "malignant",
+                "patient_id": p,
+                "magnification": m,
+                "malignant_probability": 0.9 if right(p, m) else 0.1,
+                "calibrated_probability": 0.9 if right(p, m) else 0.1,
+                "predicted": "malignant" if right(p, m) else "benign",
+            }
+            for p in patients
+            for m in magnifications
+        ]
+    )
+
+
+def test_the_table_is_laid_out_as_breakhis_papers_print_it(tmp_path):
+    design = protocol.Protocol(Config(), folds=2, magnifications=("40X", "400X"))
+    folds = {1: ["a", "b"], 2: ["c", "d"]}
+    for k, patients in folds.items():
+        for name, ms, right in (
+            (f"fold-{k}", ("40X", "400X"), lambda p, m: m == "40X" or p in "ac"),  # mixed: 400X of b, d wrong
+            (f"fold-{k}-40X", ("40X",), lambda p, m: p != "d"),
+            (f"fold-{k}-400X", ("400X",), lambda p, m: True),
+        ):
+            (tmp_path / name).mkdir()
+            _predictions(patients, ms, right, name).to_csv(tmp_path / name / "predictions.csv", index=False)
+    table = protocol.by_magnification(tmp_path, design)
+    assert table["columns"] == ["40X", "400X", "all"]
+    separate, mixed = table["rows"]["separate"], table["rows"]["mixed"]
+    assert (
+        separate["40X"]["accuracy"]["mean"] == pytest.approx(0.75) and separate["400X"]["accuracy"]["sd"] == 0
+    )
+    assert separate["all"]["accuracy"]["mean"] == pytest.approx((1 + 0.75) / 2)  # own model per image
+    assert (
+        mixed["400X"]["accuracy"]["mean"] == pytest.approx(0.5) and mixed["all"]["accuracy"]["mean"] == 0.75
+    )
+    assert mixed["all"]["patient_recognition_rate"]["mean"] == pytest.approx(0.75)
+    assert separate["40X"]["accuracy"]["interval"] == protocol.crossval.corrected_t([1.0, 0.5], 1.0)
+    text = "\n".join(protocol._magnification_section(table))
+    assert "| model | 40X | 400X | all |" in text and "### Patient recognition rate" in text
+    assert "| one model per magnification | 0.750 +- 0.354 | 1.000 +- 0.000 | 0.875 +- 0.177 |" in text
+    assert "| one model for all magnifications | 1.000 +- 0.000 | 0.500 +- 0.000 | 0.750 +- 0.000 |" in text
+
+
+# --------------------------------------------------------------------------- end to end
+TINY = {
+    "img_size": 32,
+    "batch_size": 8,
+    "epochs": 3,
+    "weights": "none",
+    "learning_rate": 0.03,
+    "bootstrap_samples": 200,
+}
+
+
+@pytest.fixture(scope="module")
+def per_magnification_protocol(tmp_path_factory):
+    """--folds 2 --per-magnification on the built-in images of two magnifications (a manifest
+    of 40X and 400X: six runs instead of ten)."""
+    from bcnb.data.synthetic import SyntheticSpec, ensure_synthetic_dataset
+
+    root = ensure_synthetic_dataset(SyntheticSpec(patients=12, images_per_patient=1))
+    manifest = pd.read_csv(root / "manifest.csv")
+    manifest = manifest[manifest["magnification"].isin(["40X", "400X"])]
+    work = tmp_path_factory.mktemp("per_magnification")
+    manifest.assign(path=[str(root / path) for path in manifest["path"]]).to_csv(work / "m.csv", index=False)
+    sets = [
+        arg
+        for key, value in {**TINY, "dataset": work / "m.csv"}.items()
+        for arg in ("--set", f"{key}={value}")
+    ]
+    command = [sys.executable, "-m", "bcnb", "reproduce", "--out", str(work / "cv"), *sets]
+    result = subprocess.run([*command, "--folds", "2", "--per-magnification"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return work / "cv"
+
+
+RUNS = ("fold-1", "fold-1-40X", "fold-1-400X", "fold-2", "fold-2-40X", "fold-2-400X")
+
+
+@pytest.mark.slow
+def test_every_magnification_is_tested_on_the_same_patients(per_magnification_protocol):
+    out = per_magnification_protocol
+    splits = {name: pd.read_csv(out / name / "split.csv", dtype={"patient_id": str}) for name in RUNS}
+    for k in (1, 2):
+        mixed = _parts(splits[f"fold-{k}"])
+        for magnification in ("40X", "400X"):
+            split = splits[f"fold-{k}-{magnification}"]
+            assert set(split["magnification"]) == {magnification} and _parts(split) == mixed
+
+
+@pytest.mark.slow
+def test_the_features_are_extracted_once_for_every_magnification(per_magnification_protocol):
+    out = per_magnification_protocol
+    everything = np.load(out / "fold-1" / "features" / "all.npy")
+    assert os.stat(out / "fold-1/features/all.npy").st_ino == os.stat(out / "fold-2/features/all.npy").st_ino
+    split = pd.read_csv(out / "fold-1" / "split.csv")
+    for name in RUNS[1:]:
+        magnification = name.rsplit("-", 1)[1]
+        rows = np.flatnonzero(split["magnification"] == magnification)
+        assert np.array_equal(np.load(out / name / "features" / "all.npy"), everything[rows])
+
+
+@pytest.mark.slow
+def test_the_summary_holds_the_per_magnification_table(per_magnification_protocol):
+    out = per_magnification_protocol
+    summary = json.loads((out / "summary.json").read_text())
+    assert [run["run"] for run in summary["runs"]] == ["fold-1", "fold-2"] and summary["pooled"]["applies"]
+    table = summary["per_magnification"]
+    assert table["columns"] == ["40X", "400X", "all"] and set(table["runs"]) == set(RUNS) - {
+        "fold-1",
+        "fold-2",
+    }
+    accuracy = table["rows"]["separate"]["40X"]["accuracy"]
+    assert accuracy["runs"] == 2 and accuracy["interval"]["method"].startswith("corrected resampled t")
+    text = (out / "summary.md").read_text()
+    assert "## Per magnification" in text and "| one model for all magnifications |" in text
