@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -21,6 +22,10 @@ from bcnb.run.nativelog import native_stderr
 
 EXIT_BAD_INPUT = 2
 EXIT_RUN_FAILED = 1
+DASK_RUNS = (
+    "hand each run (fold, repeat, cell) to a Dask cluster: local:N worker processes or tcp://host:port "
+    "(the workers must see --out, the data and the notebooks by the same paths)"
+)
 CHUNK_DEFAULT = 256  # bcnb extract --dask: images per task (cluster.CHUNK_ROWS, without importing it)
 
 
@@ -61,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --folds K (or --set split_file=...): also one model per magnification per fold, "
         "on the same patient folds, and the per-magnification table",
     )
+    run.add_argument("--dask", metavar="SCHEDULER", help=DASK_RUNS)
     run.add_argument(
         "--only",
         action="append",
@@ -86,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a parameter and its values (repeatable: every combination runs)",
     )
     sweep.add_argument("--folds", type=int, default=0, metavar="K", help="a K-fold cross-validation per cell")
+    sweep.add_argument("--dask", metavar="SCHEDULER", help=DASK_RUNS)
     sweep.add_argument(
         "--max-cells",
         type=int,
@@ -359,6 +366,11 @@ def _reproduce(args: argparse.Namespace) -> int:
     try:
         if args.folds or args.repeats or args.per_magnification:
             return _reproduce_protocol(args, notebooks, live, started)
+        if args.dask:
+            raise ValueError(
+                "--dask: hands out the runs of --folds, --repeats or a sweep; one run's notebooks run "
+                "in turn (its feature extraction goes on a cluster with bcnb extract --dask)"
+            )
         if args.only:
             if args.resume or args.stop_after or args.compare:
                 raise ValueError(
@@ -432,7 +444,9 @@ def _sweep(args: argparse.Namespace) -> int:
         if args.max_cells < 1:
             raise ValueError(f"--max-cells: expected at least 1, got {args.max_cells}")
         grid = parse_grid(args.grid)
-        out = run_sweep(config_from_args(args), args.out, grid, args.folds, _say, max_cells=args.max_cells)
+        cfg = config_from_args(args)
+        with dask_runner(args.dask) as runner:
+            out = run_sweep(cfg, args.out, grid, args.folds, _say, max_cells=args.max_cells, runner=runner)
     except NotebookFailed as error:
         return _fail(f"{error}; run the same command again to go on", EXIT_RUN_FAILED)
     except (ValueError, FileNotFoundError) as error:
@@ -461,15 +475,42 @@ def _reproduce_protocol(args: argparse.Namespace, notebooks: Path, live: bool, s
             "--per-magnification: trains on patient folds; expected --folds K, or --set split_file=FILE "
             "(one of BreakHis' official folds), without --repeats"
         )
-    out = run_protocol(
-        cfg, args.out, args.folds, args.repeats, notebooks, _say, live, args.resume, args.per_magnification
-    )
+    with dask_runner(args.dask) as runner:
+        out = run_protocol(
+            cfg,
+            args.out,
+            args.folds,
+            args.repeats,
+            notebooks,
+            _say,
+            live,
+            args.resume,
+            args.per_magnification,
+            runner,
+        )
     _say(f"done in {time.perf_counter() - started:.0f} s: {out} (see summary.md)")
     return 0
 
 
+@contextmanager
+def dask_runner(address: str | None):
+    """None without --dask; else a runner on the cluster at ``address``, reached (or refused, in one
+    line) before anything runs, and let go when the command ends."""
+    if not address:
+        yield None
+        return
+    from bcnb.batch.on_dask import runner_on
+    from bcnb.train.cluster import connect
+
+    with connect(address) as client:
+        _say(f"Dask: {len(client.scheduler_info()['workers'])} worker(s) at {client.scheduler.address}")
+        yield runner_on(client)
+
+
 def _say(message: str) -> None:
-    print(f"bcnb: {message}", file=sys.stderr, flush=True)
+    # One write per line: a sweep's cells report from several threads at once.
+    sys.stderr.write(f"bcnb: {message}\n")
+    sys.stderr.flush()
 
 
 def _fail(message: str, status: int) -> int:

@@ -142,14 +142,17 @@ def run_protocol(
     progress_bar: bool = False,
     resume: bool = False,
     per_magnification: bool = False,
+    runner=None,
 ) -> Path:
     """Run every fold or repeat into ``out`` (replaced only when all are done), then summarise.
 
     With ``resume`` the interrupted protocol goes on: finished runs are kept and an unfinished
     one carries on, once every run in it is known to have been made with its parameters.
+    ``runner`` carries out the runs (:func:`bcnb.batch.reproduce.run_here` by default;
+    :func:`bcnb.batch.on_dask.runner_on` hands them to a Dask cluster).
     """
     from bcnb.batch.notebooks import NOTEBOOKS_DIR
-    from bcnb.batch.reproduce import Job, build, headless
+    from bcnb.batch.reproduce import Job, build, headless, run_here
 
     magnifications = tuple(magnifications_to_train(cfg)) if per_magnification else ()
     protocol = Protocol(headless(cfg), folds, repeats, magnifications)
@@ -158,7 +161,8 @@ def run_protocol(
         write_summary(staging, summarize(staging, protocol))
 
     job = Job("protocol", protocol.runs, list(FOLD_NOTEBOOKS), protocol.command, finish=finish)
-    return build(job, out, Path(notebooks_dir or NOTEBOOKS_DIR), progress, progress_bar, resume)
+    notebooks_dir = Path(notebooks_dir or NOTEBOOKS_DIR)
+    return build(job, out, notebooks_dir, progress, progress_bar, resume, runner=runner or run_here)
 
 
 def magnifications_to_train(cfg: Config) -> list[str]:

@@ -82,6 +82,7 @@ def reproduce(
     resume: bool = False,
     stop_after: str | None = None,
     compare: bool = False,
+    runner: Runner | None = None,
 ) -> Path:
     """Run the notebooks on ``cfg`` and leave the results in ``out``; return ``out``.
 
@@ -94,7 +95,9 @@ def reproduce(
     """
     chosen = [name for name in NOTEBOOKS if compare or name != COMPARISON]
     job = Job("run", {"": headless(cfg)}, chosen, "bcnb reproduce", compare=compare)
-    return build(job, out, Path(notebooks_dir), progress, progress_bar, resume, stop_after)
+    return build(
+        job, out, Path(notebooks_dir), progress, progress_bar, resume, stop_after, runner or run_here
+    )
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,57 @@ class Job:
     finish: Callable[[Path], None] | None = None
 
 
+@dataclass(frozen=True)
+class RunTask:
+    """One run of a job still to make: its folder in the staging folder, its parameters, the
+    notebooks to run there, and the job's stages (what its record is written for)."""
+
+    name: str  # the subfolder ("" for the job's folder itself)
+    folder: Path
+    cfg: Config
+    notebooks: list[str]
+    stages: list[str]
+    staging: Path
+    label: str
+
+    def prepare(self) -> None:
+        """Make the run's folder ready, just before its notebooks run: the folder, its whole
+        record (every stage's parameters before 01 starts), and the feature cache of a run that
+        ran before it (one extraction serves all of a protocol's runs)."""
+        start_folder(self.folder, "run")
+        record_parameters(self.folder, self.cfg, (), self.stages)
+        if self.name:
+            share_features(self.staging, self.folder)
+
+
+# How a job's runs are carried out: one after the other here (run_here), or handed to a Dask
+# cluster (bcnb.batch.on_dask). Either way the caller holds the lock, the records and the swap.
+Runner = Callable[[list[RunTask], Path, Callable[[str], None], bool], None]
+
+
+def run_here(tasks: list[RunTask], notebooks_dir: Path, progress, progress_bar: bool) -> None:
+    """Each run in turn, in this process' kernels."""
+    for task in tasks:
+        task.prepare()
+        run_notebooks(
+            task.folder, task.notebooks, task.cfg, notebooks_dir, progress, progress_bar, label=task.label
+        )
+
+
+def pending_runs(job: Job, staging: Path, notebooks: list[str], progress) -> list[RunTask]:
+    """The runs of ``job`` that are not finished in ``staging`` (a finished one is kept)."""
+    stages = [STAGE_OF_NOTEBOOK[name] for name in job.notebooks]
+    tasks = []
+    for number, (name, run_cfg) in enumerate(job.runs.items(), start=1):
+        folder = staging / name if name else staging
+        if name and (folder / REPORT_FILE).is_file():
+            progress(f"{name}: finished before, kept")
+            continue
+        label = f"{name} ({number}/{len(job.runs)}) " if name else ""
+        tasks.append(RunTask(name, folder, run_cfg, notebooks, stages, staging, label))
+    return tasks
+
+
 def build(
     job: Job,
     out: str | Path,
@@ -118,10 +172,11 @@ def build(
     progress_bar: bool = False,
     resume: bool = False,
     stop_after: str | None = None,
+    runner: Runner = run_here,
 ) -> Path:
     """The one way bcnb builds a run or a protocol into ``out``: destination, lock, inputs,
-    staging, notebooks, swap (see the module's note). Returns ``out``, or with ``stop_after``
-    the unfinished staging folder."""
+    staging, notebooks (by ``runner``), swap (see the module's note). Returns ``out``, or with
+    ``stop_after`` the unfinished staging folder."""
     out = Path(out).resolve()
     check_notebooks(notebooks_dir, job.notebooks)
     last = job.notebooks.index(notebook_named(stop_after)) if stop_after else len(job.notebooks) - 1
@@ -130,19 +185,12 @@ def build(
         progress("checking the dataset and parameters")
         check_inputs(next(iter(job.runs.values())), job.compare)
         staging = open_staging(out, job.kind, job.runs, resume)
-        for number, (name, run_cfg) in enumerate(job.runs.items(), start=1):
-            folder = staging / name if name else staging
-            if name and (folder / REPORT_FILE).is_file():
-                progress(f"{name}: finished before, kept")
-                continue
-            start_folder(folder, "run")
-            # Every stage's parameters are recorded before 01 starts: the record is whole from the start.
-            record_parameters(folder, run_cfg, (), [STAGE_OF_NOTEBOOK[n] for n in job.notebooks])
-            if name:
-                share_features(staging, folder)  # one extraction serves all of a protocol's runs
-            label = f"{name} ({number}/{len(job.runs)}) " if name else ""
-            notebooks = job.notebooks[: last + 1]
-            run_notebooks(folder, notebooks, run_cfg, notebooks_dir, progress, progress_bar, label=label)
+        runner(
+            pending_runs(job, staging, job.notebooks[: last + 1], progress),
+            notebooks_dir,
+            progress,
+            progress_bar,
+        )
         if stop_after:
             return staging
         if job.finish:

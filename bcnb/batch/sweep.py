@@ -96,16 +96,22 @@ def run_sweep(
     progress: Callable[[str], None] = lambda message: None,
     run_cell: Callable[[Config, Path], Path] | None = None,
     max_cells: int = MAX_CELLS,
+    runner=None,
 ) -> Path:
-    """Run every unfinished cell into ``out``, then write the table; return ``out``."""
+    """Run every unfinished cell into ``out``, then write the table; return ``out``.
+
+    ``runner`` carries out each cell's runs (one after the other here by default; see
+    :func:`bcnb.batch.on_dask.runner_on`). With one, the cells go side by side: each is still
+    built by this process (its lock, record and swap), while the workers run the notebooks."""
     from bcnb.run.staging import staging_folder
 
     out = Path(out).resolve()
     todo = cells(cfg, grid, max_cells)
-    run_cell = run_cell or _cell_runner(folds, progress)
+    run_cell = run_cell or _cell_runner(folds, progress, runner)
     check_destination(out, "sweep")
     with RunLock(out, "bcnb sweep"):
         start_folder(out, "sweep")
+        unfinished = {}
         for number, (name, cell_cfg) in enumerate(todo.items(), start=1):
             folder = out / name
             if finished(folder):
@@ -114,26 +120,57 @@ def run_sweep(
                 continue
             if staging_folder(folder).is_dir():  # cut short before: it goes on, if it is this cell's
                 check_cell(staging_folder(folder), cell_cfg, folds)
-            progress(f"[{number}/{len(todo)}] {name}")
-            run_cell(cell_cfg, folder)
+            unfinished[f"[{number}/{len(todo)}] {name}"] = (cell_cfg, folder)
+        run_cells(unfinished, run_cell, progress, side_by_side=runner is not None)
         write_table(out, sweep_table(out, todo, grid))
     return out
 
 
-def _cell_runner(folds: int, progress) -> Callable[[Config, Path], Path]:
+def run_cells(cells_to_run: dict, run_cell, progress, side_by_side: bool) -> None:
+    """Build each cell: in turn, or side by side (a thread per cell that waits on its runs'
+    Dask tasks). The first failure is raised once every cell has stopped; finished cells stay."""
+    if not side_by_side:
+        for label, (cell_cfg, folder) in cells_to_run.items():
+            progress(label)
+            run_cell(cell_cfg, folder)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(len(cells_to_run), 1)) as pool:
+        started = {label: pool.submit(run_cell, *cell, label) for label, cell in cells_to_run.items()}
+        progress(f"{len(started)} cells handed to the Dask cluster")
+        failures = [future.exception() for future in started.values() if future.exception()]
+    if failures:
+        raise failures[0]
+
+
+def _cell_runner(folds: int, outer, runner=None) -> Callable[[Config, Path], Path]:
     from bcnb.run.staging import staging_folder
 
-    def run(cell_cfg: Config, folder: Path) -> Path:
+    def run(cell_cfg: Config, folder: Path, label: str = "") -> Path:
         cut_short = staging_folder(folder).is_dir()  # go on with what it had finished
+        progress = _labelled(outer, label)  # cells side by side: each line says whose it is
         if folds:
             from bcnb.batch.protocol import run_protocol
 
-            return run_protocol(cell_cfg, folder, folds=folds, progress=progress, resume=cut_short)
+            return run_protocol(
+                cell_cfg, folder, folds=folds, progress=progress, resume=cut_short, runner=runner
+            )
         from bcnb.batch.reproduce import reproduce
 
-        return reproduce(cell_cfg, folder, progress=progress, resume=cut_short)
+        return reproduce(cell_cfg, folder, progress=progress, resume=cut_short, runner=runner)
 
     return run
+
+
+def _labelled(progress: Callable[[str], None], label: str) -> Callable[[str], None]:
+    if not label:
+        return progress
+
+    def say(message: str) -> None:
+        progress(f"{label} {message}")
+
+    return say
 
 
 def check_cell(folder: Path, cell_cfg: Config, folds: int) -> None:

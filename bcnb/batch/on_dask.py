@@ -1,0 +1,84 @@
+"""A protocol's runs and a sweep's cells on a Dask cluster: ``--dask SCHEDULER``.
+
+A sweep of 20 settings x 5 folds is 100 runs of notebooks 01-04: more than one machine should
+do one after the other. Here each run is a Dask task: a worker executes the run's notebooks
+(:func:`bcnb.batch.notebooks.run_notebooks`, in a kernel it starts) into the run's folder in
+the staging folder. Everything that makes the result one result stays with this process, the
+driver: the lock on the destination, each run's record (written before the run is handed
+out), the summary and the final swap (:func:`bcnb.batch.reproduce.build`).
+
+- The first run goes alone: it extracts the features every other run then takes from its
+  cache (:func:`bcnb.run.staging.share_features`), so they are extracted once.
+- A worker that dies mid-run has its task given to another worker by the scheduler; the run
+  starts again from notebook 01 in the same folder, as ``--resume`` goes on with a run cut
+  short (training carries on from its checkpoint), so it ends as it would have.
+- The workers find the notebooks, the data and the staging folder by path: on a cluster they
+  must share the file system with the driver. Each worker should run one task at a time
+  (one thread): a run redirects its process' standard error into its own kernels.log.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+from bcnb.batch.notebooks import NotebookFailed
+from bcnb.batch.reproduce import Runner, RunTask
+from bcnb.config import Config
+
+
+def runner_on(client) -> Runner:
+    """A runner (see :func:`bcnb.batch.reproduce.build`) that hands runs to ``client``'s workers."""
+
+    def run_on_cluster(tasks: list[RunTask], notebooks_dir: Path, progress, progress_bar: bool) -> None:
+        if not tasks:
+            return
+        first, rest = tasks[:1], tasks[1:]
+        if rest:
+            progress(f"{first[0].label}first, alone: the other runs take its features")
+        _run_all(client, first, notebooks_dir, progress)
+        _run_all(client, rest, notebooks_dir, progress)
+
+    return run_on_cluster
+
+
+def _run_all(client, tasks: list[RunTask], notebooks_dir: Path, progress: Callable[[str], None]) -> None:
+    """Prepare each run here, hand them all out, and wait for every one (the first failure
+    cancels the rest and is raised here, as a failed notebook is on one machine)."""
+    from dask.distributed import as_completed
+
+    futures = {}
+    for task in tasks:
+        task.prepare()
+        args = (str(task.folder), task.notebooks, task.cfg.to_dict(), str(notebooks_dir))
+        futures[client.submit(run_on_worker, *args, pure=False)] = task
+    try:
+        for done, future in enumerate(as_completed(futures), start=1):
+            where = _result(future, futures[future])
+            progress(f"{futures[future].label}done on {where} ({done} of {len(futures)} handed out)")
+    except BaseException:
+        client.cancel(list(futures))
+        raise
+
+
+def _result(future, task: RunTask) -> str:
+    """The task's result; a run whose workers kept dying is a failed run, said in one line."""
+    from dask.distributed import KilledWorker
+
+    try:
+        return future.result()
+    except KilledWorker:
+        raise NotebookFailed(
+            f"{task.folder.name}: the Dask workers running it died, again and again (KilledWorker); "
+            "its folder is kept: run the same command with --resume to go on"
+        ) from None
+
+
+def run_on_worker(folder: str, notebooks: list[str], values: dict, notebooks_dir: str) -> str:
+    """On a worker: the run's notebooks into ``folder``; returns where they ran."""
+    from bcnb.batch.notebooks import run_notebooks
+
+    run_notebooks(Path(folder), notebooks, Config(**values), Path(notebooks_dir))
+    return f"{socket.gethostname()} (process {os.getpid()})"
