@@ -95,14 +95,24 @@ def run_kernel():
         kernel.shutdown()
 
 
+# Run in a shared kernel between two notebooks: the namespace emptied, and Keras' session
+# cleared (layer numbering from the start), as a kernel of its own would begin.
+FRESH_START = """%reset -f
+import sys
+if "keras" in sys.modules:
+    sys.modules["keras"].backend.clear_session()
+del sys
+"""
+
+
 class RunKernel:
     """One kernel for a run's notebooks, one notebook after the other.
 
     A kernel of its own per notebook would start Python and import TensorFlow, Keras and bcnb
     again for each (several seconds each on 2 cores, four or six times a run, a hundred times
     in a per-magnification protocol). Here they are imported once. Each notebook still starts
-    as in a kernel of its own: the namespace the previous one left is emptied (``%reset -f``)
-    and its first cell clears Keras' session and seeds every generator
+    as in a kernel of its own: the namespace the previous one left is emptied and Keras'
+    session cleared (``FRESH_START``), and its first cell seeds every generator
     (:func:`bcnb.run.seeds.seed_everything`), so it sees no variable, layer name or random state
     of the one before, and the executed notebooks are those of separate kernels.
     """
@@ -125,7 +135,7 @@ class RunKernel:
             client.start_channels()
             try:
                 client.wait_for_ready(timeout=60)
-                client.execute_interactive("%reset -f", store_history=False, timeout=60)
+                client.execute_interactive(FRESH_START, store_history=False, timeout=60)
             finally:
                 client.stop_channels()
         self._notebooks += 1

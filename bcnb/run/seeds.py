@@ -14,7 +14,4 @@ def seed_everything(seed: int) -> None:
     import_tensorflow_quietly()  # the first import of TensorFlow in a notebook, without its noise
     import keras
 
-    # A kernel that ran another notebook before (bcnb reproduce runs a run's notebooks in one)
-    # starts from Keras' first state again: layers are numbered from the start, as in a new kernel.
-    keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
