@@ -305,3 +305,31 @@ def test_a_remembered_scan_opens_only_the_files_that_changed(tmp_path, monkeypat
     Path(paths[1]).write_bytes(png_bytes(1)[:-40])  # truncated: another size, another time
     changed = scan.find_bad_images(candidates, remember=memory)
     assert opened == [paths[1]] and changed["problem"][1].startswith("truncated or corrupt image")
+
+
+def test_a_scan_of_some_files_keeps_what_was_remembered_of_the_others(tmp_path, monkeypatch):
+    """A run of one magnification scans a part of the data set: the run of all of them after it
+    (the next fold of a --per-magnification protocol) opens no file again."""
+    paths = []
+    for index in range(4):
+        path = tmp_path / "images" / f"{index}.png"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(png_bytes(index))
+        paths.append(str(path))
+    candidates = pd.DataFrame(
+        {
+            "path": paths,
+            "label": "benign",
+            "patient_id": ["1", "2", "3", "4"],
+            "magnification": ["40X", "100X", "40X", "100X"],
+            "problem": "",
+        }
+    )
+    memory = tmp_path / "memory.csv"
+    everything = scan.find_bad_images(candidates, remember=memory)
+    scan.find_bad_images(candidates[candidates["magnification"] == "40X"], remember=memory)
+    opened = []
+    real = scan.inspect_file
+    monkeypatch.setattr(scan, "inspect_file", lambda path: opened.append(path) or real(path))
+    again = scan.find_bad_images(candidates, remember=memory)
+    assert opened == [] and again.equals(everything)

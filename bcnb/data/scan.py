@@ -80,7 +80,7 @@ def find_bad_images(
         inspected = dict(zip(fresh, pool.map(inspect_file, fresh)))
     results = [inspected[path] if path in inspected else known[(path, *stamps[path])] for path in paths]
     if remember is not None:
-        _remember(remember, paths, stamps, results)
+        _remember(remember, known, paths, stamps, results)
     scanned = candidates.copy()
     scanned["sha256"] = ""
     scanned.loc[todo, "problem"] = [problem for problem, _ in results]
@@ -112,9 +112,16 @@ def _remembered(memory: Path | None) -> dict[tuple, tuple[str, str]]:
     return {(r.path, int(r.size), int(r.mtime_ns)): (r.problem, r.sha256) for r in table.itertuples()}
 
 
-def _remember(memory: Path, paths: list[str], stamps: dict, results: list[tuple[str, str]]) -> None:
+def _remember(
+    memory: Path, known: dict, paths: list[str], stamps: dict, results: list[tuple[str, str]]
+) -> None:
+    """Write what this scan found, and keep what earlier scans found of the files it did not look
+    at: a run of one magnification scans a quarter of a data set, and the next run of all of
+    them (or of another magnification) must not open the other three quarters again."""
     columns = ["path", "size", "mtime_ns", "problem", "sha256"]
-    rows = [(path, *stamps[path], *result) for path, result in zip(paths, results) if stamps[path]]
+    scanned = set(paths)
+    rows = [(path, *stamp, *result) for (path, *stamp), result in known.items() if path not in scanned]
+    rows += [(path, *stamps[path], *result) for path, result in zip(paths, results) if stamps[path]]
     write_text_atomic(memory, pd.DataFrame(rows, columns=columns).to_csv(index=False))
 
 
