@@ -319,10 +319,10 @@ def test_the_features_are_extracted_once_for_every_magnification(per_magnificati
     everything = np.load(out / "fold-1" / "features" / "all.npy")
     assert os.stat(out / "fold-1/features/all.npy").st_ino == os.stat(out / "fold-2/features/all.npy").st_ino
     split = pd.read_csv(out / "fold-1" / "split.csv")
-    for name in RUNS[1:]:
+    for name in (name for name in RUNS if name.endswith("X")):  # each run of one magnification
         magnification = name.rsplit("-", 1)[1]
         rows = np.flatnonzero(split["magnification"] == magnification)
-        assert np.array_equal(np.load(out / name / "features" / "all.npy"), everything[rows])
+        assert len(rows) and np.array_equal(np.load(out / name / "features" / "all.npy"), everything[rows])
 
 
 @pytest.mark.slow
