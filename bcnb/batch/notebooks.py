@@ -95,14 +95,37 @@ def run_kernel():
         kernel.shutdown()
 
 
-# Run in a shared kernel between two notebooks: the namespace emptied, and Keras' session
-# cleared (layer numbering from the start), as a kernel of its own would begin.
+# Run in a shared kernel between two notebooks: the namespace emptied, then what the process
+# still remembers of the previous notebook forgotten (begin_like_a_new_kernel).
 FRESH_START = """%reset -f
-import sys
-if "keras" in sys.modules:
-    sys.modules["keras"].backend.clear_session()
-del sys
+import bcnb.batch.notebooks as _notebooks
+_notebooks.begin_like_a_new_kernel()
+del _notebooks
 """
+
+
+def begin_like_a_new_kernel() -> None:
+    """Forget, in this kernel, what the previous notebook left beyond its variables.
+
+    Keras' session is cleared (layer names numbered from the start). TensorFlow's count of
+    recent retracings is emptied too: it is kept per traced function's code, so the models of
+    03 and of 04 add up to a "triggered tf.function retracing" warning that neither notebook
+    gives in a kernel of its own. That count is TensorFlow's private state; if a later version
+    moves it, the warning may come back, and nothing else changes.
+    """
+    import sys
+
+    if "keras" in sys.modules:
+        sys.modules["keras"].backend.clear_session()
+    if "tensorflow" in sys.modules:
+        try:
+            from tensorflow.python.eager.polymorphic_function import polymorphic_function
+        except ImportError:
+            return
+        manager = getattr(polymorphic_function, "_frequent_tracing_detector_manager", None)
+        detectors = getattr(manager, "_detectors", None)
+        if detectors is not None:
+            detectors.clear()
 
 
 class RunKernel:
