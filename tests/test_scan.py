@@ -277,24 +277,24 @@ def test_nothing_usable_left(tmp_path):
         loading.load_dataset(Config(dataset=str(tmp_path), on_bad_image="skip"))
 
 
-def test_a_remembered_scan_opens_only_the_files_that_changed(tmp_path, monkeypatch):
-    """A second scan of the same files (the next fold of a cross-validation) reads only what
-    changed since; a file changed into a broken one is found all the same."""
+def _candidate_images(folder: Path, magnifications: list[str]) -> pd.DataFrame:
+    """One good benign PNG per magnification given, each of its own patient, as a scan's input."""
     paths = []
-    for index in range(3):
-        path = tmp_path / "images" / f"{index}.png"
+    for index in range(len(magnifications)):
+        path = folder / "images" / f"{index}.png"
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(png_bytes(index))
         paths.append(str(path))
-    candidates = pd.DataFrame(
-        {
-            "path": paths,
-            "label": "benign",
-            "patient_id": ["1", "2", "3"],
-            "magnification": "40X",
-            "problem": "",
-        }
-    )
+    patients = [str(index + 1) for index in range(len(paths))]
+    columns = {"path": paths, "label": "benign", "patient_id": patients, "magnification": magnifications}
+    return pd.DataFrame({**columns, "problem": ""})
+
+
+def test_a_remembered_scan_opens_only_the_files_that_changed(tmp_path, monkeypatch):
+    """A second scan of the same files (the next fold of a cross-validation) reads only what
+    changed since; a file changed into a broken one is found all the same."""
+    candidates = _candidate_images(tmp_path, ["40X"] * 3)
+    paths = candidates["path"].tolist()
     memory = tmp_path / "memory.csv"
     first = scan.find_bad_images(candidates, remember=memory)
     opened = []
@@ -310,21 +310,7 @@ def test_a_remembered_scan_opens_only_the_files_that_changed(tmp_path, monkeypat
 def test_a_scan_of_some_files_keeps_what_was_remembered_of_the_others(tmp_path, monkeypatch):
     """A run of one magnification scans a part of the data set: the run of all of them after it
     (the next fold of a --per-magnification protocol) opens no file again."""
-    paths = []
-    for index in range(4):
-        path = tmp_path / "images" / f"{index}.png"
-        path.parent.mkdir(exist_ok=True)
-        path.write_bytes(png_bytes(index))
-        paths.append(str(path))
-    candidates = pd.DataFrame(
-        {
-            "path": paths,
-            "label": "benign",
-            "patient_id": ["1", "2", "3", "4"],
-            "magnification": ["40X", "100X", "40X", "100X"],
-            "problem": "",
-        }
-    )
+    candidates = _candidate_images(tmp_path, ["40X", "100X", "40X", "100X"])
     memory = tmp_path / "memory.csv"
     everything = scan.find_bad_images(candidates, remember=memory)
     scan.find_bad_images(candidates[candidates["magnification"] == "40X"], remember=memory)
