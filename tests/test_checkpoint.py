@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TINY_TOP_CONV, build_tiny_model
 
 from bcnb.model import transfer
 from bcnb.run.artifacts import CHECKPOINT_FILE, FINE_TUNE_CHECKPOINT_FILE
@@ -33,7 +34,7 @@ def _train(cfg, split, start, stop_after=None):
 @pytest.fixture
 def start(tiny_cfg, tmp_path):
     keras.utils.set_random_seed(0)
-    return transfer.save_model(transfer.build_model(tiny_cfg.img_size, None), tmp_path / "initial.keras")
+    return transfer.save_model(build_tiny_model(tiny_cfg.img_size), tmp_path / "initial.keras")
 
 
 def test_resumed_training_ends_like_an_uninterrupted_run(tiny_cfg, tiny_split, start, tmp_path):
@@ -52,13 +53,33 @@ def test_resumed_training_ends_like_an_uninterrupted_run(tiny_cfg, tiny_split, s
     assert not (tmp_path / "resumed" / CHECKPOINT_FILE).exists()  # finished: no checkpoint left
 
 
+def test_killed_after_its_last_epoch_it_still_ends_with_the_best_epochs_weights(
+    tiny_cfg, tiny_split, start, tmp_path
+):
+    """The last epoch's checkpoint is written, then the process dies before training ends
+    (where the best epoch's weights are put back): the restart has no epoch left to run, and
+    must still keep the best epoch's weights, not the last one's."""
+    cfg = tiny_cfg.replace(epochs=12, patience=2, learning_rate=0.05)
+    whole_model, whole = _train(cfg.replace(run_dir=str(tmp_path / "whole")), tiny_split, start)
+    assert whole["val_loss"].idxmin() != len(whole) - 1, "the last epoch must not be the best here"
+    resumed_cfg = cfg.replace(run_dir=str(tmp_path / "resumed"))
+    with pytest.raises(Killed):
+        _train(resumed_cfg, tiny_split, start, stop_after=len(whole))
+    resumed_model, resumed = _train(resumed_cfg, tiny_split, start)
+    pd.testing.assert_frame_equal(resumed, whole)
+    np.testing.assert_array_equal(
+        resumed_model.get_layer("classifier").kernel.numpy(),
+        whole_model.get_layer("classifier").kernel.numpy(),
+    )
+
+
 def test_resumed_fine_tuning_ends_like_an_uninterrupted_run(tiny_cfg, tiny_split, start, tmp_path):
     """Killed in the second phase (augmented images, top of the base learning): the head's
     finished checkpoint is reused as it is, and fine-tuning carries on from its own."""
     cfg = tiny_cfg.replace(
         epochs=3,
         patience=10,
-        fine_tune_layers=12,
+        fine_tune_layers=3,  # the tiny base's top convolution and its BatchNormalization
         fine_tune_epochs=4,
         fine_tune_learning_rate=1e-3,
         augment=True,
@@ -76,7 +97,7 @@ def test_resumed_fine_tuning_ends_like_an_uninterrupted_run(tiny_cfg, tiny_split
 
 def _learned_kernels(model):
     """A fine-tuned layer of the base, and the head."""
-    top = model.get_layer("resnet50v2").get_layer("conv5_block3_3_conv")
+    top = transfer.base_of(model).get_layer(TINY_TOP_CONV)
     return [top.kernel.numpy(), model.get_layer("classifier").kernel.numpy()]
 
 

@@ -169,8 +169,13 @@ class ResumeTraining(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         # EarlyStopping puts the best weights back at the end of training; those are kept.
         stopper = self.early_stopping
-        if stopper.restore_best_weights and stopper.best_weights is not None:
-            self.model.set_weights(stopper.best_weights)
+        best = stopper.best_weights
+        if best is None and self.resumed and self.state.best_weights:
+            # Killed after its last epoch was saved but before this point: the restart runs
+            # no epoch, so the stopper was never given the best weights back. They are here.
+            best = self._full(self.state.best_weights)
+        if stopper.restore_best_weights and best is not None:
+            self.model.set_weights(best)
         self.state.done = True  # a restart must not train on past the end
         self._save()
 
