@@ -8,6 +8,8 @@ import pytest
 
 pytest.importorskip("distributed", reason="the [dask] extra is not installed")  # the test extra has it
 
+from conftest import build_tiny_model  # noqa: E402
+
 from bcnb import cli  # noqa: E402
 from bcnb.data import splitting  # noqa: E402
 from bcnb.data.pipeline import Preparation  # noqa: E402
@@ -26,7 +28,7 @@ def run(tiny_cfg, tiny_split, tmp_path_factory):
     cfg = tiny_cfg.replace(run_dir=str(folder))
     record_all(folder, cfg)
     splitting.save_split(tiny_split, folder)
-    transfer.save_model(transfer.build_model(cfg.img_size, None), folder / artifacts.INITIAL_MODEL_FILE)
+    transfer.save_model(build_tiny_model(cfg.img_size), folder / artifacts.INITIAL_MODEL_FILE)
     model = transfer.load_model(folder / artifacts.INITIAL_MODEL_FILE)
     reference = features.extract_features(
         model, artifacts.load_split(folder), Preparation(cfg.img_size), features.EXTRACTION_BATCH

@@ -7,6 +7,7 @@ import os
 import keras
 import numpy as np
 import pytest
+from conftest import build_tiny_model
 
 from bcnb.data.pipeline import Preparation
 from bcnb.model import transfer
@@ -15,8 +16,9 @@ from bcnb.train import features, fit
 
 
 def _fresh_model(img_size, seed=0):
+    """The bcnb model on the tests' tiny base: the cache's plumbing does not depend on the base."""
     keras.utils.set_random_seed(seed)
-    return transfer.build_model(img_size, None)
+    return build_tiny_model(img_size)
 
 
 @pytest.fixture
@@ -30,7 +32,9 @@ def _cache(model, part, path, img_size=32):
 
 
 def test_features_are_pooled_2048_vectors_of_the_base(tiny_cfg, setup):
-    model, part, _ = setup
+    _, part, _ = setup
+    keras.utils.set_random_seed(0)
+    model = transfer.build_model(tiny_cfg.img_size, None)  # ResNet50V2's 2,048 channels
     found = features.extract_features(model, part, Preparation(tiny_cfg.img_size), 8)
     assert found.shape == (len(part), 2048) and found.dtype == np.float32
     from bcnb.data.pipeline import make_dataset
@@ -218,7 +222,7 @@ def _run_folder(tiny_cfg, tiny_split, folder):
     record_all(folder, cfg)
     splitting.save_split(tiny_split, folder)
     keras.utils.set_random_seed(0)
-    transfer.save_model(transfer.build_model(cfg.img_size, None), folder / artifacts.INITIAL_MODEL_FILE)
+    transfer.save_model(build_tiny_model(cfg.img_size), folder / artifacts.INITIAL_MODEL_FILE)
     return cfg
 
 

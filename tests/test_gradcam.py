@@ -2,6 +2,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import build_tiny_model
 
 from bcnb.evaluate import gradcam
 from bcnb.model import transfer
@@ -12,7 +13,7 @@ IMG = 32
 @pytest.fixture(scope="module")
 def model():
     keras.utils.set_random_seed(3)
-    return transfer.build_model(IMG, None)
+    return build_tiny_model(IMG)  # a base with 4-D maps is all Grad-CAM needs
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ def test_a_saturated_probability_still_gives_a_heatmap(images, bias):
     """A logit of +-30 saturates the float32 sigmoid (1.0, or 1e-13, far below any clipping);
     the heatmap comes from the logit itself, so it still shows where the evidence is."""
     keras.utils.set_random_seed(3)
-    saturated = transfer.build_model(IMG, None)
+    saturated = build_tiny_model(IMG)
     classifier = saturated.get_layer("classifier")
     # Every feature (a ReLU output, never negative) speaks for the predicted class.
     classifier.kernel.assign(np.sign(bias) * np.abs(classifier.kernel.numpy()))

@@ -2,6 +2,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TINY_TOP_CONV, build_tiny_model
 
 from bcnb.data import pipeline
 from bcnb.model import transfer
@@ -11,8 +12,9 @@ from bcnb.train.features import read_features
 
 
 def _fresh_model(cfg, seed=0):
+    """The bcnb model on the tests' tiny base (ResNet50V2's kinds of layer, a few of each)."""
     keras.utils.set_random_seed(seed)
-    return transfer.build_model(cfg.img_size, None, cfg.dropout)
+    return build_tiny_model(cfg.img_size, dropout=cfg.dropout)
 
 
 @pytest.fixture(scope="module")
@@ -125,19 +127,19 @@ def _moving_statistics(model):
 def test_fine_tuning_follows_the_head_and_keeps_batchnorm_fixed(tiny_cfg, tiny_split, tmp_path):
     cfg = tiny_cfg.replace(
         run_dir=str(tmp_path),
-        fine_tune_layers=12,
+        fine_tune_layers=3,  # the tiny base's top convolution and its BatchNormalization
         fine_tune_epochs=3,
         fine_tune_learning_rate=1e-3,
         augment=True,
     )
     model = _fresh_model(cfg)
     base = transfer.base_of(model)
-    statistics, top = _moving_statistics(model), base.get_layer("conv5_block3_3_conv").kernel
+    statistics, top = _moving_statistics(model), base.get_layer(TINY_TOP_CONV).kernel
     top_before = top.numpy().copy()
     history = fit.train_model(cfg, model, tiny_split)
     assert history["phase"].tolist() == ["head"] * cfg.epochs + ["fine_tune"] * 3
     summary = artifacts.load_training_summary(cfg.run_dir)
-    assert "conv5_block3_3_conv" in summary["fine_tuned_layers"] and summary["fine_tune_epochs_run"] == 3
+    assert TINY_TOP_CONV in summary["fine_tuned_layers"] and summary["fine_tune_epochs_run"] == 3
     for before, after in zip(statistics, _moving_statistics(model)):
         np.testing.assert_array_equal(before, after)
     # The weights kept are the best epoch's: fine-tuned ones only if fine-tuning won.
