@@ -237,6 +237,9 @@ def execute(source: Path, target: Path, cfg: Config, progress_bar: bool, kernel_
             # The kernel's own start-up warnings (e.g. about its local TCP sockets) are noise here.
             extra_arguments=["--IPKernelApp.log_level=ERROR"],
             km=kernel_manager,
+            # Written once, when it ends (or fails): papermill would otherwise write the whole
+            # notebook, figures and all, as each cell starts and again as it ends.
+            request_save_on_cell_execute=False,
         )
     except PapermillExecutionError as error:
         message = f"{source.name} failed at cell {error.exec_count}: {error.ename}: {error.evalue.strip()}"
