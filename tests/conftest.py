@@ -180,3 +180,25 @@ def wait_for(driver, condition, timeout: float, what: str, poll: float = 0.5):
     from selenium.webdriver.support.ui import WebDriverWait
 
     return WebDriverWait(driver, timeout, poll_frequency=poll).until(condition, message=what)
+
+
+# --------------------------------------------------------------------------- two test processes
+# `make test` runs the suite in one pytest process per core (pytest-xdist). A file's tests
+# stay in one process, so a module-scoped end-to-end run is made once; the stored notebooks
+# checked by nbval stay together too, in order, as each reads what the one before wrote.
+# Files are handed out in the order collected, and those with slow tests are put first, so
+# that no process is left running a long one at the end while the other waits.
+def pytest_collection_modifyitems(config, items):
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: order within a file kept
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByFileNotebooksTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "stored notebooks" if path.endswith(".ipynb") else path
+
+    return ByFileNotebooksTogether(config, log)

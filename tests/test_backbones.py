@@ -33,6 +33,7 @@ def test_preprocessing_layer_equals_keras_preprocess_input(name):
     np.testing.assert_allclose(np.asarray(layer(pixels)), expected, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", BACKBONE_NAMES)
 def test_each_backbone_builds_the_same_head_and_saves_safely(name, tmp_path):
     keras.utils.set_random_seed(0)

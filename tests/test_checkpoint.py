@@ -73,6 +73,7 @@ def test_killed_after_its_last_epoch_it_still_ends_with_the_best_epochs_weights(
     )
 
 
+@pytest.mark.slow
 def test_resumed_fine_tuning_ends_like_an_uninterrupted_run(tiny_cfg, tiny_split, start, tmp_path):
     """Killed in the second phase (augmented images, top of the base learning): the head's
     finished checkpoint is reused as it is, and fine-tuning carries on from its own."""

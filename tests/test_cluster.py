@@ -45,6 +45,7 @@ def _fresh(cfg, tmp_path):
     return cfg.replace(run_dir=str(folder))
 
 
+@pytest.mark.slow
 def test_two_workers_write_the_single_process_cache_even_when_one_is_killed(run, tmp_path):
     """Chunks of 4 images on 2 worker processes; one worker is killed once the first chunk is
     in. Dask redoes its chunks elsewhere, and the file equals the single-process features
@@ -79,6 +80,7 @@ def test_two_workers_write_the_single_process_cache_even_when_one_is_killed(run,
     assert redone[0] == f"{path}: the stored features did not match their checksum: recomputing"
 
 
+@pytest.mark.slow
 def test_an_unreadable_image_stops_the_job_naming_it(run, tmp_path, capsys):
     cfg, _, _ = run
     cfg = _fresh(cfg, tmp_path)
@@ -93,6 +95,7 @@ def test_an_unreadable_image_stops_the_job_naming_it(run, tmp_path, capsys):
     assert not (tmp_path / "run" / "features" / "all.npy").exists()
 
 
+@pytest.mark.slow
 def test_an_unreachable_scheduler_is_one_line(run, capsys):
     cfg, _, _ = run
     assert cli.main(["extract", "--out", cfg.run_dir, "--dask", "tcp://127.0.0.1:9"]) == 2

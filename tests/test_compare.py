@@ -6,6 +6,8 @@ import pytest
 
 from bcnb.evaluate import compare
 
+pytestmark = pytest.mark.slow  # every test reads two backbones trained in turn
+
 
 @pytest.fixture(scope="module")
 def results(tiny_cfg, tiny_split, tmp_path_factory):

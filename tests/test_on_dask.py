@@ -102,9 +102,10 @@ def test_a_protocol_on_dask_with_a_worker_killed_mid_fold_ends_as_here(here, tmp
 @pytest.mark.parametrize(
     "extra,message",
     [
-        (
+        pytest.param(
             ["--folds", "2", "--dask", "tcp://127.0.0.1:9"],
             "--dask: cannot reach a Dask scheduler at tcp://127.0.0.1:9",
+            marks=pytest.mark.slow,  # waits for the connection to time out
         ),
         (["--folds", "2", "--dask", "local:two"], "--dask: expected local:N with N >= 1"),
         (["--dask", "local:2"], "--dask: hands out the runs of --folds, --repeats or a sweep"),

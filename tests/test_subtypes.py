@@ -127,6 +127,7 @@ def subtype_run(tiny_cfg, tmp_path_factory):
     return cfg, splitting.split_for_run(cfg, loading.load_dataset(cfg).table)
 
 
+@pytest.mark.slow
 def test_the_backbone_comparison_runs_with_tumour_types(subtype_run):
     """Notebook 05's steps with task=subtype; then the trained ResNet50V2 (8 softmax units)
     is explained by Grad-CAM of its summed malignant probability."""
