@@ -708,11 +708,19 @@ def test_every_executed_notebook_of_a_finished_run_runs_again_in_place(run, tmp_
 
     import papermill
 
+    from bcnb.batch.notebooks import run_kernel
+
     copy = tmp_path / "moved" / "small"  # the run moved elsewhere: nothing names the old place
     shutil.copytree(run[0], copy, symlinks=True)
     before = json.loads((copy / "metrics.json").read_text())
-    for path in sorted((copy / "notebooks").glob("*.ipynb")):
-        papermill.execute_notebook(str(path), str(path), cwd=str(path.parent), progress_bar=False)
+    # One kernel, each notebook starting as in its own (tests/test_run_kernel.py): TensorFlow
+    # is imported once instead of six times.
+    with run_kernel() as kernel:
+        for path in sorted((copy / "notebooks").glob("*.ipynb")):
+            kernel.next_notebook()
+            papermill.execute_notebook(
+                str(path), str(path), cwd=str(path.parent), progress_bar=False, km=kernel.manager
+            )
     after = json.loads((copy / "metrics.json").read_text())
     assert after["n_test_images"] == before["n_test_images"]
     assert (copy / "config.yaml").read_bytes() == (run[0] / "config.yaml").read_bytes()
