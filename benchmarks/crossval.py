@@ -7,7 +7,7 @@
 
 The magnification part runs ``--folds K --per-magnification`` at BreakHis' size and splits its
 time into today's protocol (the runs of all magnifications) and the extra runs of one
-magnification each; it replaces only its own section of the results file.
+magnification each. Each part replaces only its own section of the results file.
 
 Each measurement is one `bcnb reproduce` in a fresh process, timed from outside; where its
 time went comes from the executed notebooks (papermill records each one's duration). The
@@ -186,20 +186,23 @@ def main() -> None:
         f"TensorFlow {tf.__version__}. Random weights (no ImageNet download here): the same work.",
         "",
     ]
+    sections = []
     with tempfile.TemporaryDirectory(prefix="bcnb-crossval-") as work:
-        if args.part == "magnification":
-            section = per_magnification(Path(work), args.data, args.folds)
-            text = replace_section(args.out.read_text() if args.out.is_file() else "\n".join(lines), section)
-            print("\n".join(section))
-            args.out.write_text(text)
-            return
         if args.part in ("builtin", "both"):
-            lines += [*builtin(Path(work)), ""]
+            sections.append(builtin(Path(work)))
         if args.part in ("breakhis", "both"):
-            lines += [*breakhis_size(Path(work), args.data), ""]
-    text = "\n".join(lines)
-    print(text)
-    args.out.write_text(text)
+            sections.append(breakhis_size(Path(work), args.data))
+        if args.part == "magnification":
+            sections.append(per_magnification(Path(work), args.data, args.folds))
+    # Each part replaces its own section only: the others' figures, measured at other times
+    # (the BreakHis-size parts take half an hour), are kept.
+    text = args.out.read_text() if args.out.is_file() else "\n".join(lines)
+    for section in sections:
+        print("\n".join(section))
+        text = replace_section(text, section)
+    temporary = args.out.with_name(f".{args.out.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, args.out)
 
 
 if __name__ == "__main__":
