@@ -85,13 +85,13 @@ def breakhis_size(work: Path, data: Path) -> list[str]:
     images = sum(1 for _ in data.rglob("*.png"))
     options = ["--folds", "5", "--set", f"dataset={data}", "--set", "precision=mixed_bfloat16"]
     seconds = reproduce(work / "breakhis", *options, cache=work / "cold-cache")
-    target = "met" if seconds < 600 else "NOT met"
+    target = "met" if seconds < 7 * 60 else "NOT met"  # issue 23's target
     return [
         f"## The 5-fold protocol at BreakHis' size ({images} generated images of 700x460, 82 patients, "
         "224x224, mixed_bfloat16)",
         "",
         f"- `bcnb reproduce --folds 5`, nothing cached (the scan of every image included): {seconds:.0f} s "
-        f"= {seconds / 60:.1f} min (target under 10 min: {target})",
+        f"= {seconds / 60:.1f} min (target under 7 min: {target})",
         f"- feature files: {shared_inodes(work / 'breakhis', 5)} for 5 folds",
         "",
         *fold_table(work / "breakhis", 5),
