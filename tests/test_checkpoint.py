@@ -37,14 +37,23 @@ def start(tiny_cfg, tmp_path):
     return transfer.save_model(build_tiny_model(tiny_cfg.img_size), tmp_path / "initial.keras")
 
 
+def _whole_then_killed_and_resumed(cfg, split, start, folder, stop_after):
+    """The run uninterrupted in folder/whole, then killed after ``stop_after(whole history)``
+    epochs and resumed in folder/resumed."""
+    whole_model, whole = _train(cfg.replace(run_dir=str(folder / "whole")), split, start)
+    resumed_cfg = cfg.replace(run_dir=str(folder / "resumed"))
+    with pytest.raises(Killed):
+        _train(resumed_cfg, split, start, stop_after=stop_after(whole))
+    assert (folder / "resumed" / CHECKPOINT_FILE).is_file()
+    resumed_model, resumed = _train(resumed_cfg, split, start)
+    return whole_model, whole, resumed_model, resumed
+
+
 def test_resumed_training_ends_like_an_uninterrupted_run(tiny_cfg, tiny_split, start, tmp_path):
     cfg = tiny_cfg.replace(epochs=12, patience=4, learning_rate=0.05)
-    whole_model, whole = _train(cfg.replace(run_dir=str(tmp_path / "whole")), tiny_split, start)
-    resumed_cfg = cfg.replace(run_dir=str(tmp_path / "resumed"))
-    with pytest.raises(Killed):
-        _train(resumed_cfg, tiny_split, start, stop_after=5)
-    assert (tmp_path / "resumed" / CHECKPOINT_FILE).is_file()
-    resumed_model, resumed = _train(resumed_cfg, tiny_split, start)
+    whole_model, whole, resumed_model, resumed = _whole_then_killed_and_resumed(
+        cfg, tiny_split, start, tmp_path, stop_after=lambda whole: 5
+    )
     pd.testing.assert_frame_equal(resumed, whole)
     np.testing.assert_array_equal(
         resumed_model.get_layer("classifier").kernel.numpy(),
@@ -60,12 +69,14 @@ def test_killed_after_its_last_epoch_it_still_ends_with_the_best_epochs_weights(
     (where the best epoch's weights are put back): the restart has no epoch left to run, and
     must still keep the best epoch's weights, not the last one's."""
     cfg = tiny_cfg.replace(epochs=12, patience=2, learning_rate=0.05)
-    whole_model, whole = _train(cfg.replace(run_dir=str(tmp_path / "whole")), tiny_split, start)
+    whole_model, whole, resumed_model, resumed = _whole_then_killed_and_resumed(
+        cfg,
+        tiny_split,
+        start,
+        tmp_path,
+        stop_after=len,  # killed after the whole run's last epoch
+    )
     assert whole["val_loss"].idxmin() != len(whole) - 1, "the last epoch must not be the best here"
-    resumed_cfg = cfg.replace(run_dir=str(tmp_path / "resumed"))
-    with pytest.raises(Killed):
-        _train(resumed_cfg, tiny_split, start, stop_after=len(whole))
-    resumed_model, resumed = _train(resumed_cfg, tiny_split, start)
     pd.testing.assert_frame_equal(resumed, whole)
     np.testing.assert_array_equal(
         resumed_model.get_layer("classifier").kernel.numpy(),
