@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import nbformat
+import pytest
 
 from bcnb import Config
 from bcnb.batch import notebooks
@@ -44,17 +45,20 @@ def test_a_runs_notebooks_share_one_kernel_each_starting_afresh(tmp_path):
     # Keras numbers layers from the start in each notebook, as in a kernel of its own
     assert first[1] == "['dense', 'dense_1']" and second[1] == "['dense']"
     assert sorted(p.name for p in (run / "notebooks").glob("*.ipynb")) == ["a.ipynb", "b.ipynb"]
-    printed = [
+    printed = _printed(run / "notebooks" / "b.ipynb")
+    assert "retracing" not in printed, printed
+
+
+def _printed(notebook) -> str:
+    """The text an executed notebook's cells printed."""
+    return "".join(
         "".join(output.get("text", ""))
-        for cell in nbformat.read(run / "notebooks" / "b.ipynb", as_version=4).cells
+        for cell in nbformat.read(notebook, as_version=4).cells
         for output in cell.get("outputs", [])
-    ]
-    assert not any("retracing" in text for text in printed), printed
+    )
 
 
 def test_the_kernel_is_shut_down_when_a_notebook_fails(tmp_path):
-    import pytest
-
     source, run = tmp_path / "lessons", tmp_path / "run"
     source.mkdir()
     _notebook(
@@ -66,3 +70,33 @@ def test_the_kernel_is_shut_down_when_a_notebook_fails(tmp_path):
         notebooks.run_notebooks(run, ["a.ipynb"], Config(), source)
     kernel = Path(f"/proc/{(run / 'notebooks' / 'pid.txt').read_text()}/stat")
     assert not kernel.exists() or kernel.read_text().split(") ")[1].startswith("Z")  # gone, or a zombie
+
+
+@pytest.mark.parametrize("piped", [True, False], ids=["ipykernel-pipes-fd-2", "fd-2-direct"])
+def test_runs_given_one_kernel_each_work_in_their_own_folder(tmp_path, monkeypatch, piped):
+    """A protocol's runs share the kernel: each run's notebooks see its folder as a kernel
+    started for it would (working folder, the folder held for it) and its C++ log goes to its
+    own kernels.log, whether ipykernel reads file descriptor 2 through its pipe or not."""
+    if piped:  # ipykernel leaves file descriptor 2 alone in a kernel started under pytest
+        monkeypatch.delenv("PYTEST_CURRENT_TEST")
+    source = tmp_path / "lessons"
+    source.mkdir()
+    _notebook(
+        source,
+        "a.ipynb",
+        "import os\nfrom bcnb.run.lock import HELD_BY_PARENT",
+        "open('seen.txt', 'w').write(f'{os.getpid()} {os.getcwd()} {os.environ[HELD_BY_PARENT]}')",
+        "os.write(2, f'native line of {os.path.basename(os.environ[HELD_BY_PARENT])}\\n'.encode())",
+    )
+    runs = [tmp_path / "protocol" / name for name in ("fold-1", "fold-2")]
+    with notebooks.run_kernel() as kernel:
+        for run in runs:
+            notebooks.run_notebooks(run, ["a.ipynb"], Config(), source, kernel=kernel)
+    seen = [(run / "notebooks" / "seen.txt").read_text().split(" ") for run in runs]
+    assert seen[0][0] == seen[1][0]  # one kernel for both runs
+    for run, (_, cwd, held) in zip(runs, seen):
+        assert (cwd, held) == (str(run / "notebooks"), str(run))
+        log = (run / "notebooks" / notebooks.KERNEL_LOG).read_text()
+        assert [line for line in log.splitlines() if "native line" in line] == [f"native line of {run.name}"]
+        if piped:  # and the notebook shows it, as one run in a kernel of its own does
+            assert f"native line of {run.name}" in _printed(run / "notebooks" / "a.ipynb")

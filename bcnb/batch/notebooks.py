@@ -2,10 +2,10 @@
 
 Each notebook runs in its run folder's ``notebooks/`` with ``run_dir = ".."``: the executed
 notebooks name no staging folder, and each can be run again in place, in JupyterLab or by
-papermill, once the run is finished. A run's notebooks share one kernel, one after the other
-(:class:`RunKernel`). The kernels work on the folder this process holds for
-them (one writer), and what they write to file descriptor 2 (TensorFlow's C++ log) goes to
-``notebooks/kernels.log``.
+papermill, once the run is finished. A run's notebooks, and the runs of a protocol done here,
+share one kernel, one after the other (:class:`RunKernel`). The kernel works on the folder this
+process holds for it (one writer), and what it writes to file descriptor 2 (TensorFlow's C++
+log) goes to the run's ``notebooks/kernels.log``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import errno
 import os
 import re
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from bcnb.config import NOTEBOOK_OF_STAGE, Config
@@ -57,9 +57,11 @@ def run_notebooks(
     progress_bar: bool = False,
     again: bool = False,
     label: str = "",
+    kernel: RunKernel | None = None,
 ) -> None:
-    """Execute ``names`` in order into ``folder/notebooks``, the kernels working on ``folder``
-    (which this process holds for them) with their C++ log in ``kernels.log``.
+    """Execute ``names`` in order into ``folder/notebooks``, the kernel working on ``folder``
+    (which this process holds for it) with its C++ log in ``kernels.log``: ``kernel``, which
+    may have run other runs' notebooks, or one started for this run.
 
     Each executed notebook takes its name only once it has run to its end. A notebook that
     raises stops the job (NotebookFailed, the executed notebook kept for inspection); a file
@@ -67,13 +69,14 @@ def run_notebooks(
     """
     target_dir = folder / "notebooks"
     target_dir.mkdir(parents=True, exist_ok=True)
-    with kernels_work_in(folder), native_stderr(target_dir / KERNEL_LOG), run_kernel() as kernel:
+    given = nullcontext(kernel) if kernel else run_kernel()
+    with given as kernel, kernels_work_in(folder), native_stderr(target_dir / KERNEL_LOG):
         for number, name in enumerate(names, start=1):
             where = f" (again, in {folder.name})" if again else ""
             progress(f"{label}[{number}/{len(names)}] {name}{where}")
             running = target_dir / f".{name}.running.ipynb"
             try:
-                kernel.next_notebook()
+                kernel.next_notebook(folder)
                 execute(notebooks_dir / name, running, cfg, progress_bar, kernel.manager)
             except NotebookFailed:
                 os.replace(running, target_dir / name)  # the failed notebook, to read
@@ -87,7 +90,8 @@ def run_notebooks(
 
 @contextmanager
 def run_kernel():
-    """A :class:`RunKernel` for one run's notebooks, shut down however the run ends."""
+    """A :class:`RunKernel` for one run's notebooks (or a protocol's runs), shut down however
+    they end."""
     kernel = RunKernel()
     try:
         yield kernel
@@ -96,16 +100,18 @@ def run_kernel():
 
 
 # Run in a shared kernel between two notebooks: the namespace emptied, then what the process
-# still remembers of the previous notebook forgotten (begin_like_a_new_kernel).
+# still remembers of the previous notebook forgotten, and the kernel moved to the run folder of
+# the next (begin_like_a_new_kernel).
 FRESH_START = """%reset -f
 import bcnb.batch.notebooks as _notebooks
-_notebooks.begin_like_a_new_kernel()
+_notebooks.begin_like_a_new_kernel({run_folder!r})
 del _notebooks
 """
 
 
-def begin_like_a_new_kernel() -> None:
-    """Forget, in this kernel, what the previous notebook left beyond its variables.
+def begin_like_a_new_kernel(run_folder: str | None = None) -> None:
+    """Forget, in this kernel, what the previous notebook left beyond its variables; with
+    ``run_folder``, work there next, as a kernel started for that run would.
 
     Keras' session is cleared (layer names numbered from the start). TensorFlow's count of
     recent retracings is emptied too: it is kept per traced function's code, so the models of
@@ -115,6 +121,8 @@ def begin_like_a_new_kernel() -> None:
     """
     import sys
 
+    if run_folder is not None:
+        work_in(Path(run_folder))
     if "keras" in sys.modules:
         sys.modules["keras"].backend.clear_session()
     if "tensorflow" in sys.modules:
@@ -128,14 +136,32 @@ def begin_like_a_new_kernel() -> None:
             detectors.clear()
 
 
+def work_in(run_folder: Path) -> None:
+    """In a kernel that ran another run's notebooks: the working folder, the folder held for it
+    (:func:`kernels_work_in`) and its C++ log become those a kernel started for ``run_folder``
+    would have been given."""
+    import sys
+
+    notebooks = run_folder / "notebooks"
+    os.chdir(notebooks)
+    os.environ[HELD_BY_PARENT] = str(run_folder.resolve())
+    # ipykernel (on Linux and macOS) reads file descriptor 2 through a pipe of its own and
+    # passes what it reads on to its copy of the descriptor it was started with: that copy is
+    # what must now be the log. Without the pipe, descriptor 2 itself is.
+    copy = getattr(sys.stderr, "_original_stdstream_copy", None)
+    with open(notebooks / KERNEL_LOG, "ab") as log:
+        os.dup2(log.fileno(), 2 if copy is None else copy)
+
+
 class RunKernel:
     """One kernel for a run's notebooks, one notebook after the other.
 
     A kernel of its own per notebook would start Python and import TensorFlow, Keras and bcnb
     again for each (several seconds each on 2 cores, four or six times a run, a hundred times
-    in a per-magnification protocol). Here they are imported once. Each notebook still starts
-    as in a kernel of its own: the namespace the previous one left is emptied and Keras'
-    session cleared (``FRESH_START``), and its first cell seeds every generator
+    in a per-magnification protocol). Here they are imported once, for all the runs given to
+    it. Each notebook still starts as in a kernel of its own: the namespace the previous one
+    left is emptied, Keras' session cleared and the kernel moved to the notebook's run folder
+    (``FRESH_START``), and its first cell seeds every generator
     (:func:`bcnb.run.seeds.seed_everything`), so it sees no variable, layer name or random state
     of the one before, and the executed notebooks are those of separate kernels.
     """
@@ -148,8 +174,9 @@ class RunKernel:
         self.manager = AsyncKernelManager(kernel_name="python3")
         self._notebooks = 0
 
-    def next_notebook(self) -> None:
-        """Empty the namespace the previous notebook left, if any."""
+    def next_notebook(self, run_folder: Path | None = None) -> None:
+        """Empty the namespace the previous notebook left, if any, and move to ``run_folder``
+        (the kernel's first notebook starts it there)."""
         if self._notebooks and self.manager.has_kernel:
             from jupyter_client import BlockingKernelClient
 
@@ -158,7 +185,8 @@ class RunKernel:
             client.start_channels()
             try:
                 client.wait_for_ready(timeout=60)
-                client.execute_interactive(FRESH_START, store_history=False, timeout=60)
+                fresh_start = FRESH_START.format(run_folder=run_folder and str(run_folder))
+                client.execute_interactive(fresh_start, store_history=False, timeout=60)
             finally:
                 client.stop_channels()
         self._notebooks += 1

@@ -34,6 +34,7 @@ from bcnb.batch.notebooks import (
     WriteFailed,
     check_notebooks,
     notebook_named,
+    run_kernel,
     run_notebooks,
 )
 from bcnb.config import Config, resolve_paths
@@ -142,12 +143,20 @@ Runner = Callable[[list[RunTask], Path, Callable[[str], None], bool], None]
 
 
 def run_here(tasks: list[RunTask], notebooks_dir: Path, progress, progress_bar: bool) -> None:
-    """Each run in turn, in this process' kernels."""
-    for task in tasks:
-        task.prepare()
-        run_notebooks(
-            task.folder, task.notebooks, task.cfg, notebooks_dir, progress, progress_bar, label=task.label
-        )
+    """Each run in turn, all in one kernel (Python, TensorFlow and bcnb imported once)."""
+    with run_kernel() as kernel:
+        for task in tasks:
+            task.prepare()
+            run_notebooks(
+                task.folder,
+                task.notebooks,
+                task.cfg,
+                notebooks_dir,
+                progress,
+                progress_bar,
+                label=task.label,
+                kernel=kernel,
+            )
 
 
 def pending_runs(job: Job, staging: Path, notebooks: list[str], progress) -> list[RunTask]:
