@@ -63,6 +63,25 @@ def tiny_split(tiny_cfg):
 # few layers in ResNet50V2's place. It is registered as a backbone only while build_model
 # runs, so neither Config, the command line nor the notebooks ever see it; its saved model
 # holds standard layers only and loads (safe mode) in any process.
+def lesson(name: str):
+    """The stored notebook ``name`` (e.g. "02_model.ipynb"), as nbformat reads it."""
+    import nbformat
+
+    from bcnb.batch.notebooks import NOTEBOOKS_DIR
+
+    return nbformat.read(NOTEBOOKS_DIR / name, as_version=4)
+
+
+def code_cells(notebook) -> list:
+    return [cell for cell in notebook.cells if cell.cell_type == "code"]
+
+
+def cell_with(name: str, text: str) -> str:
+    """The source of the one code cell of notebook ``name`` that contains ``text``."""
+    (cell,) = [cell for cell in code_cells(lesson(name)) if text in cell.source]
+    return cell.source
+
+
 TINY_BACKBONE = "tiny"
 TINY_TOP_CONV = "top_conv"  # the last convolution: what fine-tuning's top layers include
 

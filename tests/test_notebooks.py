@@ -6,12 +6,12 @@ import os
 import subprocess
 import sys
 
-import keras
 import nbformat
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import cell_with, code_cells, lesson
 
 from bcnb import Config
 from bcnb.batch.notebooks import NOTEBOOKS, NOTEBOOKS_DIR, STAGE_OF_NOTEBOOK
@@ -19,19 +19,11 @@ from bcnb.config import STAGES
 from bcnb.run.record import record_all
 
 
-def _notebook(name):
-    return nbformat.read(NOTEBOOKS_DIR / name, as_version=4)
-
-
-def _code_cells(notebook):
-    return [cell for cell in notebook.cells if cell.cell_type == "code"]
-
-
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_parameters_cell_holds_its_own_stage_at_config_defaults(name):
     """Each lesson's knobs are those of its step (plus run_dir, and interactive where it
     shows widgets); the rest reach it through the run's record."""
-    cells = _code_cells(_notebook(name))
+    cells = code_cells(lesson(name))
     first = cells[1]  # after the Colab setup cell (tests/test_colab.py)
     assert first.metadata.get("tags") == ["parameters"] and cells[0].metadata.get("tags") == ["colab-setup"]
     values = {}
@@ -47,7 +39,7 @@ def test_parameters_cell_holds_its_own_stage_at_config_defaults(name):
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_stored_notebook_is_lean(name):
     """Only the small, deterministic outputs that nbval checks are committed."""
-    cells = _code_cells(_notebook(name))
+    cells = code_cells(lesson(name))
     checked = [cell for cell in cells if "# NBVAL_CHECK_OUTPUT" in cell.source]
     # nbval skips 05 (five backbones at 224x224, minutes); the small run checks its outputs
     assert bool(checked) == (name != "05_compare_backbones.ipynb"), "nbval compares these outputs"
@@ -60,7 +52,7 @@ def test_stored_notebook_is_lean(name):
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_cells_are_short_and_explained(name):
-    cells = _notebook(name).cells
+    cells = lesson(name).cells
     code = [
         cell
         for cell in cells
@@ -71,16 +63,10 @@ def test_cells_are_short_and_explained(name):
     assert prose > 250, "the notebooks are lessons: prose explains each step"
 
 
-def _cell_with(name, text):
-    """The one code cell of notebook ``name`` whose source contains ``text``."""
-    (cell,) = [cell for cell in _code_cells(_notebook(name)) if text in cell.source]
-    return cell.source
-
-
 def test_notebook_02_writes_the_papers_head_as_the_paper_does():
     """The paper's Dense line, word for word, as the first branch; the tumour-type head only
     as the marked variant beside it."""
-    source = _cell_with("02_model.ipynb", "keras.Model(inputs, outputs")
+    source = cell_with("02_model.ipynb", "keras.Model(inputs, outputs")
     (branch,) = [node for node in ast.parse(source).body if isinstance(node, ast.If)]
     assert ast.unparse(branch.test) == "cfg.task == 'binary'"
     paper = 'outputs = keras.layers.Dense(1, activation="sigmoid", name="classifier", dtype="float32")(x)'
@@ -100,13 +86,13 @@ def test_the_papers_compile_fit_and_evaluate_are_called_on_a_model(name, method)
     a model (the head on cached features stands in for it, the prose says how)."""
     calls = [
         node.func.value.id
-        for cell in _code_cells(_notebook(name))
+        for cell in code_cells(lesson(name))
         for node in ast.walk(ast.parse(cell.source))
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == method
         if isinstance(node.func.value, ast.Name)
     ]
     assert calls and all("model" in receiver for receiver in calls), calls
-    first = next(cell.source for cell in _code_cells(_notebook(name)) if f".{method}(" in cell.source)
+    first = next(cell.source for cell in code_cells(lesson(name)) if f".{method}(" in cell.source)
     assert f"the paper's model.{method}" in first  # said where the call is
 
 
@@ -244,7 +230,7 @@ def test_report_tells_what_was_run_and_what_it_means(run):
 @pytest.mark.slow
 def test_notebook_02_warns_loudly_about_random_weights(run):
     executed = nbformat.read(run[0] / "notebooks" / "02_model.ipynb", as_version=4)
-    text = "".join(o.get("text", "") for c in _code_cells(executed) for o in c.outputs)
+    text = "".join(o.get("text", "") for c in code_cells(executed) for o in c.outputs)
     assert "WARNING: the base had RANDOM weights" in text
 
 
@@ -312,7 +298,7 @@ def test_only_reruns_a_notebook_in_place_with_the_runs_parameters(run, tmp_path)
     result = subprocess.run([sys.executable, "-m", "bcnb", *command], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     executed = nbformat.read(out / "notebooks" / "06_predict.ipynb", as_version=4)
-    shown = "".join(str(o) for c in _code_cells(executed) for o in c.outputs)
+    shown = "".join(str(o) for c in code_cells(executed) for o in c.outputs)
     assert "new0.png" in shown and "new1.png" in shown
     assert (out / "config.yaml").read_bytes() == record
     assert not list((out / "notebooks").glob(".*running*"))
@@ -325,7 +311,7 @@ def test_a_failing_notebook_leaves_the_earlier_run_untouched(tmp_path):
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
     for name in NOTEBOOKS:
-        notebook = _notebook(name)
+        notebook = lesson(name)
         if name == "02_model.ipynb":
             notebook.cells.insert(4, nbformat.v4.new_code_cell('raise RuntimeError("boom")'))
         nbformat.write(notebook, notebooks / name)
@@ -482,7 +468,7 @@ def test_backbone_comparison_on_the_same_split(run):
     assert table.loc["mobilenetv2", "parameters (M)"] < table.loc["resnet50v2", "parameters (M)"]
     assert (table["weights"] == "RANDOM").all()  # said in the table, as no ImageNet file is here
     executed = nbformat.read(out / "notebooks" / "05_compare_backbones.ipynb", as_version=4)
-    shown = "".join(o.get("text", "") for c in _code_cells(executed) for o in c.outputs)
+    shown = "".join(o.get("text", "") for c in code_cells(executed) for o in c.outputs)
     assert "ResNet50V2: preprocessing by scale_to_minus_one_one" in shown
     assert "MobileNetV2: preprocessing by scale_to_minus_one_one" in shown
     paired = pd.read_csv(out / "compare" / "paired.csv", index_col="backbone")
@@ -535,7 +521,7 @@ def test_bcnb_predict_on_the_run(run, tmp_path):
 @pytest.mark.slow
 def test_notebook_06_shows_where_the_model_comes_from(run):
     executed = nbformat.read(run[0] / "notebooks" / "06_predict.ipynb", as_version=4)
-    text = "".join(o.get("text", "") for c in _code_cells(executed) for o in c.outputs)
+    text = "".join(o.get("text", "") for c in code_cells(executed) for o in c.outputs)
     assert "WARNING: the base had RANDOM weights" in text  # as 02 and 04 show it
     assert "generated images, not real tissue" in text and "never for diagnosis" in text
 
@@ -545,7 +531,7 @@ def test_executed_notebooks_show_figures_and_no_widget_text(run):
     """Headless, figures are images and the widgets' static twins stand in for them."""
     for name in ("01_data.ipynb", "03_train.ipynb", "04_evaluate.ipynb", "06_predict.ipynb"):
         executed = nbformat.read(run[0] / "notebooks" / name, as_version=4)
-        shown = [o.get("data", {}) for c in _code_cells(executed) for o in c.outputs]
+        shown = [o.get("data", {}) for c in code_cells(executed) for o in c.outputs]
         assert any("image/png" in data for data in shown), name
         for data in shown:
             assert "application/vnd.jupyter.widget-view+json" not in data, name  # a widget, undrawn
@@ -553,136 +539,8 @@ def test_executed_notebooks_show_figures_and_no_widget_text(run):
                 assert "image/png" in data, name  # a figure shown only as its text form
     for name in NOTEBOOKS:  # no red lines a student can do nothing about (TensorFlow's start-up)
         executed = nbformat.read(run[0] / "notebooks" / name, as_version=4)
-        streams = [o for c in _code_cells(executed) for o in c.outputs if o.get("name") == "stderr"]
+        streams = [o for c in code_cells(executed) for o in c.outputs if o.get("name") == "stderr"]
         assert not streams, (name, [o.text[:200] for o in streams])
-
-
-# --------------------------------------------------------------------------- every backbone
-def _run_here(name, **parameters):
-    """Run a notebook's code cells in this process, with ``parameters`` injected after its
-    parameters cell as papermill would: the notebooks' own code, without a kernel start."""
-    import matplotlib.pyplot as plt
-
-    namespace = {}
-    for cell in _code_cells(_notebook(name)):
-        exec(compile(cell.source, name, "exec"), namespace)
-        if "parameters" in cell.metadata.get("tags", []):
-            namespace.update(parameters)
-    plt.close("all")
-    return namespace
-
-
-@pytest.fixture(scope="module")
-def data_stage(tmp_path_factory):
-    """Notebook 01 on a small built-in dataset: the run folder every backbone starts from."""
-    folder = tmp_path_factory.mktemp("backbones") / "data"
-    _run_here(
-        "01_data.ipynb",
-        run_dir=str(folder),
-        interactive=False,
-        synthetic_patients=12,
-        synthetic_images_per_patient=1,
-    )
-    return folder
-
-
-def _layers(model):
-    """Each layer's type, name, configuration and parameter count, nested bases included."""
-    return [
-        (type(layer).__name__, layer.name, layer.get_config(), layer.count_params()) for layer in model.layers
-    ]
-
-
-@pytest.fixture(scope="module")
-def model_stage(data_stage, tmp_path_factory):
-    """Notebook 02 (32x32, random weights) on a copy of the data stage: its namespace and folder."""
-    import shutil
-
-    folder = tmp_path_factory.mktemp("lesson") / "run"
-    shutil.copytree(data_stage, folder)
-    keras.backend.clear_session()  # Keras numbers unnamed layers by what the process built before
-    return _run_here("02_model.ipynb", run_dir=str(folder), img_size=32, weights="none"), folder
-
-
-@pytest.mark.slow
-def test_notebook_02_builds_the_model_of_build_model(model_stage):
-    """The layers the lesson writes out and bcnb.model.transfer.build_model (used by 05, predict and
-    the command line) are the same model, layer for layer, down to the weights."""
-    from bcnb.model import transfer
-    from bcnb.run.seeds import seed_everything
-
-    shown, folder = model_stage
-    cfg = shown["cfg"]
-    keras.backend.clear_session()  # as the lesson's notebook started
-    seed_everything(cfg.seed)
-    built = transfer.build_model(cfg.img_size, None, cfg.dropout, cfg.precision, cfg.backbone)
-    assert _layers(shown["model"]) == _layers(built)
-    assert transfer.count_parameters(shown["model"]) == transfer.count_parameters(built)
-    for ours, theirs in zip(shown["model"].weights, built.weights):
-        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
-
-
-@pytest.mark.slow
-def test_notebook_02_tumour_type_variant_is_the_head_of_build_model(model_stage):
-    """The variant branch, run with task="subtype" on the lesson's own base, gives the head
-    bcnb.model.transfer.build_model gives for that task."""
-    from bcnb.model import transfer
-
-    shown, _ = model_stage
-    cfg = shown["cfg"].replace(task="subtype")
-    namespace = {**shown, "cfg": cfg}
-    exec(_cell_with("02_model.ipynb", "keras.Model(inputs, outputs"), namespace)
-    built = transfer.build_model(cfg.img_size, None, cfg.dropout, cfg.precision, cfg.backbone, cfg.task)
-    head = ["pool", "dropout", "classifier"]
-    ours = [layer for layer in _layers(namespace["model"]) if layer[1] in head]
-    assert ours == [layer for layer in _layers(built) if layer[1] in head]
-    assert namespace["model"].output.shape == built.output.shape == (None, 8)
-
-
-@pytest.mark.slow
-def test_notebook_03_trains_like_train_model(model_stage, tmp_path):
-    """The compile and fit the lesson writes out give what bcnb.train.fit.train_model gives."""
-    import shutil
-
-    from bcnb.model import transfer
-    from bcnb.run import artifacts
-    from bcnb.run.seeds import seed_everything
-    from bcnb.train import fit
-
-    _, prepared = model_stage
-    lesson, library = tmp_path / "lesson", tmp_path / "library"
-    shutil.copytree(prepared, lesson)
-    shutil.copytree(prepared, library)
-    shown = _run_here("03_train.ipynb", run_dir=str(lesson), interactive=False, epochs=6, learning_rate=0.03)
-    cfg = Config.from_file(lesson / "config.yaml", run_dir=str(library))
-    seed_everything(cfg.seed)
-    model = transfer.load_model(library / artifacts.INITIAL_MODEL_FILE)
-    history = fit.train_model(cfg, model, artifacts.load_split(library))
-    pd.testing.assert_frame_equal(pd.read_csv(lesson / "history.csv"), history, check_dtype=False)
-    np.testing.assert_array_equal(
-        shown["model"].get_layer("classifier").kernel.numpy(), model.get_layer("classifier").kernel.numpy()
-    )
-    assert len(history) == 6 and not (lesson / "checkpoint" / "training.npz").exists()
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("written", ["VGG19", "densenet121", "EfficientNetB0", "mobilenetv2"])  # and the run
-def test_every_backbone_runs_through_notebooks_02_to_06(data_stage, written, tmp_path):
-    import shutil
-
-    from bcnb.model.backbones import get_backbone
-
-    folder = tmp_path / "run"
-    shutil.copytree(data_stage, folder)
-    _run_here("02_model.ipynb", run_dir=str(folder), backbone=written, img_size=32, weights="none")
-    _run_here("03_train.ipynb", run_dir=str(folder), interactive=False, epochs=2, batch_size=8)
-    _run_here("04_evaluate.ipynb", run_dir=str(folder), interactive=False, bootstrap_samples=100)
-    shown = _run_here("06_predict.ipynb", run_dir=str(folder), interactive=False)
-    name = written.lower()
-    assert yaml.safe_load((folder / "config.yaml").read_text())["backbone"] == name
-    assert f"- model: {get_backbone(name).title} (frozen" in (folder / "report.md").read_text()
-    assert json.loads((folder / "metrics.json").read_text())["n_test_images"] > 0
-    assert len(shown["table"]) == 4 and len(list((folder / "predictions").glob("*_gradcam.png"))) == 4
 
 
 # --------------------------------------------------------------------------- a finished run, again
@@ -779,7 +637,7 @@ def test_synthetic_images_per_patient_says_it_counts_per_magnification():
     """It gives each patient that many images at each of the four magnifications."""
     line = next(
         line
-        for line in _cell_with("01_data.ipynb", "synthetic_images_per_patient =").splitlines()
+        for line in cell_with("01_data.ipynb", "synthetic_images_per_patient =").splitlines()
         if "synthetic_images_per_patient" in line
     )
     assert "magnification" in line
@@ -788,6 +646,6 @@ def test_synthetic_images_per_patient_says_it_counts_per_magnification():
 
 
 def test_notebook_03_compiles_with_the_papers_loss_written_out():
-    source = _cell_with("03_train.ipynb", "model_to_fit.compile(")
+    source = cell_with("03_train.ipynb", "model_to_fit.compile(")
     assert 'if cfg.task == "binary":  # the paper' in source
     assert 'keras.losses.BinaryCrossentropy(), keras.metrics.BinaryAccuracy(name="accuracy")' in source
