@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Mapping
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from bcnb.batch.notebooks import (
     NOTEBOOKS_DIR,
     STAGE_OF_NOTEBOOK,
     NotebookFailed,
+    RunKernel,
     WriteFailed,
     check_notebooks,
     notebook_named,
@@ -142,9 +145,12 @@ class RunTask:
 Runner = Callable[[list[RunTask], Path, Callable[[str], None], bool], None]
 
 
-def run_here(tasks: list[RunTask], notebooks_dir: Path, progress, progress_bar: bool) -> None:
-    """Each run in turn, all in one kernel (Python, TensorFlow and bcnb imported once)."""
-    with run_kernel() as kernel:
+def run_here(
+    tasks: list[RunTask], notebooks_dir: Path, progress, progress_bar: bool, kernel: RunKernel | None = None
+) -> None:
+    """Each run in turn, all in one kernel (Python, TensorFlow and bcnb imported once):
+    ``kernel``, or one started for these runs."""
+    with nullcontext(kernel) if kernel else run_kernel() as kernel:
         for task in tasks:
             task.prepare()
             run_notebooks(
@@ -157,6 +163,14 @@ def run_here(tasks: list[RunTask], notebooks_dir: Path, progress, progress_bar: 
                 label=task.label,
                 kernel=kernel,
             )
+
+
+@contextmanager
+def one_kernel_runner():
+    """A runner like :func:`run_here` whose runs all share one kernel, whichever job they are
+    of (a sweep's cells, one after the other); the kernel ends with the block."""
+    with run_kernel() as kernel:
+        yield partial(run_here, kernel=kernel)
 
 
 def pending_runs(job: Job, staging: Path, notebooks: list[str], progress) -> list[RunTask]:

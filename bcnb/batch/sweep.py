@@ -21,6 +21,7 @@ import itertools
 import math
 import re
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -103,13 +104,16 @@ def run_sweep(
     ``runner`` carries out each cell's runs (one after the other here by default; see
     :func:`bcnb.batch.on_dask.runner_on`). With one, the cells go side by side: each is still
     built by this process (its lock, record and swap), while the workers run the notebooks."""
+    from bcnb.batch.reproduce import one_kernel_runner
     from bcnb.run.staging import staging_folder
 
     out = Path(out).resolve()
     todo = cells(cfg, grid, max_cells)
-    run_cell = run_cell or _cell_runner(folds, progress, runner)
     check_destination(out, "sweep")
-    with RunLock(out, "bcnb sweep"):
+    # Here, one cell after the other, every cell's runs share one kernel (imports once).
+    cells_runner = nullcontext(runner) if runner or run_cell else one_kernel_runner()
+    with RunLock(out, "bcnb sweep"), cells_runner as each_run:
+        run_cell = run_cell or _cell_runner(folds, progress, each_run)
         start_folder(out, "sweep")
         unfinished = {}
         for number, (name, cell_cfg) in enumerate(todo.items(), start=1):
