@@ -209,12 +209,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
 # installed, and that module builds some 38 Lark parsers as it is imported: about 1 s of every
 # command that runs notebooks, to check the "iri" string format that no notebook schema uses
 # (python-jsonschema/jsonschema#1428). Absent for this process, jsonschema skips that format.
-SKIPPED_IMPORTS = ("rfc3987_syntax",)
-
-
 def main(argv: list[str] | None = None) -> int:
-    for name in SKIPPED_IMPORTS:
-        sys.modules.setdefault(name, None)  # None: "import name" raises ImportError
+    sys.modules.setdefault("rfc3987_syntax", None)  # None: importing it raises ImportError
     args = build_parser().parse_args(argv)
     # TensorFlow's C++ start-up lines never reach the terminal, whichever command starts it.
     with native_stderr():

@@ -55,14 +55,7 @@ def tiny_split(tiny_cfg):
     return splitting.split_by_patient(table, tiny_cfg.val_fraction, tiny_cfg.test_fraction, tiny_cfg.seed)
 
 
-# --------------------------------------------------------------------------- a tiny base
-# ResNet50V2 is built, traced and trained only where the architecture itself is under test
-# (test_model.py, test_backbones.py, the notebooks). Every test of the plumbing around a base
-# (training, checkpoints, the feature cache, shards, clusters, Grad-CAM, prediction) runs on
-# this one: the bcnb model made by the same bcnb.model.transfer.build_model, with a base of a
-# few layers in ResNet50V2's place. It is registered as a backbone only while build_model
-# runs, so neither Config, the command line nor the notebooks ever see it; its saved model
-# holds standard layers only and loads (safe mode) in any process.
+# --------------------------------------------------------------------------- the stored lessons
 def lesson(name: str):
     """The stored notebook ``name`` (e.g. "02_model.ipynb"), as nbformat reads it."""
     import nbformat
@@ -82,6 +75,14 @@ def cell_with(name: str, text: str) -> str:
     return cell.source
 
 
+# --------------------------------------------------------------------------- a tiny base
+# ResNet50V2 is built, traced and trained only where the architecture itself is under test
+# (test_model.py, test_backbones.py, the notebooks). Every test of the plumbing around a base
+# (training, checkpoints, the feature cache, shards, clusters, Grad-CAM, prediction) runs on
+# this one: the bcnb model made by the same bcnb.model.transfer.build_model, with a base of a
+# few layers in ResNet50V2's place. It is registered as a backbone only while build_model
+# runs, so neither Config, the command line nor the notebooks ever see it; its saved model
+# holds standard layers only and loads (safe mode) in any process.
 TINY_BACKBONE = "tiny"
 TINY_TOP_CONV = "top_conv"  # the last convolution: what fine-tuning's top layers include
 

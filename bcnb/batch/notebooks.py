@@ -14,7 +14,7 @@ import errno
 import os
 import re
 from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 
 from bcnb.config import NOTEBOOK_OF_STAGE, Config
@@ -69,8 +69,7 @@ def run_notebooks(
     """
     target_dir = folder / "notebooks"
     target_dir.mkdir(parents=True, exist_ok=True)
-    given = nullcontext(kernel) if kernel else run_kernel()
-    with given as kernel, kernels_work_in(folder), native_stderr(target_dir / KERNEL_LOG):
+    with run_kernel(kernel) as kernel, kernels_work_in(folder), native_stderr(target_dir / KERNEL_LOG):
         for number, name in enumerate(names, start=1):
             where = f" (again, in {folder.name})" if again else ""
             progress(f"{label}[{number}/{len(names)}] {name}{where}")
@@ -89,9 +88,12 @@ def run_notebooks(
 
 
 @contextmanager
-def run_kernel():
-    """A :class:`RunKernel` for one run's notebooks (or a protocol's runs), shut down however
-    they end."""
+def run_kernel(given: RunKernel | None = None):
+    """``given``, left running for its owner; or a :class:`RunKernel` for one run's notebooks
+    (or a protocol's runs), shut down however they end."""
+    if given is not None:
+        yield given
+        return
     kernel = RunKernel()
     try:
         yield kernel

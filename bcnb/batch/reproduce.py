@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Mapping
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -150,7 +150,7 @@ def run_here(
 ) -> None:
     """Each run in turn, all in one kernel (Python, TensorFlow and bcnb imported once):
     ``kernel``, or one started for these runs."""
-    with nullcontext(kernel) if kernel else run_kernel() as kernel:
+    with run_kernel(kernel) as kernel:
         for task in tasks:
             task.prepare()
             run_notebooks(
