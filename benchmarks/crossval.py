@@ -178,6 +178,8 @@ def main() -> None:
     args = parser.parse_args()
     import tensorflow as tf
 
+    from bcnb.run.files import write_text_atomic
+
     lines = [
         "# Cross-validation benchmark",
         "",
@@ -200,9 +202,7 @@ def main() -> None:
     for section in sections:
         print("\n".join(section))
         text = replace_section(text, section)
-    temporary = args.out.with_name(f".{args.out.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, args.out)
+    write_text_atomic(args.out, text)
 
 
 if __name__ == "__main__":
