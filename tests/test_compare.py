@@ -54,3 +54,26 @@ def test_a_second_run_reuses_features_and_keeps_the_measured_speed(results, tiny
     again = compare.run_backbone(cfg, "mobilenetv2", tiny_split)
     assert again["images_per_second"] == found[1]["images_per_second"]
     assert (again["test_probability"] == found[1]["test_probability"]).all()
+
+
+def test_the_runs_own_backbone_is_the_runs_model_not_trained_again(results, tiny_split):
+    """Once notebook 03 has trained the run's base, its row is that model: the same file, the
+    same decision and figures, and no second training."""
+    import shutil
+
+    cfg, found = results
+    trained = Path(compare.backbone_config(cfg, "resnet50v2").run_dir)
+    for name in ("model.keras", "history.csv", "weights.json", "features"):  # as 02-03 leave them
+        (shutil.copytree if name == "features" else shutil.copy2)(trained / name, Path(cfg.run_dir) / name)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the run's own base was trained again")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(compare, "train_model", no_training)
+        again = compare.run_backbone(cfg, "resnet50v2", tiny_split)
+    assert (trained / "model.keras").samefile(Path(cfg.run_dir) / "model.keras")
+    assert again["trained_by"].startswith("notebook 03") and found[0]["trained_by"] == "this notebook"
+    assert again["measured"] == found[0]["measured"] and again["epochs_run"] == found[0]["epochs_run"]
+    assert again["images_per_second"] == found[0]["images_per_second"]
+    np.testing.assert_array_equal(again["test_probability"], found[0]["test_probability"])

@@ -477,6 +477,12 @@ def test_backbone_comparison_on_the_same_split(run):
     for name in ("resnet50v2", "mobilenetv2"):  # every backbone trained on the main run's split
         assert (pd.read_csv(out / "compare" / name / "history.csv")["epoch"] >= 1).all()
         assert len(np.load(out / "compare" / name / "features" / "all.npy", mmap_mode="r")) == len(split)
+    # The run's own base is the run's model, not trained twice: the same file and decision.
+    assert (out / "compare" / "resnet50v2" / "model.keras").samefile(out / "model.keras")
+    assert "resnet50v2: trained by notebook 03 (the run's own model)" in shown
+    assert "mobilenetv2: trained by this notebook" in shown
+    chosen = json.loads((out / "metrics.json").read_text())["decision"]["image_level"]["accuracy"]
+    assert table.loc["resnet50v2", "test accuracy"].startswith(f"{chosen:.3f} (")
 
 
 @pytest.mark.slow

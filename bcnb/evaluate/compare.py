@@ -8,9 +8,6 @@ whether a difference to the paper's ResNet50V2 is more than the test split's noi
 
 from __future__ import annotations
 
-import json
-import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +21,9 @@ from bcnb.evaluate.intervals import format_interval
 from bcnb.evaluate.scores import compute_metrics, evaluation_inputs
 from bcnb.model import transfer
 from bcnb.run import artifacts
-from bcnb.run.artifacts import COMPARE_DIR, STAIN_TARGET_FILE
-from bcnb.run.files import write_json_atomic
-from bcnb.train.features import feature_file
+from bcnb.run.artifacts import ALL_FEATURES, COMPARE_DIR, FEATURES_DIR, STAIN_TARGET_FILE
+from bcnb.run.files import link_or_copy
+from bcnb.train.features import extraction_speed, feature_file
 from bcnb.train.fit import train_model
 
 REFERENCE = "resnet50v2"  # the paper's
@@ -37,20 +34,24 @@ def backbone_config(cfg: Config, name: str) -> Config:
 
 
 def run_backbone(cfg: Config, name: str, split: pd.DataFrame) -> dict:
-    """Build, train and measure one backbone; its folder keeps everything it made."""
+    """Build, train and measure one backbone; its folder keeps everything it made.
+
+    The run's own backbone, once notebooks 02-03 have trained it, is not trained again: the
+    same configuration, split and seed would only repeat notebook 03. Its row measures the
+    run's model, whose files are linked into its folder (no second copy of the bytes).
+    """
     sub = backbone_config(cfg, name)
-    if cfg.stain_normalization != "none":  # the main run's target, fitted on the same training split
-        Path(sub.run_dir).mkdir(parents=True, exist_ok=True)
-        shutil.copy2(Path(cfg.run_dir) / STAIN_TARGET_FILE, Path(sub.run_dir) / STAIN_TARGET_FILE)
-    model, weights = transfer.build_transfer_model(sub)
-    speed = _extraction_speed(sub, model, split)
-    history = train_model(sub, model, split)
+    if name == cfg.backbone and (Path(cfg.run_dir) / artifacts.MODEL_FILE).is_file():
+        model, weights, speed, history = _the_runs_own(cfg, sub)
+        measured_on, trained_by = cfg, "notebook 03 (the run's own model)"  # cfg: the run's feature cache
+    else:
+        model, weights, speed, history = _train(cfg, sub, split)
+        measured_on, trained_by = sub, "this notebook"
     val, test = (split[split["split"] == part] for part in ("val", "test"))
-    p_val, p_test = (_probabilities(sub, model, split, part) for part in ("val", "test"))
+    p_val, p_test = (_probabilities(measured_on, model, split, part) for part in ("val", "test"))
     rule = decision.decide(sub, val, p_val)
     measured = decision.measure_decision(sub, rule, val, p_val, test, p_test)
     decision.save_decision(rule, sub.run_dir)
-    transfer.save_model(model, Path(sub.run_dir) / artifacts.MODEL_FILE)
     return {
         "backbone": name,
         "weights": weights.used,
@@ -58,6 +59,7 @@ def run_backbone(cfg: Config, name: str, split: pd.DataFrame) -> dict:
         "parameters": transfer.count_parameters(model)["total"],
         "images_per_second": speed,
         "epochs_run": len(history),
+        "trained_by": trained_by,
         # What a choice between backbones may look at: the validation split, never test.
         "validation": {"loss": float(history["val_loss"].min()), "roc_auc": _roc_auc(val, p_val)},
         "measured": measured,
@@ -65,22 +67,48 @@ def run_backbone(cfg: Config, name: str, split: pd.DataFrame) -> dict:
     }
 
 
+def _train(cfg: Config, sub: Config, split: pd.DataFrame):
+    """Notebooks 02-03 for another base, in its own folder: (model, weights, speed, history)."""
+    if cfg.stain_normalization != "none":  # the main run's target, fitted on the same training split
+        link_or_copy(Path(cfg.run_dir) / STAIN_TARGET_FILE, Path(sub.run_dir) / STAIN_TARGET_FILE)
+    model, weights = transfer.build_transfer_model(sub)
+    speed = extraction_speed(feature_file(sub, model, split))
+    history = train_model(sub, model, split)
+    transfer.save_model(model, Path(sub.run_dir) / artifacts.MODEL_FILE)
+    transfer.save_weights_info(weights, sub.run_dir)
+    return model, weights, speed, history
+
+
+def _the_runs_own(cfg: Config, sub: Config):
+    """The run's trained model as the row of its own base: (model, weights, speed, history)."""
+    features = Path(cfg.run_dir) / FEATURES_DIR / ALL_FEATURES
+    shared = [artifacts.MODEL_FILE, artifacts.HISTORY_FILE, artifacts.WEIGHTS_FILE]
+    for name in shared + [f"{FEATURES_DIR}/{path.name}" for path in _cache_files(features)]:
+        link_or_copy(Path(cfg.run_dir) / name, Path(sub.run_dir) / name)
+    model = transfer.load_model(Path(cfg.run_dir) / artifacts.MODEL_FILE)
+    speed = extraction_speed(features) if features.is_file() else None
+    return model, transfer.load_weights_info(cfg.run_dir), speed, artifacts.load_history(cfg.run_dir)
+
+
+def _cache_files(features: Path) -> list[Path]:
+    """A feature cache's files (the features, their key and rows), those that are there."""
+    paths = (features, features.with_suffix(".key.json"), features.with_suffix(".rows.csv"))
+    return [path for path in paths if path.is_file()]
+
+
 def _roc_auc(table: pd.DataFrame, probability: np.ndarray) -> float:
     return compute_metrics(labels_of(table), probability)["roc_auc"]
 
 
-def _extraction_speed(cfg: Config, model, split: pd.DataFrame) -> float:
-    """Images per second of the feature extraction (one pass over the split, from disk),
-    measured when the features were computed and kept beside them."""
-    record = Path(cfg.run_dir) / "extraction_speed.json"
-    started = time.perf_counter()
-    feature_file(cfg, model, split)
-    seconds = time.perf_counter() - started
-    if record.is_file() and seconds < 1.0:  # a cache hit: report the measured figure
-        return json.loads(record.read_text())["images_per_second"]
-    speed = len(split) / seconds
-    write_json_atomic(record, {"images_per_second": speed, "images": len(split)})
-    return speed
+def describe(result: dict) -> str:
+    """One line on a trained backbone: who trained it, for how long, and its extraction speed."""
+    speed = result["images_per_second"]
+    shown = "extraction speed not measured here" if speed is None else f"{speed:.1f} images/s"
+    return f"{result['backbone']}: trained by {result['trained_by']}, {result['epochs_run']} epochs, {shown}"
+
+
+def _rounded(speed: float | None) -> float | None:
+    return None if speed is None else round(speed, 1)
 
 
 def _probabilities(cfg: Config, model, split: pd.DataFrame, part: str) -> np.ndarray:
@@ -100,7 +128,7 @@ def comparison_table(results: list[dict]) -> pd.DataFrame:
             # Loud where the base was not pretrained: the row is then no transfer learning.
             "weights": result["weights"] if result["pretrained"] else result["weights"].upper(),
             "parameters (M)": round(result["parameters"] / 1e6, 1),
-            "images/s": round(result["images_per_second"], 1),
+            "images/s": _rounded(result["images_per_second"]),
             "val loss": round(result["validation"]["loss"], 4),
             "val ROC AUC": round(result["validation"]["roc_auc"], 3),
         }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -87,3 +88,20 @@ def read_run_json(run_dir: str | Path, name: str, notebook: str) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run notebook {notebook} first")
     return json.loads(path.read_text())
+
+
+def link_or_copy(source: str | Path, target: str | Path) -> Path:
+    """``source`` at ``target`` too: a hard link (the same bytes, stored once), or a copy where
+    the file system has no hard links. A ``target`` already there is replaced whole."""
+    target = Path(target)
+    if target.exists() and os.path.samefile(source, target):  # rename(2) would leave the temporary
+        return target
+
+    def put(temporary: Path) -> None:
+        temporary.unlink()
+        try:
+            os.link(source, temporary)
+        except OSError:  # another file system, or no hard links
+            shutil.copy2(source, temporary)
+
+    return replace_from_writer(target, put)

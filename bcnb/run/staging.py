@@ -18,6 +18,7 @@ from pathlib import Path
 
 from bcnb.config import Config
 from bcnb.run.artifacts import ALL_FEATURES, FEATURES_DIR, KERNEL_LOG
+from bcnb.run.files import link_or_copy
 from bcnb.run.folder import DestinationRefused, folder_kind, start_folder
 from bcnb.run.record import check_runs_made_with
 
@@ -74,13 +75,10 @@ def copy_for_rerun(out: Path, staging: Path) -> None:
 
 
 def _link_or_copy(source: str | Path, target: str | Path) -> None:
-    if Path(source).name == KERNEL_LOG:
+    if Path(source).name == KERNEL_LOG:  # appended to by the next run: its own bytes
         shutil.copy2(source, target)
-        return
-    try:
-        os.link(source, target)
-    except OSError:  # another file system, or no hard links: a copy does as well
-        shutil.copy2(source, target)
+    else:
+        link_or_copy(source, target)
 
 
 def swap_into_place(staging: Path, out: Path) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -124,15 +125,18 @@ def cached_features(
         return path
     positions = _positions(_stored_rows(model, preparation, path), table) if reason != ABSENT else None
     path.with_suffix(".key.json").unlink(missing_ok=True)  # from here on, the old file is no longer trusted
+    measured = {}  # the extraction's speed, when this call extracts every row itself
     shards = _complete_shards(model, table, preparation, path)
     if shards:
         _concatenate(shards, path)
     elif positions is not None:  # this run's rows of a cache of more images: nothing to extract
         _select_rows(path, positions)
     else:
+        started = time.perf_counter()
         write_features(model, table, preparation, batch_size, path)
+        measured = {"images_per_second": len(table) / (time.perf_counter() - started)}
     write_rows(path, table)
-    write_feature_key(path, key, len(table))
+    write_feature_key(path, key, len(table), **measured)
     if reason != ABSENT and positions is None:
         _RECOMPUTED[_note_key(path)] = f"{path}: {reason}: recomputed"
     return path
@@ -192,11 +196,20 @@ def recompute_note(path: str | Path) -> str | None:
     return _RECOMPUTED.get(_note_key(Path(path)))
 
 
-def write_feature_key(path: Path, key: str, rows: int) -> Path:
-    """Write ``path``'s key file (key, rows, checksum of the file as it is now): the last step of a cache."""
-    return write_json_atomic(
-        path.with_suffix(".key.json"), {"key": key, "rows": rows, "sha256": file_checksum(path)}
-    )
+def write_feature_key(path: Path, key: str, rows: int, **measured: float) -> Path:
+    """Write ``path``'s key file (key, rows, checksum of the file as it is now, and what was
+    measured while computing it): the last step of a cache."""
+    stored = {"key": key, "rows": rows, "sha256": file_checksum(path), **measured}
+    return write_json_atomic(path.with_suffix(".key.json"), stored)
+
+
+def extraction_speed(path: str | Path) -> float | None:
+    """Images per second of the one pass over the images that computed the features at
+    ``path`` (from disk, on the machine that ran it), as its key file keeps it; None when no
+    one pass made them here (shards joined, a Dask cluster, a larger cache's rows taken) or an
+    older bcnb wrote them."""
+    stored = _stored_key(Path(path).with_suffix(".key.json")) or {}
+    return stored.get("images_per_second")
 
 
 def is_current(path: Path, key: str, rows: int) -> bool:
