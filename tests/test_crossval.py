@@ -1,11 +1,14 @@
-"""Cross-validation by patient and repeated splits: the runs, the shared cache, the summary."""
+"""Cross-validation by patient and repeated splits: the runs, the shared cache, the summary,
+and the same protocol on a Dask cluster with a worker killed mid-fold."""
 
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,7 +24,7 @@ TINY = {
     "synthetic_images_per_patient": 1,
     "img_size": 32,
     "batch_size": 8,
-    "epochs": 5,
+    "epochs": 12,  # long enough for a test to kill a Dask worker while a fold trains
     "weights": "none",
     "learning_rate": 0.03,
     "bootstrap_samples": 200,
@@ -86,13 +89,17 @@ def test_a_protocol_that_cannot_run_stops_before_any_notebook(tmp_path, extra, m
     assert not (tmp_path / "cv").exists() and not (tmp_path / ".cv.partial").exists()
 
 
+FOLDS = 3
+
+
 @pytest.fixture(scope="module")
 def finished_protocol(tmp_path_factory):
-    """--folds 2, killed once fold-1 is finished, then --resume: the finished protocol."""
+    """--folds 3, killed once fold-1 is finished, then --resume: the finished protocol (also
+    what the same protocol on Dask must give, below)."""
     out = tmp_path_factory.mktemp("protocol") / "cv"
     staging = out.parent / ".cv.partial"
     victim = subprocess.Popen(
-        _command(out, "--folds", "2"), stderr=subprocess.DEVNULL, start_new_session=True
+        _command(out, "--folds", str(FOLDS)), stderr=subprocess.DEVNULL, start_new_session=True
     )
     deadline = time.monotonic() + 600
     while (
@@ -106,19 +113,20 @@ def finished_protocol(tmp_path_factory):
     assert (staging / "fold-1" / "report.md").exists() and not out.exists()
     finished_before = (staging / "fold-1" / "report.md").stat().st_mtime_ns
     resumed = subprocess.run(
-        _command(out, "--folds", "2", "--resume"), capture_output=True, text=True, timeout=900
+        _command(out, "--folds", str(FOLDS), "--resume"), capture_output=True, text=True, timeout=900
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     return out, finished_before, resumed.stderr
 
 
+FOLD_NAMES = [f"fold-{fold}" for fold in range(1, FOLDS + 1)]
+
+
 @pytest.mark.slow
 def test_every_image_is_tested_once_across_the_folds(finished_protocol):
     out, _, _ = finished_protocol
-    splits = [
-        pd.read_csv(out / fold / "split.csv", dtype={"patient_id": str}) for fold in ("fold-1", "fold-2")
-    ]
-    assert (splits[0]["path"] == splits[1]["path"]).all()  # the same images, in the same order
+    splits = [pd.read_csv(out / fold / "split.csv", dtype={"patient_id": str}) for fold in FOLD_NAMES]
+    assert all((split["path"] == splits[0]["path"]).all() for split in splits)  # same images, same order
     tested = pd.concat([split[split["split"] == "test"] for split in splits])
     assert sorted(tested["path"]) == sorted(splits[0]["path"])
     for split in splits:  # validation carved by patient from the fold's training part
@@ -128,7 +136,7 @@ def test_every_image_is_tested_once_across_the_folds(finished_protocol):
 @pytest.mark.slow
 def test_one_feature_extraction_serves_every_fold(finished_protocol):
     out, _, _ = finished_protocol
-    inodes = {os.stat(out / fold / "features" / "all.npy").st_ino for fold in ("fold-1", "fold-2")}
+    inodes = {os.stat(out / fold / "features" / "all.npy").st_ino for fold in FOLD_NAMES}
     assert len(inodes) == 1
 
 
@@ -136,8 +144,8 @@ def test_one_feature_extraction_serves_every_fold(finished_protocol):
 def test_the_summary_holds_the_folds_own_metrics(finished_protocol):
     out, _, _ = finished_protocol
     summary = json.loads((out / "summary.json").read_text())
-    folds = [json.loads((out / fold / "metrics.json").read_text()) for fold in ("fold-1", "fold-2")]
-    assert [run["run"] for run in summary["runs"]] == ["fold-1", "fold-2"]
+    folds = [json.loads((out / fold / "metrics.json").read_text()) for fold in FOLD_NAMES]
+    assert [run["run"] for run in summary["runs"]] == FOLD_NAMES
     accuracies = [metrics["test_accuracy"] for metrics in folds]
     assert summary["summary"]["at_0.5"]["accuracy"]["mean"] == pytest.approx(np.mean(accuracies))
     prr = [metrics["decision"]["image_level"]["patient_recognition_rate"] for metrics in folds]
@@ -146,7 +154,7 @@ def test_the_summary_holds_the_folds_own_metrics(finished_protocol):
     )
     report = (out / "summary.md").read_text()
     assert "RANDOM weights" in report and "not real tissue" in report and "never for diagnosis" in report
-    assert "| fold-2 |" in report and (out / "summary.png").stat().st_size > 1000
+    assert "| fold-3 |" in report and (out / "summary.png").stat().st_size > 1000
 
 
 @pytest.mark.slow
@@ -154,3 +162,62 @@ def test_a_killed_protocol_resumes_keeping_finished_folds(finished_protocol):
     out, finished_before, stderr = finished_protocol
     assert "fold-1: finished before, kept" in stderr
     assert (out / "fold-1" / "report.md").stat().st_mtime_ns == finished_before
+
+
+# --------------------------------------------------------------------------- the same on Dask
+def _figures(out: Path) -> dict:
+    """What summary.json says, without the words that name how it was run."""
+    summary = json.loads((out / "summary.json").read_text())
+    return {key: summary[key] for key in ("runs", "pooled", "summary", "test_to_train")}
+
+
+def _kill_the_worker_running(fold: Path, killed: list, stop: threading.Event) -> None:
+    """Once ``fold`` trains (its 02 is done), SIGKILL the Dask worker whose kernel runs it."""
+    notebooks = (fold / "notebooks").resolve()
+    while not stop.is_set():
+        if (notebooks / "02_model.ipynb").exists():
+            for proc in Path("/proc").glob("[0-9]*"):
+                try:
+                    if (
+                        Path(os.readlink(proc / "cwd")) == notebooks
+                        and b"ipykernel" in (proc / "cmdline").read_bytes()
+                    ):
+                        worker = int((proc / "stat").read_text().rsplit(") ", 1)[1].split()[1])
+                        os.kill(worker, signal.SIGKILL)
+                        killed.append(worker)
+                        return
+                except (OSError, ValueError, IndexError):
+                    continue
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_a_protocol_on_dask_with_a_worker_killed_mid_fold_ends_as_here(finished_protocol, tmp_path):
+    """The protocol's runs on a local cluster of two workers, one of them killed while fold-2
+    trains: the summary of the same protocol run here (the killed and resumed one above)."""
+    pytest.importorskip("dask.distributed", reason="--dask needs the [dask] extra")
+    from dask.distributed import Client, LocalCluster
+
+    from bcnb.batch.on_dask import runner_on
+
+    here, out = finished_protocol[0], tmp_path / "cv"
+    killed, stop, said = [], threading.Event(), []
+    killer = threading.Thread(
+        target=_kill_the_worker_running, args=(tmp_path / ".cv.partial" / "fold-2", killed, stop), daemon=True
+    )
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
+    ) as cluster:
+        with Client(cluster) as client:
+            killer.start()
+            try:
+                protocol.run_protocol(
+                    Config(**TINY), out, folds=FOLDS, progress=said.append, runner=runner_on(client)
+                )
+            finally:
+                stop.set()
+    assert killed, "no worker was killed while fold-2 trained: the test did not test that"
+    assert sum("done on" in line for line in said) == FOLDS  # each fold finished once, fold-2 after a retry
+    assert _figures(out) == _figures(here)
+    for fold in FOLD_NAMES:  # every run's record is the driver's, as here
+        assert (out / fold / "config.yaml").read_text() == (here / fold / "config.yaml").read_text()

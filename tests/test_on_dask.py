@@ -1,18 +1,11 @@
-"""--dask: a protocol's runs on a Dask cluster give the summary of the same protocol run here,
-also when a worker is killed in the middle of a fold."""
+"""--dask refused in one line before anything runs. The protocol on a Dask cluster, with a
+worker killed mid-fold, is tested beside the protocol run here that it must equal
+(tests/test_crossval.py)."""
 
-import json
-import os
-import signal
 import subprocess
 import sys
-import threading
-import time
-from pathlib import Path
 
 import pytest
-
-from bcnb import Config
 
 pytest.importorskip("dask.distributed", reason="--dask needs the [dask] extra")
 
@@ -26,77 +19,11 @@ TINY = {
     "learning_rate": 0.03,
     "bootstrap_samples": 200,
 }
-FOLDS = 3
 
 
 def _command(out, *extra):
     sets = [arg for key, value in TINY.items() for arg in ("--set", f"{key}={value}")]
     return [sys.executable, "-m", "bcnb", "reproduce", "--out", str(out), *sets, *extra]
-
-
-def _figures(out: Path) -> dict:
-    """What summary.json says, without the words that name how it was run."""
-    summary = json.loads((out / "summary.json").read_text())
-    return {key: summary[key] for key in ("runs", "pooled", "summary", "test_to_train")}
-
-
-@pytest.fixture(scope="module")
-def here(tmp_path_factory):
-    """The 3-fold protocol run in this machine's kernels, one fold after the other."""
-    out = tmp_path_factory.mktemp("here") / "cv"
-    result = subprocess.run(_command(out, "--folds", str(FOLDS)), capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
-
-
-def _kill_the_worker_running(fold: Path, killed: list, stop: threading.Event) -> None:
-    """Once ``fold`` trains (its 02 is done), SIGKILL the Dask worker whose kernel runs it."""
-    notebooks = (fold / "notebooks").resolve()
-    while not stop.is_set():
-        if (notebooks / "02_model.ipynb").exists():
-            for proc in Path("/proc").glob("[0-9]*"):
-                try:
-                    if (
-                        Path(os.readlink(proc / "cwd")) == notebooks
-                        and b"ipykernel" in (proc / "cmdline").read_bytes()
-                    ):
-                        worker = int((proc / "stat").read_text().rsplit(") ", 1)[1].split()[1])
-                        os.kill(worker, signal.SIGKILL)
-                        killed.append(worker)
-                        return
-                except (OSError, ValueError, IndexError):
-                    continue
-        time.sleep(0.05)
-
-
-@pytest.mark.slow
-def test_a_protocol_on_dask_with_a_worker_killed_mid_fold_ends_as_here(here, tmp_path):
-    from dask.distributed import Client, LocalCluster
-
-    from bcnb.batch.on_dask import runner_on
-    from bcnb.batch.protocol import run_protocol
-
-    out = tmp_path / "cv"
-    killed, stop, said = [], threading.Event(), []
-    killer = threading.Thread(
-        target=_kill_the_worker_running, args=(tmp_path / ".cv.partial" / "fold-2", killed, stop), daemon=True
-    )
-    with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
-    ) as cluster:
-        with Client(cluster) as client:
-            killer.start()
-            try:
-                run_protocol(Config(**TINY), out, folds=FOLDS, progress=said.append, runner=runner_on(client))
-            finally:
-                stop.set()
-    assert killed, "no worker was killed while fold-2 trained: the test did not test that"
-    assert sum("done on" in line for line in said) == FOLDS  # each fold finished once, fold-2 after a retry
-    assert _figures(out) == _figures(here)
-    for fold in range(1, FOLDS + 1):  # every run's record is the driver's, as here
-        assert (out / f"fold-{fold}" / "config.yaml").read_text() == (
-            here / f"fold-{fold}" / "config.yaml"
-        ).read_text()
 
 
 @pytest.mark.parametrize(
