@@ -53,8 +53,8 @@ from bcnb.run.staging import copy_for_rerun, open_staging, rerun_folder, share_f
 
 
 def check_inputs(cfg: Config, compare: bool = False) -> None:
-    """Fail before any notebook runs if the weights, dataset or split cannot work (the
-    weights first: checking them takes no time, reading the dataset may)."""
+    """Fail before any notebook runs if the weights, stain target, dataset or split cannot
+    work (the files first: checking them takes no time, reading the dataset may)."""
     if cfg.weights.lower() not in {"imagenet", "none"}:
         path = Path(cfg.weights).expanduser()
         if not path.is_file():
@@ -64,10 +64,10 @@ def check_inputs(cfg: Config, compare: bool = False) -> None:
             from bcnb.model.transfer import resolve_weights
         for backbone in {cfg.backbone, *(cfg.backbones_to_compare() if compare else [])}:
             resolve_weights(cfg.weights, False, backbone, cfg.img_size)
-    loaded = load_dataset(cfg)
-    split_for_run(cfg, loaded.table, loaded.whole)
     if cfg.stain_normalization != "none" and cfg.stain_target:
         stain_target_parameters(cfg)
+    loaded = load_dataset(cfg)
+    split_for_run(cfg, loaded.table, loaded.whole)
 
 
 def headless(cfg: Config) -> Config:
