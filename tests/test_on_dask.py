@@ -29,10 +29,9 @@ def _command(out, *extra):
 @pytest.mark.parametrize(
     "extra,message",
     [
-        pytest.param(
+        (
             ["--folds", "2", "--dask", "tcp://127.0.0.1:9"],
             "--dask: cannot reach a Dask scheduler at tcp://127.0.0.1:9",
-            marks=pytest.mark.slow,  # waits for the connection to time out
         ),
         (["--folds", "2", "--dask", "local:two"], "--dask: expected local:N with N >= 1"),
         (["--dask", "local:2"], "--dask: hands out the runs of --folds, --repeats or a sweep"),

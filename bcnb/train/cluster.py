@@ -15,6 +15,7 @@ run folder and the images by path: on a cluster they must see the same file syst
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -54,10 +55,29 @@ def connect(address: str, timeout: str = "10s"):
             dashboard_address=":0",
         )
     try:
+        if _refused(address):  # said at once, not after the client's timeout
+            raise ConnectionRefusedError("connection refused: nothing listens there")
         return Client(address, timeout=timeout)
     except (OSError, TimeoutError, ValueError) as error:
         reason = " ".join(str(error).split())[:160] or error.__class__.__name__
         raise ValueError(f"--dask: cannot reach a Dask scheduler at {address} ({reason})") from None
+
+
+def _refused(address: str) -> bool:
+    """True when a TCP scheduler address refuses connections outright (a wrong port, no
+    scheduler started); False where it cannot tell, for the client to try."""
+    from distributed.comm import parse_address, parse_host_port
+
+    try:
+        scheme, location = parse_address(address)
+        if scheme not in ("tcp", "tls"):
+            return False
+        socket.create_connection(parse_host_port(location), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    except (OSError, ValueError, TypeError):  # unreachable, slow or unparsable: the client says
+        return False
+    return False
 
 
 def chunk_bounds(n_rows: int, chunk: int) -> list[tuple[int, int]]:
