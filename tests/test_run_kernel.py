@@ -100,3 +100,28 @@ def test_runs_given_one_kernel_each_work_in_their_own_folder(tmp_path, monkeypat
         assert [line for line in log.splitlines() if "native line" in line] == [f"native line of {run.name}"]
         if piped:  # and the notebook shows it, as one run in a kernel of its own does
             assert f"native line of {run.name}" in _printed(run / "notebooks" / "a.ipynb")
+
+
+def test_a_dask_worker_runs_its_runs_in_one_kernel_and_starts_another_if_it_died(tmp_path):
+    """bcnb.batch.on_dask.run_on_worker, called as a worker calls it: the worker's second run
+    goes to the kernel of its first; a kernel that died is replaced for the next run."""
+    from bcnb.batch import on_dask
+
+    source = tmp_path / "lessons"
+    source.mkdir()
+    _notebook(source, "a.ipynb", "import os\nopen('pid.txt', 'w').write(str(os.getpid()))")
+    _notebook(source, "die.ipynb", "import os\nos._exit(1)")
+    pids = []
+    try:
+        for run in ("run-1", "run-2", "killer", "run-3"):
+            names = ["die.ipynb"] if run == "killer" else ["a.ipynb"]
+            try:
+                on_dask.run_on_worker(str(tmp_path / run), names, Config().to_dict(), str(source))
+            except Exception:  # the kernel died under the notebook: that run fails
+                assert run == "killer"
+                continue
+            pids.append((tmp_path / run / "notebooks" / "pid.txt").read_text())
+    finally:
+        while on_dask._WORKER_KERNEL:
+            on_dask._WORKER_KERNEL.pop().shutdown()
+    assert pids[0] == pids[1] != pids[2]  # one kernel for both runs; a new one after it died

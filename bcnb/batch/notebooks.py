@@ -196,6 +196,14 @@ class RunKernel:
             self._client = client
         return self._client
 
+    def is_alive(self) -> bool:
+        """False once its kernel has died; True before the first notebook starts one."""
+        if not self.manager.has_kernel:
+            return True
+        from jupyter_core.utils import run_sync
+
+        return run_sync(self.manager.is_alive)()
+
     def shutdown(self) -> None:
         if self._client is not None:
             self._client.stop_channels()

@@ -2,7 +2,7 @@
 
 A sweep of 20 settings x 5 folds is 100 runs of notebooks 01-04: more than one machine should
 do one after the other. Here each run is a Dask task: a worker executes the run's notebooks
-(:func:`bcnb.batch.notebooks.run_notebooks`, in a kernel it starts) into the run's folder in
+(:func:`bcnb.batch.notebooks.run_notebooks`, in the kernel it keeps for its runs) into the run's folder in
 the staging folder. Everything that makes the result one result stays with this process, the
 driver: the lock on the destination, each run's record (written before the run is handed
 out), the summary and the final swap (:func:`bcnb.batch.reproduce.build`).
@@ -19,8 +19,10 @@ out), the summary and the final swap (:func:`bcnb.batch.reproduce.build`).
 
 from __future__ import annotations
 
+import atexit
 import os
 import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -78,7 +80,35 @@ def _result(future, task: RunTask) -> str:
 
 def run_on_worker(folder: str, notebooks: list[str], values: dict, notebooks_dir: str) -> str:
     """On a worker: the run's notebooks into ``folder``; returns where they ran."""
-    from bcnb.batch.notebooks import run_notebooks
+    from bcnb.batch.notebooks import run_kernel, run_notebooks
 
-    run_notebooks(Path(folder), notebooks, Config(**values), Path(notebooks_dir))
+    # The worker's own kernel where it is free (one task at a time, as advised); a second
+    # task of a worker with more threads gets a kernel of its own.
+    mine = _WORKER_KERNEL_FREE.acquire(blocking=False)
+    try:
+        with run_kernel(_worker_kernel() if mine else None) as kernel:
+            run_notebooks(Path(folder), notebooks, Config(**values), Path(notebooks_dir), kernel=kernel)
+    finally:
+        if mine:
+            _WORKER_KERNEL_FREE.release()
     return f"{socket.gethostname()} (process {os.getpid()})"
+
+
+# A worker process runs all the runs it is given in one kernel, as a protocol run on one
+# machine does (:class:`bcnb.batch.notebooks.RunKernel`): TensorFlow is imported once per
+# worker instead of once per run. It is shut down when the worker process exits.
+_WORKER_KERNEL: list = []
+_WORKER_KERNEL_FREE = threading.Lock()
+
+
+def _worker_kernel():
+    """This worker process' kernel: started for its first run, kept for the next, started
+    again if it died (a notebook that crashed it)."""
+    from bcnb.batch.notebooks import RunKernel
+
+    if _WORKER_KERNEL and not _WORKER_KERNEL[0].is_alive():
+        _WORKER_KERNEL.pop().shutdown()
+    if not _WORKER_KERNEL:
+        _WORKER_KERNEL.append(RunKernel())
+        atexit.register(_WORKER_KERNEL[0].shutdown)
+    return _WORKER_KERNEL[0]
