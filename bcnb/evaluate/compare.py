@@ -86,7 +86,7 @@ def _the_runs_own(cfg: Config, sub: Config):
     for name in shared + [f"{FEATURES_DIR}/{path.name}" for path in _cache_files(features)]:
         link_or_copy(Path(cfg.run_dir) / name, Path(sub.run_dir) / name)
     model = transfer.load_model(Path(cfg.run_dir) / artifacts.MODEL_FILE)
-    speed = extraction_speed(features) if features.is_file() else None
+    speed = extraction_speed(features)  # None where no one pass over the images made them
     return model, transfer.load_weights_info(cfg.run_dir), speed, artifacts.load_history(cfg.run_dir)
 
 
