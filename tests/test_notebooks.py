@@ -481,6 +481,7 @@ def test_backbone_comparison_on_the_same_split(run):
     assert (out / "compare" / "resnet50v2" / "model.keras").samefile(out / "model.keras")
     assert "resnet50v2: trained by notebook 03 (the run's own model)" in shown
     assert "mobilenetv2: trained by this notebook" in shown
+    assert "retracing" not in shown  # each base traced as in a notebook of its own, no TF warning
     chosen = json.loads((out / "metrics.json").read_text())["decision"]["image_level"]["accuracy"]
     assert table.loc["resnet50v2", "test accuracy"].startswith(f"{chosen:.3f} (")
 

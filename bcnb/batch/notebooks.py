@@ -115,11 +115,9 @@ def begin_like_a_new_kernel(run_folder: str | None = None) -> None:
     """Forget, in this kernel, what the previous notebook left beyond its variables; with
     ``run_folder``, work there next, as a kernel started for that run would.
 
-    Keras' session is cleared (layer names numbered from the start). TensorFlow's count of
-    recent retracings is emptied too: it is kept per traced function's code, so the models of
-    03 and of 04 add up to a "triggered tf.function retracing" warning that neither notebook
-    gives in a kernel of its own. That count is TensorFlow's private state; if a later version
-    moves it, the warning may come back, and nothing else changes.
+    Keras' session is cleared (layer names numbered from the start), and TensorFlow's count
+    of recent retracings emptied (:func:`bcnb.model.transfer.forget_retracings`): the models
+    of 03 and of 04 would add up to a warning that neither notebook gives in a kernel of its own.
     """
     import sys
 
@@ -128,14 +126,9 @@ def begin_like_a_new_kernel(run_folder: str | None = None) -> None:
     if "keras" in sys.modules:  # %reset has just collected the garbage: no second gc pass
         sys.modules["keras"].backend.clear_session(free_memory=False)
     if "tensorflow" in sys.modules:
-        try:
-            from tensorflow.python.eager.polymorphic_function import polymorphic_function
-        except ImportError:
-            return
-        manager = getattr(polymorphic_function, "_frequent_tracing_detector_manager", None)
-        detectors = getattr(manager, "_detectors", None)
-        if detectors is not None:
-            detectors.clear()
+        from bcnb.model.transfer import forget_retracings
+
+        forget_retracings()
 
 
 def work_in(run_folder: Path) -> None:

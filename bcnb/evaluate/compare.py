@@ -41,6 +41,7 @@ def run_backbone(cfg: Config, name: str, split: pd.DataFrame) -> dict:
     run's model, whose files are linked into its folder (no second copy of the bytes).
     """
     sub = backbone_config(cfg, name)
+    transfer.forget_retracings()  # each base is traced as in a notebook of its own
     if name == cfg.backbone and (Path(cfg.run_dir) / artifacts.MODEL_FILE).is_file():
         model, weights, speed, history = _the_runs_own(cfg, sub)
         measured_on, trained_by = cfg, "notebook 03 (the run's own model)"  # cfg: the run's feature cache

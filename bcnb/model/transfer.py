@@ -209,6 +209,25 @@ def count_parameters(model: keras.Model) -> dict[str, int]:
     return {"trainable": trainable, "non_trainable": frozen, "total": trainable + frozen}
 
 
+def forget_retracings() -> None:
+    """Empty TensorFlow's count of recent tf.function retracings.
+
+    It is kept per traced function's code, not per model, so separate models (one notebook's
+    and the next one's in a shared kernel, or the bases notebook 05 compares) add up to a
+    "triggered tf.function retracing" warning that none of them earns alone. The count is
+    TensorFlow's private state; if a later version moves it, the warning may come back, and
+    nothing else changes.
+    """
+    try:
+        from tensorflow.python.eager.polymorphic_function import polymorphic_function
+    except ImportError:
+        return
+    manager = getattr(polymorphic_function, "_frequent_tracing_detector_manager", None)
+    detectors = getattr(manager, "_detectors", None)
+    if detectors is not None:
+        detectors.clear()
+
+
 def save_model(model: keras.Model, path: str | Path) -> Path:
     """Save a ``.keras`` file without ever leaving a half-written one."""
     return replace_from_writer(path, model.save)
