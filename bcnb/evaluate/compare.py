@@ -82,19 +82,14 @@ def _train(cfg: Config, sub: Config, split: pd.DataFrame):
 
 def _the_runs_own(cfg: Config, sub: Config):
     """The run's trained model as the row of its own base: (model, weights, speed, history)."""
-    features = Path(cfg.run_dir) / FEATURES_DIR / ALL_FEATURES
-    shared = [artifacts.MODEL_FILE, artifacts.HISTORY_FILE, artifacts.WEIGHTS_FILE]
-    for name in shared + [f"{FEATURES_DIR}/{path.name}" for path in _cache_files(features)]:
-        link_or_copy(Path(cfg.run_dir) / name, Path(sub.run_dir) / name)
+    run, own = Path(cfg.run_dir), Path(sub.run_dir)
+    features = run / FEATURES_DIR / ALL_FEATURES
+    shared = [run / artifacts.MODEL_FILE, run / artifacts.HISTORY_FILE, run / artifacts.WEIGHTS_FILE]
+    for path in shared + [path for path in artifacts.feature_cache_files(features) if path.is_file()]:
+        link_or_copy(path, own / path.relative_to(run))
     model = transfer.load_model(Path(cfg.run_dir) / artifacts.MODEL_FILE)
     speed = extraction_speed(features)  # None where no one pass over the images made them
     return model, transfer.load_weights_info(cfg.run_dir), speed, artifacts.load_history(cfg.run_dir)
-
-
-def _cache_files(features: Path) -> list[Path]:
-    """A feature cache's files (the features, their key and rows), those that are there."""
-    paths = (features, features.with_suffix(".key.json"), features.with_suffix(".rows.csv"))
-    return [path for path in paths if path.is_file()]
 
 
 def _roc_auc(table: pd.DataFrame, probability: np.ndarray) -> float:

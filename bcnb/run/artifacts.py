@@ -85,6 +85,13 @@ _WRITTEN_BY = {
 }
 
 
+def feature_cache_files(features: str | Path) -> list[Path]:
+    """A feature cache's files: the features (``.npy``), their key and the rows they are of
+    (bcnb.train.features says what each holds)."""
+    features = Path(features)
+    return [features, features.with_suffix(".key.json"), features.with_suffix(".rows.csv")]
+
+
 def path_of(run_dir: str | Path, name: str) -> Path:
     """The file ``name`` of a run; FileNotFoundError naming the notebook that writes it."""
     path = Path(run_dir) / name

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from bcnb.config import Config
-from bcnb.run.artifacts import ALL_FEATURES, FEATURES_DIR, KERNEL_LOG
+from bcnb.run.artifacts import ALL_FEATURES, FEATURES_DIR, KERNEL_LOG, feature_cache_files
 from bcnb.run.files import link_or_copy
 from bcnb.run.folder import DestinationRefused, folder_kind, start_folder
 from bcnb.run.record import check_runs_made_with
@@ -121,7 +121,7 @@ def share_features(staging: Path, folder: Path) -> None:
         return
     source = max(usable, key=lambda path: rows[path])  # the first of the largest
     target.parent.mkdir(parents=True, exist_ok=True)
-    for path in (source, source.with_suffix(".key.json"), source.with_suffix(".rows.csv")):
+    for path in feature_cache_files(source):
         if path.is_file():
             _link_or_copy(path, target.parent / path.name)
 
