@@ -172,6 +172,32 @@ def remount_read_only(folder: Path) -> None:
     subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True, capture_output=True)
 
 
+# --------------------------------------------------------------------------- killing a run
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process it started, parents first. A kernel is started in a session of
+    its own (jupyter_client does so), so a signal to ``bcnb reproduce``'s process group misses it."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:  # the fields after "(name) ": state, then the parent's pid
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(") ", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # the process ended meanwhile
+    tree = [pid]
+    for parent in tree:  # grows while it is walked: children, then theirs
+        tree += [child for child, its_parent in parents.items() if its_parent == parent]
+    return tree
+
+
+def signal_tree(pid: int, signal_number: int) -> None:
+    """Send ``signal_number`` to ``pid`` and to every process it started (a kill -9 of the
+    machine's job, or SIGSTOP to freeze a run and its kernel where they are)."""
+    for member in process_tree(pid):
+        try:
+            os.kill(member, signal_number)
+        except ProcessLookupError:
+            pass
+
+
 # --------------------------------------------------------------------------- headless Chromium
 @contextmanager
 def headless_chromium(chromium: str, driver: str, height: int):
@@ -202,8 +228,9 @@ def wait_for(driver, condition, timeout: float, what: str, poll: float = 0.5):
     return WebDriverWait(driver, timeout, poll_frequency=poll).until(condition, message=what)
 
 
-# --------------------------------------------------------------------------- two test processes
-# `make test` runs the suite in one pytest process per core (pytest-xdist). A file's tests
+# --------------------------------------------------------------------------- several test processes
+# `make test` runs the suite in one pytest process per core and one more (pytest-xdist, see the
+# Makefile). A file's tests
 # stay in one process, so a module-scoped end-to-end run is made once; the stored notebooks
 # checked by nbval stay together too, in order, as each reads what the one before wrote.
 # A process that is free takes the next file in the order collected, so the longest files are

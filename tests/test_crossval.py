@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import signal_tree
 from scipy import stats as scipy_stats
 
 from bcnb import Config
@@ -108,7 +109,7 @@ def finished_protocol(tmp_path_factory):
         and time.monotonic() < deadline
     ):
         time.sleep(0.1)
-    os.killpg(victim.pid, signal.SIGKILL)
+    signal_tree(victim.pid, signal.SIGKILL)  # the run and its kernel, as a killed job
     victim.wait()
     assert (staging / "fold-1" / "report.md").exists() and not out.exists()
     finished_before = (staging / "fold-1" / "report.md").stat().st_mtime_ns

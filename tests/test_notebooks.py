@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import cell_with, code_cells, lesson
+from conftest import cell_with, code_cells, lesson, signal_tree
 
 from bcnb import Config
 from bcnb.batch.notebooks import NOTEBOOKS, NOTEBOOKS_DIR, STAGE_OF_NOTEBOOK
@@ -375,7 +375,6 @@ def test_sharded_extraction_and_a_killed_training_end_like_an_uninterrupted_run(
     """reproduce --stop-after 02, two `bcnb extract` shards, then --resume, killed while it
     trains (a second writer is refused meanwhile), then --resume again: the same run as one
     uninterrupted `bcnb reproduce` (the `run` fixture, same parameters)."""
-    import os
     import signal
     import time
 
@@ -391,11 +390,11 @@ def test_sharded_extraction_and_a_killed_training_end_like_an_uninterrupted_run(
     deadline = time.monotonic() + 600
     while _checkpoint_epoch(staging) < 3 and victim.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    os.killpg(victim.pid, signal.SIGSTOP)  # frozen mid-training, still holding the run folder
+    signal_tree(victim.pid, signal.SIGSTOP)  # frozen mid-training, kernel too, holding the run folder
     second = subprocess.run(_reproduce(out, "--set", "seed=2"), capture_output=True, text=True)
     assert second.returncode == 2
     assert f"{out} is being written by bcnb reproduce (process {victim.pid}" in second.stderr
-    os.killpg(victim.pid, signal.SIGKILL)  # the kernel dies too; its lock goes with it
+    signal_tree(victim.pid, signal.SIGKILL)  # the run and its kernel; the lock goes with them
     victim.wait()
     assert 3 <= _checkpoint_epoch(staging) < SMALL["epochs"], "the run was not killed during training"
     assert not out.exists()
