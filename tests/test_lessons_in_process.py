@@ -63,22 +63,31 @@ def model_stage(data_stage, tmp_path_factory):
     return _run_here("02_model.ipynb", run_dir=str(folder), img_size=32, weights="none"), folder
 
 
-@pytest.mark.slow
-def test_notebook_02_builds_the_model_of_build_model(model_stage):
-    """The layers the lesson writes out and bcnb.model.transfer.build_model (used by 05, predict and
-    the command line) are the same model, layer for layer, down to the weights."""
+def _assert_is_what_build_model_builds(model, cfg) -> None:
+    """The model a lesson wrote out is bcnb.model.transfer.build_model's (used by 05, predict and
+    the command line) for the same configuration, layer for layer, down to the weights."""
     from bcnb.model import transfer
     from bcnb.run.seeds import seed_everything
 
-    shown, folder = model_stage
-    cfg = shown["cfg"]
     keras.backend.clear_session()  # as the lesson's notebook started
     seed_everything(cfg.seed)
     built = transfer.build_model(cfg.img_size, None, cfg.dropout, cfg.precision, cfg.backbone)
-    assert _layers(shown["model"]) == _layers(built)
-    assert transfer.count_parameters(shown["model"]) == transfer.count_parameters(built)
-    for ours, theirs in zip(shown["model"].weights, built.weights):
+    assert built.name == f"bcnb_{cfg.backbone}" and _layers(model) == _layers(built)
+    assert [weight.path.split("/")[0] for weight in built.trainable_weights] == ["classifier"] * 2
+    assert transfer.count_parameters(model) == transfer.count_parameters(built)
+    _assert_same_weights(model, built)
+
+
+def _assert_same_weights(model, other) -> None:
+    assert len(model.weights) == len(other.weights)
+    for ours, theirs in zip(model.weights, other.weights):
         np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+
+
+@pytest.mark.slow
+def test_notebook_02_builds_the_model_of_build_model(model_stage):
+    shown, _ = model_stage
+    _assert_is_what_build_model_builds(shown["model"], shown["cfg"])
 
 
 @pytest.mark.slow
@@ -129,11 +138,20 @@ def test_notebook_03_trains_like_train_model(model_stage, tmp_path):
 def test_every_backbone_runs_through_notebooks_02_to_06(data_stage, written, tmp_path):
     import shutil
 
+    from bcnb.model import transfer
     from bcnb.model.backbones import get_backbone
 
     folder = tmp_path / "run"
     shutil.copytree(data_stage, folder)
-    _run_here("02_model.ipynb", run_dir=str(folder), backbone=written, img_size=32, weights="none")
+    keras.backend.clear_session()  # Keras numbers unnamed layers by what the process built before
+    written_out = _run_here(
+        "02_model.ipynb", run_dir=str(folder), backbone=written, img_size=32, weights="none"
+    )
+    _assert_is_what_build_model_builds(written_out["model"], written_out["cfg"])
+    saved = transfer.load_model(folder / "model_initial.keras")  # in safe mode, as 03 loads it
+    kinds = [(type(layer).__name__, layer.name, layer.count_params()) for layer in saved.layers]
+    assert kinds == [entry[:2] + entry[3:] for entry in _layers(written_out["model"])]
+    _assert_same_weights(saved, written_out["model"])
     _run_here("03_train.ipynb", run_dir=str(folder), interactive=False, epochs=2, batch_size=8)
     _run_here("04_evaluate.ipynb", run_dir=str(folder), interactive=False, bootstrap_samples=100)
     shown = _run_here("06_predict.ipynb", run_dir=str(folder), interactive=False)
