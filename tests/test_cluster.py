@@ -103,6 +103,26 @@ def test_an_unreachable_scheduler_is_one_line(run, capsys):
     assert len(lines) == 1 and "cannot reach a Dask scheduler at tcp://127.0.0.1:9" in lines[0]
 
 
+def test_a_scheduler_address_gives_a_client_of_that_scheduler():
+    from dask.distributed import LocalCluster
+
+    local = {"host": "127.0.0.1", "protocol": "tcp", "dashboard_address": ":0"}
+    with LocalCluster(n_workers=0, processes=False, **local) as scheduler:
+        with cluster.connect(scheduler.scheduler_address, timeout="5s") as client:
+            assert client.scheduler.address == scheduler.scheduler_address
+
+
+def test_an_address_that_listens_but_never_answers_is_given_up():
+    """Something that accepts the connection and says nothing (not a scheduler): dask's client
+    alone would wait past its timeout; connect gives up a few seconds after it."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # the backlog accepts; nobody answers
+        address = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+        with pytest.raises(ValueError, match=f"cannot reach a Dask scheduler at {address} .no answer in 6 s"):
+            cluster.connect(address, timeout="1s")
+
+
 def test_without_dask_the_option_says_what_to_install(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "dask.distributed", None)
     with pytest.raises(ValueError, match=r'needs dask.distributed, .*pip install -e "\.\[dask\]"'):

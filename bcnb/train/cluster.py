@@ -29,6 +29,7 @@ from bcnb.run.record import load_run_config
 
 CHUNK_ROWS = 256  # images per task: large enough that the per-task overhead is small
 INSTALL_HINT = 'pip install -e ".[dask]"'
+ANSWER_GRACE_S = 5  # beyond the client's own timeout, before a silent scheduler address is given up
 
 
 class ChunkDataError(ValueError):
@@ -57,10 +58,39 @@ def connect(address: str, timeout: str = "10s"):
     try:
         if _refused(address):  # said at once, not after the client's timeout
             raise ConnectionRefusedError("connection refused: nothing listens there")
-        return Client(address, timeout=timeout)
+        return _client_within(address, timeout)
     except (OSError, TimeoutError, ValueError) as error:
         reason = " ".join(str(error).split())[:160] or error.__class__.__name__
         raise ValueError(f"--dask: cannot reach a Dask scheduler at {address} ({reason})") from None
+
+
+def _client_within(address: str, timeout: str):
+    """``Client(address, timeout=timeout)``, or TimeoutError once ``timeout`` and a few seconds
+    have passed: where something accepts the connection but never answers as a scheduler
+    would (a wrong service, a stopped process), dask's client waits on past its own timeout.
+    It is made in a thread of its own, which is left behind (the command then stops)."""
+    import threading
+
+    from dask.distributed import Client
+    from dask.utils import parse_timedelta
+
+    made: dict = {}
+
+    def make_client() -> None:
+        try:
+            made["client"] = Client(address, timeout=timeout)
+        except BaseException as error:  # handed to the caller below
+            made["error"] = error
+
+    thread = threading.Thread(target=make_client, name="bcnb-dask-connect", daemon=True)
+    thread.start()
+    waited = parse_timedelta(timeout) + ANSWER_GRACE_S
+    thread.join(waited)
+    if thread.is_alive():
+        raise TimeoutError(f"no answer in {waited:.0f} s: whatever listens there is not a Dask scheduler")
+    if "error" in made:
+        raise made["error"]
+    return made["client"]
 
 
 def _refused(address: str) -> bool:
