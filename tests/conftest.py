@@ -238,7 +238,7 @@ def wait_for(driver, condition, timeout: float, what: str, poll: float = 0.5):
 # the other files with slow tests. The order is that of their seconds in a full run on the
 # 2-core machine (`--durations`, 2026-11-30); a file missing here only starts later.
 LONGEST_FIRST = (
-    "test_notebooks.py", "test_crossval.py", "test_per_magnification.py", "test_lessons_in_process.py",
+    "test_notebooks.py", "test_crossval.py", "test_lessons_in_process.py",
     "stored notebooks", "test_model.py", "test_cluster.py", "test_book.py", "test_backbones.py",
     "test_train.py", "test_sweep.py", "test_cli.py",
 )  # fmt: skip

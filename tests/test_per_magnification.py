@@ -2,12 +2,11 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import build_tiny_model
 
 from bcnb import Config
 from bcnb.batch import protocol
@@ -154,10 +153,8 @@ def test_a_resume_checks_every_magnifications_run(tmp_path):
 def tiny_model():
     import keras
 
-    from bcnb.model import transfer
-
     keras.utils.set_random_seed(1)
-    return transfer.build_model(32, None)
+    return build_tiny_model(32)  # the cache's plumbing, not the architecture, is tested
 
 
 def test_a_run_of_one_magnification_takes_its_rows_of_the_cache_of_all(tmp_path, tiny_model, monkeypatch):
@@ -188,13 +185,12 @@ def test_a_cache_of_another_model_is_not_taken_from(tmp_path, tiny_model, monkey
     import keras
 
     from bcnb.data.pipeline import Preparation
-    from bcnb.model import transfer
     from bcnb.train import features
 
     table = loading.load_dataset(Config(synthetic_patients=12, synthetic_images_per_patient=1)).table
     path = features.cached_features(tiny_model, table, Preparation(32), 16, tmp_path / "all.npy")
     keras.utils.set_random_seed(2)
-    other = transfer.build_model(32, None)
+    other = build_tiny_model(32)
     extracted = []
     original = features.write_features
     monkeypatch.setattr(features, "write_features", lambda *a: extracted.append(1) or original(*a))
@@ -267,75 +263,7 @@ def test_the_table_is_laid_out_as_breakhis_papers_print_it(tmp_path):
 
 
 # --------------------------------------------------------------------------- end to end
-TINY = {
-    "img_size": 32,
-    "batch_size": 8,
-    "epochs": 3,
-    "weights": "none",
-    "learning_rate": 0.03,
-    "bootstrap_samples": 200,
-}
 
 
-@pytest.fixture(scope="module")
-def per_magnification_protocol(tmp_path_factory):
-    """--folds 2 --per-magnification on the built-in images of two magnifications (a manifest
-    of 40X and 400X: six runs instead of ten)."""
-    from bcnb.data.synthetic import SyntheticSpec, ensure_synthetic_dataset
-
-    root = ensure_synthetic_dataset(SyntheticSpec(patients=12, images_per_patient=1))
-    manifest = pd.read_csv(root / "manifest.csv")
-    manifest = manifest[manifest["magnification"].isin(["40X", "400X"])]
-    work = tmp_path_factory.mktemp("per_magnification")
-    manifest.assign(path=[str(root / path) for path in manifest["path"]]).to_csv(work / "m.csv", index=False)
-    sets = [
-        arg
-        for key, value in {**TINY, "dataset": work / "m.csv"}.items()
-        for arg in ("--set", f"{key}={value}")
-    ]
-    command = [sys.executable, "-m", "bcnb", "reproduce", "--out", str(work / "cv"), *sets]
-    result = subprocess.run([*command, "--folds", "2", "--per-magnification"], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return work / "cv"
-
-
-RUNS = ("fold-1", "fold-1-40X", "fold-1-400X", "fold-2", "fold-2-40X", "fold-2-400X")
-
-
-@pytest.mark.slow
-def test_every_magnification_is_tested_on_the_same_patients(per_magnification_protocol):
-    out = per_magnification_protocol
-    splits = {name: pd.read_csv(out / name / "split.csv", dtype={"patient_id": str}) for name in RUNS}
-    for k in (1, 2):
-        mixed = _parts(splits[f"fold-{k}"])
-        for magnification in ("40X", "400X"):
-            split = splits[f"fold-{k}-{magnification}"]
-            assert set(split["magnification"]) == {magnification} and _parts(split) == mixed
-
-
-@pytest.mark.slow
-def test_the_features_are_extracted_once_for_every_magnification(per_magnification_protocol):
-    out = per_magnification_protocol
-    everything = np.load(out / "fold-1" / "features" / "all.npy")
-    assert os.stat(out / "fold-1/features/all.npy").st_ino == os.stat(out / "fold-2/features/all.npy").st_ino
-    split = pd.read_csv(out / "fold-1" / "split.csv")
-    for name in (name for name in RUNS if name.endswith("X")):  # each run of one magnification
-        magnification = name.rsplit("-", 1)[1]
-        rows = np.flatnonzero(split["magnification"] == magnification)
-        assert len(rows) and np.array_equal(np.load(out / name / "features" / "all.npy"), everything[rows])
-
-
-@pytest.mark.slow
-def test_the_summary_holds_the_per_magnification_table(per_magnification_protocol):
-    out = per_magnification_protocol
-    summary = json.loads((out / "summary.json").read_text())
-    assert [run["run"] for run in summary["runs"]] == ["fold-1", "fold-2"] and summary["pooled"]["applies"]
-    table = summary["per_magnification"]
-    assert table["columns"] == ["40X", "400X", "all"] and set(table["runs"]) == set(RUNS) - {
-        "fold-1",
-        "fold-2",
-    }
-    accuracy = table["rows"]["separate"]["40X"]["accuracy"]
-    assert accuracy["runs"] == 2 and accuracy["interval"]["method"].startswith("corrected resampled t")
-    text = (out / "summary.md").read_text()
-    assert "## Per magnification" in text and "| one model for all magnifications |" in text
+# The protocol run end to end with --per-magnification (and killed and resumed on the way) is
+# tests/test_crossval.py's finished_protocol, read by its per-magnification tests.
