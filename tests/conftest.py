@@ -172,14 +172,24 @@ def remount_read_only(folder: Path) -> None:
     subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True, capture_output=True)
 
 
+def patient_parts(split) -> dict[str, str]:
+    """Which part (train, val, test) of a split table each patient is in."""
+    return split.drop_duplicates("patient_id").set_index("patient_id")["split"].to_dict()
+
+
 # --------------------------------------------------------------------------- killing a run
+def parent_of(process: Path) -> int:
+    """The parent's pid of ``process``, a /proc/PID folder (OSError if it has ended)."""
+    return int((process / "stat").read_text().rsplit(") ", 1)[1].split()[1])  # after "(name) ": state, parent
+
+
 def process_tree(pid: int) -> list[int]:
     """``pid`` and every process it started, parents first. A kernel is started in a session of
     its own (jupyter_client does so), so a signal to ``bcnb reproduce``'s process group misses it."""
     parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:  # the fields after "(name) ": state, then the parent's pid
-            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(") ", 1)[1].split()[1])
+    for process in Path("/proc").glob("[0-9]*"):
+        try:
+            parents[int(process.name)] = parent_of(process)
         except (OSError, ValueError, IndexError):
             continue  # the process ended meanwhile
     tree = [pid]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import signal_tree
+from conftest import parent_of, patient_parts, signal_tree
 from scipy import stats as scipy_stats
 
 from bcnb import Config
@@ -70,8 +70,8 @@ def test_a_sibling_cache_is_linked_not_copied(tmp_path):
     assert (tmp_path / "fold-2" / "features" / "all.key.json").read_bytes() == b'{"key": "k"}'
 
 
-def _command(out, *extra):
-    sets = [arg for key, value in TINY.items() for arg in ("--set", f"{key}={value}")]
+def _command(out, *extra, settings=TINY):
+    sets = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
     return [sys.executable, "-m", "bcnb", "reproduce", "--out", str(out), *sets, *extra]
 
 
@@ -111,24 +111,6 @@ def two_magnifications(tmp_path_factory) -> Path:
     return path
 
 
-def _protocol_command(out, dataset, *extra):
-    sets = [
-        arg for key, value in {**PROTOCOL, "dataset": dataset}.items() for arg in ("--set", f"{key}={value}")
-    ]
-    return [
-        sys.executable,
-        "-m",
-        "bcnb",
-        "reproduce",
-        "--out",
-        str(out),
-        *sets,
-        "--folds",
-        str(FOLDS),
-        *extra,
-    ]
-
-
 @pytest.fixture(scope="module")
 def finished_protocol(two_magnifications, tmp_path_factory):
     """--folds 3 --per-magnification, killed once fold-1 is finished (while fold-1-40X runs),
@@ -136,7 +118,8 @@ def finished_protocol(two_magnifications, tmp_path_factory):
     same protocol on Dask must give (below); tests/test_per_magnification.py reads the rest."""
     out = tmp_path_factory.mktemp("protocol") / "cv"
     staging = out.parent / ".cv.partial"
-    command = _protocol_command(out, two_magnifications, "--per-magnification")
+    settings = {**PROTOCOL, "dataset": two_magnifications}
+    command = _command(out, "--folds", str(FOLDS), "--per-magnification", settings=settings)
     victim = subprocess.Popen(command, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 600
     while (
@@ -208,10 +191,6 @@ MAGNIFICATION_RUNS = [
 ]
 
 
-def _parts(split: pd.DataFrame) -> dict[str, str]:
-    return split.drop_duplicates("patient_id").set_index("patient_id")["split"].to_dict()
-
-
 @pytest.mark.slow
 def test_every_magnification_is_tested_on_the_same_patients(finished_protocol):
     out, _, _ = finished_protocol
@@ -219,7 +198,7 @@ def test_every_magnification_is_tested_on_the_same_patients(finished_protocol):
         fold, magnification = name.rsplit("-", 1)
         split = pd.read_csv(out / name / "split.csv", dtype={"patient_id": str})
         mixed = pd.read_csv(out / fold / "split.csv", dtype={"patient_id": str})
-        assert set(split["magnification"]) == {magnification} and _parts(split) == _parts(mixed)
+        assert set(split["magnification"]) == {magnification} and patient_parts(split) == patient_parts(mixed)
 
 
 @pytest.mark.slow
@@ -266,7 +245,7 @@ def _kill_the_worker_running(fold: Path, killed: list, stop: threading.Event) ->
                         Path(os.readlink(proc / "cwd")) == notebooks
                         and b"ipykernel" in (proc / "cmdline").read_bytes()
                     ):
-                        worker = int((proc / "stat").read_text().rsplit(") ", 1)[1].split()[1])
+                        worker = parent_of(proc)
                         os.kill(worker, signal.SIGKILL)
                         killed.append(worker)
                         return

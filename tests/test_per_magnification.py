@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import build_tiny_model
+from conftest import build_tiny_model, patient_parts
 
 from bcnb import Config
 from bcnb.batch import protocol
@@ -37,33 +37,29 @@ def _uneven_table(seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _parts(split: pd.DataFrame) -> dict[str, str]:
-    return split.drop_duplicates("patient_id").set_index("patient_id")["split"].to_dict()
-
-
 def test_every_magnification_gets_the_patient_folds_of_the_whole_dataset():
     """Drawn per magnification, the folds would differ (the image counts differ); drawn from the
     whole dataset they are the same for every magnification, validation included."""
     whole = _uneven_table()
     differed = False
     for fold in (1, 2, 3):
-        everything = _parts(splitting.split_for_fold(whole, 3, fold, 0.2, seed=5))
+        everything = patient_parts(splitting.split_for_fold(whole, 3, fold, 0.2, seed=5))
         for magnification in MAGNIFICATIONS:
             one = whole[whole["magnification"] == magnification].reset_index(drop=True)
-            assert _parts(splitting.split_for_fold(one, 3, fold, 0.2, 5, whole=whole)) == everything
-            differed |= _parts(splitting.split_for_fold(one, 3, fold, 0.2, 5)) != everything
+            assert patient_parts(splitting.split_for_fold(one, 3, fold, 0.2, 5, whole=whole)) == everything
+            differed |= patient_parts(splitting.split_for_fold(one, 3, fold, 0.2, 5)) != everything
     assert differed  # the test means something: per magnification, the folds were not these
 
 
 def test_split_for_run_of_one_magnification_uses_the_loaded_whole(tmp_path):
     cfg = Config(synthetic_patients=12, synthetic_images_per_patient=1, folds=3, fold=2, seed=3)
     everything = loading.load_dataset(cfg)
-    expected = _parts(splitting.split_for_run(cfg, everything.table, everything.whole))
+    expected = patient_parts(splitting.split_for_run(cfg, everything.table, everything.whole))
     for magnification in MAGNIFICATIONS:
         loaded = loading.load_dataset(cfg.replace(magnification=magnification))
         assert len(loaded.whole) == len(everything.whole) == 4 * len(loaded.table)
         split = splitting.split_for_run(cfg.replace(magnification=magnification), loaded.table, loaded.whole)
-        assert _parts(split) == expected and set(split["magnification"]) == {magnification}
+        assert patient_parts(split) == expected and set(split["magnification"]) == {magnification}
 
 
 def test_a_fold_file_of_every_magnification_serves_a_run_of_one(tmp_path):
@@ -85,7 +81,8 @@ def test_a_fold_file_of_every_magnification_serves_a_run_of_one(tmp_path):
     assert sorted(split[split["split"] == "test"]["patient_id"].unique()) == test_patients
     everything = loading.load_dataset(one.replace(magnification="all"))
     mixed = splitting.split_for_run(one.replace(magnification="all"), everything.table, everything.whole)
-    assert _parts(split) == _parts(mixed)  # validation too: carved from every magnification's patients
+    # validation too: carved from every magnification's patients
+    assert patient_parts(split) == patient_parts(mixed)
 
 
 # --------------------------------------------------------------------------- the runs

@@ -85,9 +85,9 @@ def _the_runs_own(cfg: Config, sub: Config):
     run, own = Path(cfg.run_dir), Path(sub.run_dir)
     features = run / FEATURES_DIR / ALL_FEATURES
     shared = [run / artifacts.MODEL_FILE, run / artifacts.HISTORY_FILE, run / artifacts.WEIGHTS_FILE]
-    for path in shared + [path for path in artifacts.feature_cache_files(features) if path.is_file()]:
+    for path in shared + artifacts.feature_cache_files(features):
         link_or_copy(path, own / path.relative_to(run))
-    model = transfer.load_model(Path(cfg.run_dir) / artifacts.MODEL_FILE)
+    model = transfer.load_model(run / artifacts.MODEL_FILE)
     speed = extraction_speed(features)  # None where no one pass over the images made them
     return model, transfer.load_weights_info(cfg.run_dir), speed, artifacts.load_history(cfg.run_dir)
 

@@ -86,10 +86,11 @@ _WRITTEN_BY = {
 
 
 def feature_cache_files(features: str | Path) -> list[Path]:
-    """A feature cache's files: the features (``.npy``), their key and the rows they are of
-    (bcnb.train.features says what each holds)."""
+    """A feature cache's files that are there: the features (``.npy``), their key and the rows
+    they are of (bcnb.train.features says what each holds)."""
     features = Path(features)
-    return [features, features.with_suffix(".key.json"), features.with_suffix(".rows.csv")]
+    paths = (features, features.with_suffix(".key.json"), features.with_suffix(".rows.csv"))
+    return [path for path in paths if path.is_file()]
 
 
 def path_of(run_dir: str | Path, name: str) -> Path:

@@ -122,8 +122,7 @@ def share_features(staging: Path, folder: Path) -> None:
     source = max(usable, key=lambda path: rows[path])  # the first of the largest
     target.parent.mkdir(parents=True, exist_ok=True)
     for path in feature_cache_files(source):
-        if path.is_file():
-            _link_or_copy(path, target.parent / path.name)
+        _link_or_copy(path, target.parent / path.name)
 
 
 def _rows_of(key: Path) -> int | None:
