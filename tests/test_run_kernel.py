@@ -45,6 +45,7 @@ def test_a_runs_notebooks_share_one_kernel_each_starting_afresh(tmp_path):
     # Keras numbers layers from the start in each notebook, as in a kernel of its own
     assert first[1] == "['dense', 'dense_1']" and second[1] == "['dense']"
     assert sorted(p.name for p in (run / "notebooks").glob("*.ipynb")) == ["a.ipynb", "b.ipynb"]
+    assert notebooks.ran_to_its_end(run, "b.ipynb")  # what --resume keeps a protocol's run by
     printed = _printed(run / "notebooks" / "b.ipynb")
     assert "retracing" not in printed, printed
 
@@ -68,6 +69,9 @@ def test_the_kernel_is_shut_down_when_a_notebook_fails(tmp_path):
     )
     with pytest.raises(notebooks.NotebookFailed, match="ValueError: on purpose"):
         notebooks.run_notebooks(run, ["a.ipynb"], Config(), source)
+    # kept under its name, to read, but not a notebook that ran to its end (nor is a missing one)
+    assert (run / "notebooks" / "a.ipynb").is_file() and not notebooks.ran_to_its_end(run, "a.ipynb")
+    assert not notebooks.ran_to_its_end(run, "b.ipynb")
     kernel = Path(f"/proc/{(run / 'notebooks' / 'pid.txt').read_text()}/stat")
     assert not kernel.exists() or kernel.read_text().split(") ")[1].startswith("Z")  # gone, or a zombie
 

@@ -1,5 +1,6 @@
 """The run folder's record (written once) and its lock (one writer at a time)."""
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -10,7 +11,7 @@ import pytest
 import yaml
 
 from bcnb.config import STAGES, Config
-from bcnb.run.folder import DestinationRefused, RecordTampered, check_destination, start_folder
+from bcnb.run.folder import DestinationRefused, RecordTampered, check_destination, read_marker, start_folder
 from bcnb.run.lock import HELD_BY_PARENT, RunFolderBusy, RunLock, lock_path
 from bcnb.run.record import (
     RecordMismatch,
@@ -125,6 +126,31 @@ def test_a_kill_between_the_record_and_its_digest_leaves_a_pair_that_checks(tmp_
         record_parameters(tmp_path, Config(img_size=64), (), ["model"])
     monkeypatch.setattr(runfolder, "write_text_atomic", real)
     assert writes and read_record(tmp_path)["img_size"] == 64
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["first record", "a later one"])
+def test_a_kill_before_the_record_is_written_leaves_the_one_before(tmp_path, monkeypatch, first):
+    """Killed after the marker accepts the new digest but before config.yaml is replaced: the
+    folder reads as it was (no record yet, or the old one) and its run can go on."""
+    import bcnb.run.record as runfolder
+
+    if not first:
+        record_parameters(tmp_path, Config(), (), ["data"])
+    before = read_record(tmp_path) if not first else {}
+
+    def killed_before_the_record(path, text):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runfolder, "write_text_atomic", killed_before_the_record)
+    with pytest.raises(KeyboardInterrupt):
+        record_parameters(tmp_path, Config(img_size=64), (), ["data", "model"])
+    monkeypatch.undo()
+    assert read_record(tmp_path) == before
+    record_parameters(tmp_path, Config(img_size=64), (), ["data", "model"])
+    assert read_record(tmp_path)["img_size"] == 64  # a model parameter: new in both cases
+    assert read_marker(tmp_path)["record_sha256"] == [
+        hashlib.sha256((tmp_path / "config.yaml").read_bytes()).hexdigest()
+    ]
 
 
 def test_the_record_round_trips_through_load_run_config(tmp_path):

@@ -11,6 +11,7 @@ log) goes to the run's ``notebooks/kernels.log``.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bcnb.config import NOTEBOOK_OF_STAGE, Config
-from bcnb.run.artifacts import KERNEL_LOG
+from bcnb.run.artifacts import EXECUTED_DIR, KERNEL_LOG
 from bcnb.run.files import write_text_atomic
 from bcnb.run.folder import DestinationRefused
 from bcnb.run.lock import HELD_BY_PARENT
@@ -67,7 +68,7 @@ def run_notebooks(
     raises stops the job (NotebookFailed, the executed notebook kept for inspection); a file
     that cannot be written (disk full, read-only) stops it too (WriteFailed, one line).
     """
-    target_dir = folder / "notebooks"
+    target_dir = folder / EXECUTED_DIR
     target_dir.mkdir(parents=True, exist_ok=True)
     with run_kernel(kernel) as kernel, kernels_work_in(folder), native_stderr(target_dir / KERNEL_LOG):
         for number, name in enumerate(names, start=1):
@@ -137,7 +138,7 @@ def work_in(run_folder: Path) -> None:
     would have been given."""
     import sys
 
-    notebooks = run_folder / "notebooks"
+    notebooks = run_folder / EXECUTED_DIR
     os.chdir(notebooks)
     os.environ[HELD_BY_PARENT] = str(run_folder.resolve())
     # ipykernel (on Linux and macOS) reads file descriptor 2 through a pipe of its own and
@@ -215,6 +216,17 @@ def record_final_name(executed: Path, name: str) -> None:
     notebook = nbformat.read(executed, as_version=4)
     notebook.metadata.setdefault("papermill", {})["output_path"] = name
     write_text_atomic(executed, nbformat.writes(notebook) + "\n")
+
+
+def ran_to_its_end(folder: Path, name: str) -> bool:
+    """Whether the executed ``name`` in ``folder`` ran to its end. A failed notebook is kept
+    under its name too (to read); only a finished one has that name recorded in it."""
+    executed = folder / EXECUTED_DIR / name
+    try:
+        papermill = json.loads(executed.read_text(encoding="utf-8"))["metadata"]["papermill"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return papermill.get("output_path") == name and not papermill.get("exception")
 
 
 @contextmanager

@@ -37,6 +37,7 @@ from bcnb.batch.notebooks import (
     WriteFailed,
     check_notebooks,
     notebook_named,
+    ran_to_its_end,
     run_kernel,
     run_notebooks,
 )
@@ -44,7 +45,6 @@ from bcnb.config import Config, resolve_paths
 from bcnb.data.loading import load_dataset
 from bcnb.data.pipeline import stain_target_parameters
 from bcnb.data.splitting import split_for_run
-from bcnb.run.artifacts import REPORT_FILE
 from bcnb.run.folder import check_destination, check_writable, folder_kind, start_folder
 from bcnb.run.lock import RunLock
 from bcnb.run.nativelog import native_stderr
@@ -179,7 +179,8 @@ def pending_runs(job: Job, staging: Path, notebooks: list[str], progress) -> lis
     tasks = []
     for number, (name, run_cfg) in enumerate(job.runs.items(), start=1):
         folder = staging / name if name else staging
-        if name and (folder / REPORT_FILE).is_file():
+        # report.md, written inside the last notebook, would not say that the notebook ended
+        if name and ran_to_its_end(folder, job.notebooks[-1]):
             progress(f"{name}: finished before, kept")
             continue
         label = f"{name} ({number}/{len(job.runs)}) " if name else ""

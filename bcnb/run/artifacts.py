@@ -66,7 +66,7 @@ FIGURES_DIR = "figures"
 # 05: the backbone comparison
 COMPARE_DIR = "compare"
 # bcnb reproduce: the executed notebooks, and what their kernels wrote outside them
-NOTEBOOKS_DIR = "notebooks"
+EXECUTED_DIR = "notebooks"  # each takes its name only once it has run to its end
 KERNEL_LOG = "kernels.log"
 # A protocol's folder (--folds, --repeats): summary.md, .json, .png; a sweep's: sweep.md, .csv
 SUMMARY = "summary"

@@ -44,6 +44,11 @@ class RecordMismatch(ValueError):
     """Parameters that differ from the ones the run folder was made with."""
 
 
+# In the marker's record_sha256 while the first record is being written: no config.yaml is
+# also a state that checks (the marker is written before the file).
+NO_RECORD = None
+
+
 # --------------------------------------------------------------------------- the record
 def read_record(run_dir: str | Path) -> dict[str, Any]:
     """The parameters recorded in ``run_dir/config.yaml`` so far ({} before the first),
@@ -52,7 +57,7 @@ def read_record(run_dir: str | Path) -> dict[str, Any]:
     marker = read_marker(run_dir) if Path(run_dir).is_dir() else None
     digests = (marker or {}).get("record_sha256", [])
     if not path.is_file():
-        if digests:
+        if digests and NO_RECORD not in digests:
             raise RecordTampered(f"{path} has been removed: this run folder no longer says how it was made")
         return {}
     data = _read_bytes(path)
@@ -93,14 +98,14 @@ def _write_record(run_dir: Path, values: Mapping[str, Any]) -> None:
     """config.yaml and its digest, so that a kill at any moment leaves a pair that checks.
 
     The marker first accepts the old and the new digest, then the file is replaced, then the
-    marker keeps only the new one.
+    marker keeps only the new one. Before the first record the old state is "no record yet"
+    (NO_RECORD): a run killed just as it starts is a folder to resume, not a tampered one.
     """
     marker = read_marker(run_dir) or {"kind": "run", "made_by": made_by()}
     text = yaml.safe_dump(dict(values), sort_keys=False)
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    write_json_atomic(
-        run_dir / MARKER_FILE, {**marker, "record_sha256": [*marker.get("record_sha256", []), digest]}
-    )
+    accepted = marker.get("record_sha256") or [NO_RECORD]
+    write_json_atomic(run_dir / MARKER_FILE, {**marker, "record_sha256": [*accepted, digest]})
     write_text_atomic(run_dir / CONFIG_FILE, text)
     write_json_atomic(run_dir / MARKER_FILE, {**marker, "record_sha256": [digest]})
 
