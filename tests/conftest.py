@@ -178,18 +178,15 @@ def patient_parts(split) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- killing a run
-def parent_of(process: Path) -> int:
-    """The parent's pid of ``process``, a /proc/PID folder (OSError if it has ended)."""
-    return int((process / "stat").read_text().rsplit(") ", 1)[1].split()[1])  # after "(name) ": state, parent
-
-
 def process_tree(pid: int) -> list[int]:
     """``pid`` and every process it started, parents first. A kernel is started in a session of
     its own (jupyter_client does so), so a signal to ``bcnb reproduce``'s process group misses it."""
+    from bcnb.run.lock import parent_of
+
     parents = {}
     for process in Path("/proc").glob("[0-9]*"):
         try:
-            parents[int(process.name)] = parent_of(process)
+            parents[int(process.name)] = parent_of(int(process.name))
         except (OSError, ValueError, IndexError):
             continue  # the process ended meanwhile
     tree = [pid]

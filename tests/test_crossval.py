@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import parent_of, patient_parts, signal_tree
+from conftest import patient_parts, signal_tree
 from scipy import stats as scipy_stats
 
 from bcnb import Config
 from bcnb.batch import protocol
 from bcnb.run import staging
+from bcnb.run.lock import kernels_working_in, parent_of
 
 TINY = {
     "synthetic_patients": 12,
@@ -236,21 +237,17 @@ def _figures(out: Path) -> dict:
 
 def _kill_the_worker_running(fold: Path, killed: list, stop: threading.Event) -> None:
     """Once ``fold`` trains (its 02 is done), SIGKILL the Dask worker whose kernel runs it."""
-    notebooks = (fold / "notebooks").resolve()
+    fold = fold.resolve()
     while not stop.is_set():
-        if (notebooks / "02_model.ipynb").exists():
-            for proc in Path("/proc").glob("[0-9]*"):
+        if (fold / "notebooks" / "02_model.ipynb").exists():
+            for kernel in kernels_working_in(fold):
                 try:
-                    if (
-                        Path(os.readlink(proc / "cwd")) == notebooks
-                        and b"ipykernel" in (proc / "cmdline").read_bytes()
-                    ):
-                        worker = parent_of(proc)
-                        os.kill(worker, signal.SIGKILL)
-                        killed.append(worker)
-                        return
-                except (OSError, ValueError, IndexError):
+                    worker = parent_of(kernel)
+                    os.kill(worker, signal.SIGKILL)
+                except OSError:
                     continue
+                killed.append(worker)
+                return
         time.sleep(0.05)
 
 

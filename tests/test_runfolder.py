@@ -6,13 +6,16 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
 import pytest
 import yaml
 
 from bcnb.config import STAGES, Config
+from bcnb.run import lock
 from bcnb.run.folder import DestinationRefused, RecordTampered, check_destination, read_marker, start_folder
-from bcnb.run.lock import HELD_BY_PARENT, RunFolderBusy, RunLock, lock_path
+from bcnb.run.lock import HELD_BY_PARENT, RunFolderBusy, RunLock, lock_path, stray_kernels
 from bcnb.run.record import (
     RecordMismatch,
     check_runs_made_with,
@@ -273,6 +276,66 @@ def test_a_killed_holder_does_not_block(holder):
     with RunLock(folder, "the next run"):
         assert "the next run" in lock_path(folder).read_text()
     assert not lock_path(folder).exists()  # an exclusive holder leaves nothing behind
+
+
+def _kernel(folder: Path, seconds: float, orphaned: bool = True) -> int:
+    """A process that looks like a Jupyter kernel (``ipykernel`` in its command line, its
+    parent named in JPY_PARENT_PID as jupyter_client names it) working in ``folder`` for
+    ``seconds``. ``orphaned``: started by a shell that exits at once, as a killed driver's
+    kernel is left; otherwise a child of this process. Returns its pid."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sleeper = f"import os, time; open('kernel.pid', 'w').write(str(os.getpid())); time.sleep({seconds})"
+    if orphaned:
+        line = f'JPY_PARENT_PID=$$ "{sys.executable}" -c "{sleeper}" ipykernel_launcher &'
+        subprocess.run(["sh", "-c", line], cwd=folder, check=True)
+    else:
+        environment = {**os.environ, "JPY_PARENT_PID": str(os.getpid())}
+        subprocess.Popen([sys.executable, "-c", sleeper, "ipykernel_launcher"], cwd=folder, env=environment)
+    pid_file, deadline = folder / "kernel.pid", time.monotonic() + 30
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pid = int(pid_file.read_text())
+    pid_file.unlink()
+    return pid
+
+
+def _alive(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and not stat.read_text().rsplit(") ", 1)[1].startswith("Z")
+
+
+def test_a_writer_waits_for_the_kernel_a_killed_writer_left(tmp_path):
+    """A driver killed outright lets go of the lock while its kernel works on for a moment."""
+    kernel = _kernel(tmp_path / ".run.partial" / "fold-1" / "notebooks", seconds=1.5)
+    assert stray_kernels(tmp_path / "run") == [kernel]
+    with RunLock(tmp_path / "run", "the resumed run"):
+        assert not _alive(kernel)  # the lock is taken only once it has ended
+
+
+def test_a_kernel_that_does_not_end_keeps_the_next_writer_out(tmp_path, monkeypatch):
+    monkeypatch.setattr(lock, "STRAY_KERNEL_WAIT_S", 0.2)
+    kernel = _kernel(tmp_path / "run" / "notebooks", seconds=60)
+    try:
+        with pytest.raises(RunFolderBusy, match=f"a Jupyter kernel of an earlier run \\(process {kernel}\\)"):
+            RunLock(tmp_path / "run", "bcnb reproduce").acquire()
+        assert not lock_path(tmp_path / "run").exists()  # let go again: nothing held, nothing left
+        RunLock(tmp_path / "run", "a notebook", shared=True).acquire().release()  # notebooks share
+    finally:
+        os.kill(kernel, signal.SIGKILL)
+
+
+def test_kernels_whose_parent_lives_or_that_work_elsewhere_do_not_count(tmp_path):
+    """A kernel of a running JupyterLab showing an executed notebook of the run, or of this
+    process, writes nothing unless a notebook runs (and then it holds the lock itself)."""
+    living = _kernel(tmp_path / "run" / "notebooks", seconds=60, orphaned=False)
+    elsewhere = _kernel(tmp_path / "run-2" / "notebooks", seconds=60)
+    try:
+        assert lock.kernels_working_in(tmp_path / "run") == [living]
+        assert stray_kernels(tmp_path / "run") == [] and stray_kernels(tmp_path / "run-2") == [elsewhere]
+        RunLock(tmp_path / "run", "bcnb reproduce").acquire().release()
+    finally:
+        for pid in (living, elsewhere):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_the_command_line_refuses_a_second_writer_at_once(holder):

@@ -75,8 +75,29 @@ class RunLock:
                 break
             os.close(fd)  # an exclusive holder removed the file as we opened it: take the new one
         self._fd = fd
+        if not self.shared:
+            self._outlive_stray_kernels()
         _write_holder(fd, self.what, truncate=not self.shared)
         return self
+
+    def _outlive_stray_kernels(self) -> None:
+        """Wait until no kernel of an earlier writer still works in the folder (or beside it,
+        in its staging folders), or refuse: the lock alone cannot say so.
+
+        A driver's kernels take no lock of their own (the driver holds it for them), and a
+        driver killed outright lets go of the lock at once while its kernel lives on until
+        ipykernel notices that its parent is gone (about a second): long enough to write a file
+        into the folder the next writer has just taken.
+        """
+        deadline = time.monotonic() + STRAY_KERNEL_WAIT_S
+        while strays := stray_kernels(self.folder):
+            if time.monotonic() > deadline:
+                self.release()
+                raise RunFolderBusy(
+                    f"{self.folder} is still being written by a Jupyter kernel of an earlier run "
+                    f"(process {strays[0]}), which outlived it: stop that process first"
+                )
+            time.sleep(0.05)
 
     def release(self) -> None:
         """Let go; the last holder removes the lock file (while still holding it, so no one
@@ -96,6 +117,50 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+# How long a new writer waits for the kernels of a killed one to end (they do within about a
+# second: ipykernel checks for its parent once a second).
+STRAY_KERNEL_WAIT_S = 10.0
+
+
+def stray_kernels(folder: Path) -> list[int]:
+    """The Jupyter kernels working in ``folder`` or its staging folders whose parent has gone:
+    those of a killed ``bcnb reproduce``, which end by themselves within about a second."""
+    return [pid for pid in kernels_working_in(folder) if _orphaned(pid)]
+
+
+def kernels_working_in(folder: Path) -> list[int]:
+    """The Jupyter kernels on this machine working in ``folder`` or in one of its staging
+    folders (``.NAME.*`` beside it), by their working folder; none where there is no /proc."""
+    places = (str(folder), str(folder.parent / f".{folder.name}."))
+    found = []
+    for process in Path("/proc").glob("[0-9]*"):
+        try:
+            cwd = os.readlink(process / "cwd")
+            if cwd == places[0] or cwd.startswith((places[0] + os.sep, places[1])):
+                if b"ipykernel" in (process / "cmdline").read_bytes():
+                    found.append(int(process.name))
+        except OSError:  # ended meanwhile, or not ours to look at
+            continue
+    return found
+
+
+def _orphaned(pid: int) -> bool:
+    """Whether the process that started kernel ``pid`` has gone: jupyter_client tells each
+    kernel its parent in JPY_PARENT_PID (a kernel of a running JupyterLab is not orphaned)."""
+    try:
+        environment = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        told = [int(entry.split(b"=", 1)[1]) for entry in environment if entry.startswith(b"JPY_PARENT_PID=")]
+        return bool(told) and parent_of(pid) != told[0]
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def parent_of(pid: int) -> int:
+    """The pid of process ``pid``'s parent, from /proc (OSError once it has ended)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(") ", 1)[1].split()[1])  # after "(name) ": the state, then the parent
 
 
 def _same_file(fd: int, path: Path) -> bool:
