@@ -19,6 +19,7 @@ benchmarks/crossval_results.md.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -65,19 +66,48 @@ def shared_inodes(out: Path, folds: int) -> int:
 
 
 def builtin(work: Path) -> list[str]:
+    """One run, then 5 folds one after the other, then 5 folds on a local Dask cluster of one
+    worker per core (fold-1 alone, then the others side by side), back to back: this machine's
+    speed drifts within an hour, so only figures measured together are compared."""
     one = reproduce(work / "one")
     five = reproduce(work / "five", "--folds", "5")
     lines = [
         "## K=5 against one run, built-in dataset (480 images, 40 patients, 224x224, float32)",
         "",
-        f"- one run (`bcnb reproduce`, notebooks 01-04 and 06): {one:.0f} s",
+        f"- one run (`bcnb reproduce`, notebooks 01-04 and 06): {one:.0f} s{extracted(work / 'one')}",
         f"- 5 folds (`bcnb reproduce --folds 5`, notebooks 01-04 per fold, summary): {five:.0f} s "
-        f"({five / one:.1f}x one run)",
+        f"({five / one:.1f}x one run){extracted(work / 'five' / 'fold-1')}",
+    ]
+    workers = os.cpu_count() or 1
+    if importlib.util.find_spec("distributed") and workers > 1:
+        spread = reproduce(work / "spread", "--folds", "5", "--dask", f"local:{workers}")
+        same = _figures(work / "five") == _figures(work / "spread")
+        lines.append(
+            f"- the same on a local Dask cluster of {workers} workers (`--dask local:{workers}`): "
+            f"{spread:.0f} s ({spread / one:.1f}x one run; summary figures the same: {same})"
+            + extracted(work / "spread" / "fold-1")
+        )
+    return [
+        *lines,
         f"- feature files: {shared_inodes(work / 'five', 5)} for 5 folds (hard links to one extraction)",
         "",
         *fold_table(work / "five", 5),
     ]
-    return lines
+
+
+def extracted(run: Path) -> str:
+    """How fast the run's features were extracted: the machine's speed at that moment (it
+    has run some hours at half its speed, as if on one core of its two)."""
+    from bcnb.train.features import extraction_speed
+
+    speed = extraction_speed(run / "features" / "all.npy")
+    return f"; features extracted at {speed:.1f} images/s" if speed else ""
+
+
+def _figures(out: Path) -> dict:
+    """summary.json's figures, without the words that say how the protocol was run."""
+    summary = json.loads((out / "summary.json").read_text())
+    return {key: summary[key] for key in ("runs", "pooled", "summary")}
 
 
 def breakhis_size(work: Path, data: Path) -> list[str]:
