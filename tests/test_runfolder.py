@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -278,19 +279,24 @@ def test_a_killed_holder_does_not_block(holder):
     assert not lock_path(folder).exists()  # an exclusive holder leaves nothing behind
 
 
-def _kernel(folder: Path, seconds: float, orphaned: bool = True) -> int:
-    """A process that looks like a Jupyter kernel (``ipykernel`` in its command line, its
-    parent named in JPY_PARENT_PID as jupyter_client names it) working in ``folder`` for
-    ``seconds``. ``orphaned``: started by a shell that exits at once, as a killed driver's
-    kernel is left; otherwise a child of this process. Returns its pid."""
+def _kernel(folder: Path, seconds: float, parent: str = "gone") -> int:
+    """A process that looks like a Jupyter kernel working in ``folder`` for ``seconds``: its
+    command line names ipykernel_launcher, and JPY_PARENT_PID names the process that started
+    it, as jupyter_client does. ``parent``: "gone" (a shell that ends at once, as a killed
+    driver), "lives" (a shell that waits on it: JupyterLab, a running Dask worker) or "this
+    process". Returns its pid."""
     folder.mkdir(parents=True, exist_ok=True)
     sleeper = f"import os, time; open('kernel.pid', 'w').write(str(os.getpid())); time.sleep({seconds})"
-    if orphaned:
-        line = f'JPY_PARENT_PID=$$ "{sys.executable}" -c "{sleeper}" ipykernel_launcher &'
-        subprocess.run(["sh", "-c", line], cwd=folder, check=True)
-    else:
-        environment = {**os.environ, "JPY_PARENT_PID": str(os.getpid())}
-        subprocess.Popen([sys.executable, "-c", sleeper, "ipykernel_launcher"], cwd=folder, env=environment)
+    kernel = shlex.join([sys.executable, "-c", sleeper, "ipykernel_launcher"])
+    if parent == "this process":
+        subprocess.Popen(
+            shlex.split(kernel), cwd=folder, env={**os.environ, "JPY_PARENT_PID": str(os.getpid())}
+        )
+    elif parent == "gone":
+        subprocess.run(["sh", "-c", f"JPY_PARENT_PID=$$ {kernel} &"], cwd=folder, check=True)
+    else:  # the outer shell ends at once, the inner one waits on the kernel
+        inner = shlex.quote(f"JPY_PARENT_PID=$$ {kernel} & wait")
+        subprocess.run(["sh", "-c", f"sh -c {inner} &"], cwd=folder, check=True)
     pid_file, deadline = folder / "kernel.pid", time.monotonic() + 30
     while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -312,7 +318,7 @@ def test_a_writer_waits_for_the_kernel_a_killed_writer_left(tmp_path):
         assert not _alive(kernel)  # the lock is taken only once it has ended
 
 
-def test_a_kernel_that_does_not_end_keeps_the_next_writer_out(tmp_path, monkeypatch):
+def test_a_kernel_left_that_does_not_end_keeps_the_next_writer_out(tmp_path, monkeypatch):
     monkeypatch.setattr(lock, "STRAY_KERNEL_WAIT_S", 0.2)
     kernel = _kernel(tmp_path / "run" / "notebooks", seconds=60)
     try:
@@ -324,17 +330,18 @@ def test_a_kernel_that_does_not_end_keeps_the_next_writer_out(tmp_path, monkeypa
         os.kill(kernel, signal.SIGKILL)
 
 
-def test_kernels_whose_parent_lives_or_that_work_elsewhere_do_not_count(tmp_path):
-    """A kernel of a running JupyterLab showing an executed notebook of the run, or of this
-    process, writes nothing unless a notebook runs (and then it holds the lock itself)."""
-    living = _kernel(tmp_path / "run" / "notebooks", seconds=60, orphaned=False)
+def test_kernels_whose_parent_lives_and_other_folders_kernels_do_not_count(tmp_path):
+    """JupyterLab showing an executed notebook of the run, a Dask worker keeping its kernel for
+    its next run, this process' own kernel: none writes unless a notebook runs."""
+    living = _kernel(tmp_path / "run" / "notebooks", seconds=60, parent="lives")
+    ours = _kernel(tmp_path / ".run.partial" / "notebooks", seconds=60, parent="this process")
     elsewhere = _kernel(tmp_path / "run-2" / "notebooks", seconds=60)
     try:
-        assert lock.kernels_working_in(tmp_path / "run") == [living]
+        assert sorted(lock.kernels_working_in(tmp_path / "run")) == sorted([living, ours])
         assert stray_kernels(tmp_path / "run") == [] and stray_kernels(tmp_path / "run-2") == [elsewhere]
         RunLock(tmp_path / "run", "bcnb reproduce").acquire().release()
     finally:
-        for pid in (living, elsewhere):
+        for pid in (living, ours, elsewhere):
             os.kill(pid, signal.SIGKILL)
 
 

@@ -88,8 +88,9 @@ class RunLock:
 
         A driver's kernels take no lock of their own (the driver holds it for them), and a
         driver killed outright lets go of the lock at once while its kernel lives on until
-        ipykernel notices that its parent is gone (about a second): long enough to write a file
-        into the folder the next writer has just taken.
+        ipykernel notices that its parent is gone (about a second; the kernels of the local
+        Dask workers it started, about two): long enough to write into the folder the next
+        writer has just taken. (Kernels on other machines cannot be seen here.)
         """
         deadline = time.monotonic() + STRAY_KERNEL_WAIT_S
         while strays := stray_kernels(self.folder):
@@ -121,15 +122,24 @@ class RunLock:
         self.release()
 
 
-# How long a new writer waits for the kernels of a killed one to end (they do within about a
-# second: ipykernel checks for its parent once a second).
+# How long a new writer waits for the kernels a killed one left (they end within about two
+# seconds: ipykernel checks for its parent once a second; a local Dask worker, whose kernel
+# then does the same, ends with its driver).
 STRAY_KERNEL_WAIT_S = 10.0
 
 
 def stray_kernels(folder: Path) -> list[int]:
     """The Jupyter kernels working in ``folder`` or its staging folders whose parent has gone:
-    those of a killed ``bcnb reproduce``, which end by themselves within about a second."""
+    those a killed ``bcnb reproduce`` (or its local Dask workers) left, which end by themselves.
+    A kernel whose parent lives (JupyterLab showing one of the run's notebooks, a running Dask
+    worker keeping its kernel for its next run) writes nothing unless it runs a notebook, and
+    then holds the lock itself."""
     return [pid for pid in kernels_working_in(folder) if _orphaned(pid)]
+
+
+# How a Jupyter kernel's command line names it: python -m ipykernel_launcher -f ... (or the
+# module itself, as older kernel specs had it).
+KERNEL_MODULES = {b"ipykernel_launcher", b"ipykernel"}
 
 
 def kernels_working_in(folder: Path) -> list[int]:
@@ -141,7 +151,7 @@ def kernels_working_in(folder: Path) -> list[int]:
         try:
             cwd = os.readlink(process / "cwd")
             if cwd == places[0] or cwd.startswith((places[0] + os.sep, places[1])):
-                if b"ipykernel" in (process / "cmdline").read_bytes():
+                if KERNEL_MODULES & set((process / "cmdline").read_bytes().split(b"\0")):
                     found.append(int(process.name))
         except OSError:  # ended meanwhile, or not ours to look at
             continue
@@ -149,13 +159,13 @@ def kernels_working_in(folder: Path) -> list[int]:
 
 
 def _orphaned(pid: int) -> bool:
-    """Whether the process that started kernel ``pid`` has gone: jupyter_client tells each
-    kernel its parent in JPY_PARENT_PID (a kernel of a running JupyterLab is not orphaned)."""
+    """Whether the process that started kernel ``pid`` has gone, as ipykernel itself tells:
+    jupyter_client names the parent in the kernel's JPY_PARENT_PID."""
     try:
         environment = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         told = [int(entry.split(b"=", 1)[1]) for entry in environment if entry.startswith(b"JPY_PARENT_PID=")]
         return bool(told) and parent_of(pid) != told[0]
-    except (OSError, ValueError, IndexError):
+    except (OSError, ValueError, IndexError):  # ended meanwhile
         return False
 
 
