@@ -5,8 +5,8 @@ blocks the folder. ``bcnb reproduce`` holds it alone for the whole run; notebook
 together (a student steps through 01-06, each in its own kernel) for as long as their kernel
 lives, so neither can start while the other writes. The kernels ``bcnb reproduce`` starts take
 no lock (it holds the folder for them); a writer that takes the folder after a killed one
-first waits for the kernels the killed one left there to end. ``bcnb extract --shard`` processes take no
-lock: each writes only its own shard file, by design side by side.
+first waits for the kernels the killed one left there to end. ``bcnb extract --shard``
+processes take no lock: each writes only its own shard file, by design side by side.
 """
 
 from __future__ import annotations
