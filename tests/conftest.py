@@ -195,6 +195,15 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
+def running(pid: int) -> bool:
+    """Whether process ``pid`` still runs (not ended, nor a zombie waiting to be reaped)."""
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().rsplit(") ", 1)[1][0] != "Z"  # after "(name) ": its state
+    except (OSError, IndexError):
+        return False
+
+
 def signal_tree(pid: int, signal_number: int) -> None:
     """Send ``signal_number`` to ``pid`` and to every process it started (a kill -9 of the
     machine's job, or SIGSTOP to freeze a run and its kernel where they are)."""

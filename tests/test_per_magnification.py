@@ -260,7 +260,5 @@ def test_the_table_is_laid_out_as_breakhis_papers_print_it(tmp_path):
 
 
 # --------------------------------------------------------------------------- end to end
-
-
 # The protocol run end to end with --per-magnification (and killed and resumed on the way) is
 # tests/test_crossval.py's finished_protocol, read by its per-magnification tests.

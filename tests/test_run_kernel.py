@@ -1,10 +1,10 @@
 """bcnb.batch.notebooks.RunKernel: a run's notebooks share one kernel, each starting as in its own."""
 
 import os
-from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import running
 
 from bcnb import Config
 from bcnb.batch import notebooks
@@ -72,8 +72,7 @@ def test_the_kernel_is_shut_down_when_a_notebook_fails(tmp_path):
     # kept under its name, to read, but not a notebook that ran to its end (nor is a missing one)
     assert (run / "notebooks" / "a.ipynb").is_file() and not notebooks.ran_to_its_end(run, "a.ipynb")
     assert not notebooks.ran_to_its_end(run, "b.ipynb")
-    kernel = Path(f"/proc/{(run / 'notebooks' / 'pid.txt').read_text()}/stat")
-    assert not kernel.exists() or kernel.read_text().split(") ")[1].startswith("Z")  # gone, or a zombie
+    assert not running(int((run / "notebooks" / "pid.txt").read_text()))  # gone, or a zombie
 
 
 @pytest.mark.parametrize("piped", [True, False], ids=["ipykernel-pipes-fd-2", "fd-2-direct"])

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import running
 
 from bcnb.config import STAGES, Config
 from bcnb.run import lock
@@ -305,17 +306,12 @@ def _kernel(folder: Path, seconds: float, parent: str = "gone") -> int:
     return pid
 
 
-def _alive(pid: int) -> bool:
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and not stat.read_text().rsplit(") ", 1)[1].startswith("Z")
-
-
 def test_a_writer_waits_for_the_kernel_a_killed_writer_left(tmp_path):
     """A driver killed outright lets go of the lock while its kernel works on for a moment."""
     kernel = _kernel(tmp_path / ".run.partial" / "fold-1" / "notebooks", seconds=1.5)
     assert stray_kernels(tmp_path / "run") == [kernel]
     with RunLock(tmp_path / "run", "the resumed run"):
-        assert not _alive(kernel)  # the lock is taken only once it has ended
+        assert not running(kernel)  # the lock is taken only once it has ended
 
 
 def test_a_kernel_left_that_does_not_end_keeps_the_next_writer_out(tmp_path, monkeypatch):
