@@ -22,8 +22,9 @@ from bcnb.run.nativelog import native_stderr
 
 EXIT_BAD_INPUT = 2
 EXIT_RUN_FAILED = 1
+SCHEDULER_EXPECTED = "local:N worker processes or a scheduler's address, tcp://host:port"
 DASK_RUNS = (
-    "hand each run (fold, repeat, cell) to a Dask cluster: local:N worker processes or tcp://host:port "
+    f"hand each run (fold, repeat, cell) to a Dask cluster: {SCHEDULER_EXPECTED} "
     "(the workers must see --out, the data and the notebooks by the same paths)"
 )
 CHUNK_DEFAULT = 256  # bcnb extract --dask: images per task (cluster.CHUNK_ROWS, without importing it)
@@ -34,6 +35,14 @@ class _OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         sys.exit(_fail(f"{message} (see {self.prog} --help)", EXIT_BAD_INPUT))
+
+
+def scheduler(value: str) -> str:
+    """--dask's value. A blank one (``--dask "$SCHEDULER"`` with the variable unset) is refused:
+    read as "no cluster" it would run everything here, unasked."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError(f"expected {SCHEDULER_EXPECTED}, got {value!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --folds K (or --set split_file=...): also one model per magnification per fold, "
         "on the same patient folds, and the per-magnification table",
     )
-    run.add_argument("--dask", metavar="SCHEDULER", help=DASK_RUNS)
+    run.add_argument("--dask", type=scheduler, metavar="SCHEDULER", help=DASK_RUNS)
     run.add_argument(
         "--only",
         action="append",
@@ -92,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a parameter and its values (repeatable: every combination runs)",
     )
     sweep.add_argument("--folds", type=int, default=0, metavar="K", help="a K-fold cross-validation per cell")
-    sweep.add_argument("--dask", metavar="SCHEDULER", help=DASK_RUNS)
+    sweep.add_argument("--dask", type=scheduler, metavar="SCHEDULER", help=DASK_RUNS)
     sweep.add_argument(
         "--max-cells",
         type=int,
@@ -119,8 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--shard", metavar="I/N", help="this process' share, e.g. 0/4")
     where.add_argument(
         "--dask",
+        type=scheduler,
         metavar="SCHEDULER",
-        help="all of it on a Dask cluster: local:N worker processes or tcp://host:port",
+        help=f"all of it on a Dask cluster: {SCHEDULER_EXPECTED}",
     )
     extract.add_argument(
         "--chunk", type=int, metavar="ROWS", help=f"with --dask: images per task ({CHUNK_DEFAULT})"

@@ -353,6 +353,18 @@ def test_chunk_goes_with_dask_only(tmp_path):
     )
 
 
+@pytest.mark.parametrize(
+    "command", [["reproduce", "--folds", "2"], ["sweep", "--grid", "seed=1,2"], ["extract"]]
+)
+def test_a_blank_scheduler_is_refused_not_read_as_no_cluster(tmp_path, command):
+    # ``--dask "$SCHEDULER"`` with the variable unset: running it all here instead is not what was asked.
+    result = run_bcnb(*command[:1], "--out", tmp_path / "out", *command[1:], "--dask", "")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("bcnb: error: argument --dask: expected local:N") and "got ''" in line
+    assert list(tmp_path.iterdir()) == []
+
+
 TINY_SETS = [
     "--set",
     "synthetic_patients=12",
