@@ -76,6 +76,7 @@ class Predictor:
         except Exception as error:  # Keras raises many kinds; all mean "not loadable safely"
             reason = " ".join(str(error).split())[:200]
             raise ValueError(f"--model: {path} cannot be loaded in safe mode ({reason})") from None
+        _check_fitted_on(model, rule, path)
         folder = path.parent
         weights = load_weights_info(folder) if (folder / WEIGHTS_FILE).is_file() else None
         trained_on = cfg.dataset if cfg else UNKNOWN
@@ -119,6 +120,19 @@ class Predictor:
     def provenance(self) -> dict[str, str]:
         """The columns every prediction carries: the base's weights and the training data."""
         return {"weights": self.weights.used if self.weights else UNKNOWN, "trained_on": self.trained_on}
+
+
+def _check_fitted_on(model, rule: dict, path: Path) -> None:
+    """The decision rule beside ``path`` must have been fitted on this very model (where it says
+    which: decision.json of runs made before it does not)."""
+    from bcnb.evaluate.decision import FITTED_ON, weights_fingerprint
+    from bcnb.run.artifacts import DECISION_FILE, MODEL_FILE
+
+    if rule.get(FITTED_ON) not in (None, weights_fingerprint(model)):
+        raise ValueError(
+            f"--model: {path} is not the model {path.parent / DECISION_FILE} was fitted on (other "
+            f"weights): give the run's {MODEL_FILE}, or evaluate this model with notebook 04 first"
+        )
 
 
 # --------------------------------------------------------------------------- before Keras

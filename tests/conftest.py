@@ -140,7 +140,7 @@ def run_dir(tmp_path_factory):
     model = build_tiny_model(32)
     model.get_layer("classifier").bias.assign([0.3])
     transfer.save_model(model, folder / "model.keras")
-    decision.save_decision({"temperature": 2.0, "threshold": 0.5, "threshold_rule": "fixed"}, folder)
+    decision.save_decision({"temperature": 2.0, "threshold": 0.5, "threshold_rule": "fixed"}, folder, model)
     record_all(folder, Config(img_size=32, resize="center_crop"))
     return folder
 

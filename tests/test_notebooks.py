@@ -434,6 +434,19 @@ def test_report_states_the_decision_rule_and_patient_intervals(run):
 
 
 @pytest.mark.slow
+def test_the_decision_names_the_model_it_was_fitted_on(run):
+    from bcnb.evaluate.decision import FITTED_ON, weights_fingerprint
+    from bcnb.model.transfer import load_model
+    from bcnb.predict import Predictor
+
+    out, _ = run
+    fitted_on = json.loads((out / "decision.json").read_text())[FITTED_ON]
+    assert fitted_on == weights_fingerprint(load_model(out / "model.keras"))
+    with pytest.raises(ValueError, match="model_initial.keras is not the model"):
+        Predictor.from_run(out / "model_initial.keras")  # untrained: the rule says nothing of it
+
+
+@pytest.mark.slow
 def test_model_card_figures_are_metrics_json(run):
     out, _ = run
     card = (out / "model_card.md").read_text()

@@ -91,6 +91,21 @@ def test_a_model_with_code_in_it_is_refused(run_dir, tmp_path):
         Predictor.from_run(tmp_path / "model.keras")
 
 
+def test_a_model_the_rule_was_not_fitted_on_is_refused(run_dir, images, tmp_path, capsys):
+    # The run's decision.json beside other weights (its untrained model, another run's model):
+    # the run's temperature and threshold would be applied to probabilities they were not fitted on.
+    other = run_like(run_dir, tmp_path / "run")
+    model = keras.models.load_model(other / "model.keras")
+    model.get_layer("classifier").bias.assign([-0.3])
+    model.save(other / "model.keras")
+    with pytest.raises(ValueError, match=r"is not the model .*decision.json was fitted on"):
+        Predictor.from_run(other / "model.keras")
+    assert cli.main(["predict", str(images), "--model", str(other / "model.keras")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"bcnb: error: --model: {other / 'model.keras'} is not the model")
+    assert Predictor.from_run(run_dir / "model.keras").rule["threshold"] == 0.5  # its own: taken
+
+
 def test_command_line_refuses_bad_inputs_in_one_line(run_dir, images, tmp_path, capsys):
     assert cli.main(["predict", str(images), "--model", str(tmp_path / "none.keras")]) == 2
     assert "--model:" in capsys.readouterr().err

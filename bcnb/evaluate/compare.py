@@ -52,7 +52,7 @@ def run_backbone(cfg: Config, name: str, split: pd.DataFrame) -> dict:
     p_val, p_test = (_probabilities(measured_on, model, split, part) for part in ("val", "test"))
     rule = decision.decide(sub, val, p_val)
     measured = decision.measure_decision(sub, rule, val, p_val, test, p_test)
-    decision.save_decision(rule, sub.run_dir)
+    decision.save_decision(rule, sub.run_dir, model)
     return {
         "backbone": name,
         "weights": weights.used,

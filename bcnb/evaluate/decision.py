@@ -11,11 +11,13 @@ instead, on the validation split only, so the test split stays a fair exam:
 
 Then the test split is measured once at that threshold, with intervals from resampling
 patients (:mod:`bcnb.evaluate.stats`). The result is saved as ``decision.json``, which ``bcnb predict``
-applies to new images.
+applies to new images, with the fingerprint of the model's weights it was fitted on: a rule fitted
+on one model's probabilities says nothing true about another's.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -73,8 +75,23 @@ def measure_decision(
     }
 
 
-def save_decision(rule: dict, run_dir: str | Path) -> Path:
-    return write_json_atomic(Path(run_dir) / DECISION_FILE, rule)
+# decision.json's record of the model the rule was fitted on (absent in runs made before it).
+FITTED_ON = "model_weights_sha256"
+
+
+def save_decision(rule: dict, run_dir: str | Path, model=None) -> Path:
+    """decision.json: the rule, and with ``model`` the fingerprint of the model it was fitted on."""
+    fitted_on = {FITTED_ON: weights_fingerprint(model)} if model is not None else {}
+    return write_json_atomic(Path(run_dir) / DECISION_FILE, {**rule, **fitted_on})
+
+
+def weights_fingerprint(model) -> str:
+    """SHA-256 of every weight of ``model`` in order: the same for the model and its saved copy
+    loaded again, different for any other weights (the untrained model_initial.keras, another run's)."""
+    digest = hashlib.sha256()
+    for weights in model.get_weights():
+        digest.update(np.ascontiguousarray(weights).tobytes())
+    return digest.hexdigest()
 
 
 def apply_decision(rule: dict, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
