@@ -2,6 +2,7 @@
 
 import contextlib
 import dataclasses
+import gzip
 import hashlib
 import io
 import json
@@ -45,9 +46,11 @@ def _png(seed: int) -> bytes:
 
 
 def _tar(names=NAMES, extra=()) -> bytes:
-    """A BreakHis-like tar.gz: BreaKHis_v1/.../NAME for each name, plus ``extra`` members."""
+    """A BreakHis-like tar.gz: BreaKHis_v1/.../NAME for each name, plus ``extra`` members. The
+    same bytes at every call: gzip's header time is fixed (tarfile's "w:gz" writes the clock's,
+    and two calls a second apart differed)."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
         for seed, name in enumerate(names):
             data = _png(seed)
             info = tarfile.TarInfo(f"BreaKHis_v1/histology_slides/{name.split('-')[0]}/{name}")
@@ -55,7 +58,7 @@ def _tar(names=NAMES, extra=()) -> bytes:
             tar.addfile(info, io.BytesIO(data))
         for info, data in extra:
             tar.addfile(info, io.BytesIO(data) if data else None)
-    return buffer.getvalue()
+    return gzip.compress(buffer.getvalue(), mtime=0)
 
 
 class Server:
