@@ -17,7 +17,6 @@ on one model's probabilities says nothing true about another's.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -88,10 +87,9 @@ def save_decision(rule: dict, run_dir: str | Path, model=None) -> Path:
 def weights_fingerprint(model) -> str:
     """SHA-256 of every weight of ``model`` in order: the same for the model and its saved copy
     loaded again, different for any other weights (the untrained model_initial.keras, another run's)."""
-    digest = hashlib.sha256()
-    for weights in model.get_weights():
-        digest.update(np.ascontiguousarray(weights).tobytes())
-    return digest.hexdigest()
+    from bcnb.model.transfer import weights_digest  # Keras: only where a model is at hand
+
+    return weights_digest(model.weights).hexdigest()
 
 
 def apply_decision(rule: dict, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

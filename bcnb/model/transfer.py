@@ -14,12 +14,14 @@ BatchNormalization layer kept frozen.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from bcnb.config import Config
 from bcnb.data.tasks import task_named
@@ -157,6 +159,15 @@ def build_transfer_model(cfg: Config) -> tuple[keras.Model, WeightsInfo]:
 def base_of(model: keras.Model) -> keras.Model:
     """The pretrained base inside a bcnb model (the one layer that is itself a model)."""
     return next(layer for layer in model.layers if isinstance(layer, keras.Model))
+
+
+def weights_digest(weights: list, digest=None):
+    """``digest`` (a new SHA-256 by default) fed every weight's bytes in order: what a feature
+    cache's key and a decision rule's fingerprint say of the model they were made with."""
+    digest = digest or hashlib.sha256()
+    for weight in weights:
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
+    return digest
 
 
 def feature_extractor(model: keras.Model) -> keras.Model:

@@ -31,7 +31,7 @@ import pandas as pd
 
 from bcnb.config import Config
 from bcnb.data.pipeline import Preparation, make_dataset, tiles_of
-from bcnb.model.transfer import base_of, feature_extractor
+from bcnb.model.transfer import base_of, feature_extractor, weights_digest
 from bcnb.run.artifacts import ALL_FEATURES, FEATURES_DIR, SHARDS_DIR
 from bcnb.run.files import replace_from_writer, write_json_atomic, write_text_atomic
 
@@ -107,9 +107,7 @@ def feature_cache_key(model: keras.Model, table: pd.DataFrame, preparation: Prep
     for path, tile, tiles in zip(table["path"], *tiles_of(table)):
         stat = Path(path).stat()
         digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{tile}/{tiles}\n".encode())
-    for weight in extractor.weights:
-        digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
-    return digest.hexdigest()
+    return weights_digest(extractor.weights, digest).hexdigest()
 
 
 def cached_features(
