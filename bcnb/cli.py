@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--per-magnification",
         action="store_true",
         help="with --folds K (or --set split_file=...): also one model per magnification per fold, "
-        "on the same patient folds, and the per-magnification table",
+        "a head on the fold's cached features (OUT/fold-k/magnifications/), and the per-magnification table",
     )
     run.add_argument("--dask", type=scheduler, metavar="SCHEDULER", help=DASK_RUNS)
     run.add_argument(

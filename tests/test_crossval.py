@@ -2,6 +2,7 @@
 one model per magnification beside them, and the same protocol on a Dask cluster with a
 worker killed mid-fold. One protocol, killed and resumed, serves every end-to-end test here."""
 
+import itertools
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import patient_parts, signal_tree
+from conftest import signal_tree
 from scipy import stats as scipy_stats
 
 from bcnb import Config
@@ -95,7 +96,7 @@ def test_a_protocol_that_cannot_run_stops_before_any_notebook(tmp_path, extra, m
 FOLDS = 3
 MAGNIFICATIONS = ("40X", "400X")
 # The protocol's settings: TINY's on a manifest of the built-in images at two magnifications
-# (the protocol with --per-magnification makes 3 runs a fold instead of 5).
+# (the protocol with --per-magnification trains 2 heads a fold instead of 4).
 PROTOCOL = {key: value for key, value in TINY.items() if not key.startswith("synthetic_")}
 
 
@@ -114,17 +115,17 @@ def two_magnifications(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def finished_protocol(two_magnifications, tmp_path_factory):
-    """--folds 3 --per-magnification, killed once fold-1 is finished (while fold-1-40X runs),
-    then --resume: the finished protocol. Its runs on all magnifications are also what the
-    same protocol on Dask must give (below); tests/test_per_magnification.py reads the rest."""
+    """--folds 3 --per-magnification, killed once fold-1's notebooks are finished (while its
+    model of 40X trains), then --resume: the finished protocol. It is also what the same
+    protocol on Dask must give (below); tests/test_per_magnification.py reads the rest."""
     out = tmp_path_factory.mktemp("protocol") / "cv"
     staging = out.parent / ".cv.partial"
     settings = {**PROTOCOL, "dataset": two_magnifications}
     command = _command(out, "--folds", str(FOLDS), "--per-magnification", settings=settings)
     victim = subprocess.Popen(command, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 600
-    while (  # the executed 04 takes its name as fold-1 ends; fold-1-40X starts at once
-        not (staging / "fold-1" / "notebooks" / "04_evaluate.ipynb").exists()
+    while (  # fold-1's model of 40X starts as its notebooks end
+        not (staging / "fold-1" / "magnifications" / "40X").exists()
         and victim.poll() is None
         and time.monotonic() < deadline
     ):
@@ -132,6 +133,7 @@ def finished_protocol(two_magnifications, tmp_path_factory):
     signal_tree(victim.pid, signal.SIGKILL)  # the run and its kernel, as a killed job
     victim.wait()
     assert (staging / "fold-1" / "report.md").exists() and not out.exists()
+    assert not (staging / "fold-1" / "magnifications" / "400X" / "predictions.csv").exists()  # not finished
     finished_before = (staging / "fold-1" / "report.md").stat().st_mtime_ns
     resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -182,8 +184,9 @@ def test_the_summary_holds_the_folds_own_metrics(finished_protocol, two_magnific
 @pytest.mark.slow
 def test_a_killed_protocol_resumes_keeping_finished_folds(finished_protocol):
     out, finished_before, stderr = finished_protocol
-    assert "fold-1: finished before, kept" in stderr
+    assert "fold-1: its notebooks finished before, kept; its models of one magnification go on" in stderr
     assert (out / "fold-1" / "report.md").stat().st_mtime_ns == finished_before
+    assert "fold-1 (1/3) [1/4]" not in stderr  # its notebooks were not run again
 
 
 # --------------------------------------------------------------------------- per magnification
@@ -193,23 +196,48 @@ MAGNIFICATION_RUNS = [
 
 
 @pytest.mark.slow
-def test_every_magnification_is_tested_on_the_same_patients(finished_protocol):
+def test_every_magnification_is_tested_on_its_folds_test_images(finished_protocol):
     out, _, _ = finished_protocol
-    for name in MAGNIFICATION_RUNS:
-        fold, magnification = name.rsplit("-", 1)
-        split = pd.read_csv(out / name / "split.csv", dtype={"patient_id": str})
-        mixed = pd.read_csv(out / fold / "split.csv", dtype={"patient_id": str})
-        assert set(split["magnification"]) == {magnification} and patient_parts(split) == patient_parts(mixed)
+    for fold in FOLD_NAMES:
+        split = pd.read_csv(out / fold / "split.csv", dtype={"patient_id": str})
+        for magnification in MAGNIFICATIONS:
+            own = pd.read_csv(out / fold / "magnifications" / magnification / "predictions.csv")
+            tested = split[(split["split"] == "test") & (split["magnification"] == magnification)]
+            assert len(own) and list(own["path"]) == list(tested["path"])
 
 
 @pytest.mark.slow
-def test_the_features_are_extracted_once_for_every_magnification(finished_protocol):
+def test_the_models_of_one_magnification_are_heads_on_the_folds_features(finished_protocol):
+    """No feature is extracted for them: each head, loaded, gives its predictions from fold-1's cache."""
+    import keras
+
     out, _, _ = finished_protocol
     everything = np.load(out / "fold-1" / "features" / "all.npy")
     split = pd.read_csv(out / "fold-1" / "split.csv")
-    for name in MAGNIFICATION_RUNS:  # each run of one magnification: its rows of fold-1's features
-        rows = np.flatnonzero(split["magnification"] == name.rsplit("-", 1)[1])
-        assert len(rows) and np.array_equal(np.load(out / name / "features" / "all.npy"), everything[rows])
+    for magnification in MAGNIFICATIONS:
+        folder = out / "fold-1" / "magnifications" / magnification
+        rows = np.flatnonzero((split["split"] == "test") & (split["magnification"] == magnification))
+        again = keras.saving.load_model(folder / "head.keras").predict(everything[rows], verbose=0)[:, 0]
+        predicted = pd.read_csv(folder / "predictions.csv")["malignant_probability"]
+        assert np.allclose(predicted, again, atol=1e-6) and not (folder / "features").exists()
+
+
+@pytest.mark.slow
+def test_models_of_one_magnification_killed_and_resumed_equal_ones_made_at_once(finished_protocol, tmp_path):
+    """fold-1's were killed while its 40X head trained, and made on --resume: the same again."""
+    import shutil
+
+    from bcnb.batch.magnifications import train_magnification_models
+    from bcnb.run.record import read_record
+
+    out, _, _ = finished_protocol
+    fold = shutil.copytree(
+        out / "fold-1", tmp_path / "fold-1", ignore=shutil.ignore_patterns("magnifications")
+    )
+    train_magnification_models(fold, Config(**read_record(out / "fold-1")), MAGNIFICATIONS)
+    for magnification, name in itertools.product(MAGNIFICATIONS, ("predictions.csv", "history.csv")):
+        made = (fold / "magnifications" / magnification / name).read_text()
+        assert made == (out / "fold-1" / "magnifications" / magnification / name).read_text()
 
 
 @pytest.mark.slow
@@ -225,14 +253,13 @@ def test_the_summary_holds_the_per_magnification_table(finished_protocol):
     assert accuracy["runs"] == FOLDS and accuracy["interval"]["method"].startswith("corrected resampled t")
     text = (out / "summary.md").read_text()
     assert "## Per magnification" in text and "| one model for all magnifications |" in text
-    assert "fold-1-40X: finished before" not in stderr  # killed while it ran: made again
 
 
 # --------------------------------------------------------------------------- the same on Dask
 def _figures(out: Path) -> dict:
     """What summary.json says, without the words that name how it was run."""
     summary = json.loads((out / "summary.json").read_text())
-    return {key: summary[key] for key in ("runs", "pooled", "summary", "test_to_train")}
+    return {key: summary[key] for key in ("runs", "pooled", "summary", "test_to_train", "per_magnification")}
 
 
 def _kill_the_worker_running(fold: Path, killed: list, stop: threading.Event) -> None:
@@ -255,9 +282,9 @@ def _kill_the_worker_running(fold: Path, killed: list, stop: threading.Event) ->
 def test_a_protocol_on_dask_with_a_worker_killed_mid_fold_ends_as_here(
     finished_protocol, two_magnifications, tmp_path
 ):
-    """The protocol's runs on a local cluster of two workers, one of them killed while fold-2
-    trains: the summary of the same protocol run here (the killed and resumed one above, whose
-    runs of one magnification change none of the figures compared)."""
+    """The protocol's runs, with their models of one magnification, on a local cluster of two
+    workers, one of them killed while fold-2 trains: the summary of the same protocol run here
+    (the killed and resumed one above), per-magnification table included."""
     pytest.importorskip("dask.distributed", reason="--dask needs the [dask] extra")
     from dask.distributed import Client, LocalCluster
 
@@ -279,6 +306,7 @@ def test_a_protocol_on_dask_with_a_worker_killed_mid_fold_ends_as_here(
                     out,
                     folds=FOLDS,
                     progress=said.append,
+                    per_magnification=True,
                     runner=runner_on(client),
                 )
             finally:

@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -9,7 +10,7 @@ import pytest
 from conftest import build_tiny_model, patient_parts
 
 from bcnb import Config
-from bcnb.batch import protocol
+from bcnb.batch import magnifications, protocol
 from bcnb.cli import main
 from bcnb.data import loading, splitting
 from bcnb.run import staging
@@ -86,22 +87,16 @@ def test_a_fold_file_of_every_magnification_serves_a_run_of_one(tmp_path):
 
 
 # --------------------------------------------------------------------------- the runs
-def test_each_fold_runs_all_magnifications_first_then_each_one():
-    runs = protocol.protocol_runs(Config(seed=7), folds=2, magnifications=("40X", "400X"))
-    assert list(runs) == ["fold-1", "fold-1-40X", "fold-1-400X", "fold-2", "fold-2-40X", "fold-2-400X"]
-    assert {name: (run.fold, run.magnification) for name, run in runs.items()} == {
-        "fold-1": (1, "all"),
-        "fold-1-40X": (1, "40X"),
-        "fold-1-400X": (1, "400X"),
-        "fold-2": (2, "all"),
-        "fold-2-40X": (2, "40X"),
-        "fold-2-400X": (2, "400X"),
-    }
+def test_the_runs_are_the_folds_and_the_models_of_one_magnification_go_inside_them():
+    runs = protocol.protocol_runs(Config(seed=7), folds=2)
+    assert list(runs) == ["fold-1", "fold-2"] and {run.magnification for run in runs.values()} == {"all"}
     design = protocol.Protocol(Config(), folds=2, magnifications=("40X", "400X"))
-    assert design.mixed == ["fold-1", "fold-2"] and design.at("400X") == ["fold-1-400X", "fold-2-400X"]
+    assert list(design.runs) == ["fold-1", "fold-2"]
     assert "one model per magnification (40X, 400X) and one on all of them" in design.describe()
-    one_file = protocol.protocol_runs(Config(split_file="/f/dsfold1.txt"), magnifications=("40X",))
-    assert list(one_file) == ["fold-1", "fold-1-40X"]
+    assert "--per-magnification" in design.command
+    assert magnifications.magnification_folder(Path("cv/fold-2"), "40X") == Path(
+        "cv/fold-2/magnifications/40X"
+    )
 
 
 def test_the_magnifications_to_train_are_the_datasets(tmp_path):
@@ -112,6 +107,22 @@ def test_the_magnifications_to_train_are_the_datasets(tmp_path):
     manifest.write_text("path,label,patient_id\na.png,benign,p1\nb.png,malignant,p2\n")
     with pytest.raises(ValueError, match="the dataset has no magnification"):
         protocol.magnifications_to_train(Config(dataset=str(manifest)))
+
+
+@pytest.mark.parametrize(
+    "setting,expected",
+    [
+        ({"feature_cache": False}, "expected feature_cache=true, got false"),
+        ({"fine_tune_layers": 2}, "expected fine_tune_layers=0, got 2"),
+        ({"tta": True}, "expected tta=false, got true"),
+    ],
+)
+def test_a_fold_model_that_is_more_than_a_head_on_features_is_refused(setting, expected):
+    """The models of one magnification are heads on the folds' cached features: a protocol whose
+    fold models learn more (the base, from images) or score more views would set unlike models
+    side by side in the table."""
+    with pytest.raises(ValueError, match=f"--per-magnification: .*cached features; {expected}"):
+        protocol.magnifications_to_train(Config(synthetic_patients=12, **setting))
 
 
 @pytest.mark.parametrize(
@@ -128,21 +139,49 @@ def test_per_magnification_without_folds_or_of_one_magnification_is_refused(tmp_
     assert status == 2 and message in line and not (tmp_path / "cv").exists()
 
 
-def test_a_resume_checks_every_magnifications_run(tmp_path):
-    from bcnb.run.folder import start_folder
-    from bcnb.run.record import RecordMismatch, record_all
+def test_a_resume_without_per_magnification_refuses_a_fold_holding_such_models(tmp_path):
+    from bcnb.batch.reproduce import Job, pending_runs
+    from bcnb.run.record import RecordMismatch
 
-    asked = protocol.protocol_runs(Config(), folds=2, magnifications=("40X", "100X"))
-    partial = start_folder(tmp_path / ".cv.partial", "protocol")
-    for name, run in asked.items():
-        record_all(partial / name, run.replace(epochs=7) if name == "fold-2-100X" else run)
-    with pytest.raises(RecordMismatch, match=r"fold-2-100X was made with epochs=7 \(not 100\)"):
-        staging.open_staging(tmp_path / "cv", "protocol", asked, resume=True)
-    fewer = protocol.protocol_runs(Config(), folds=2)  # resumed without --per-magnification
-    with pytest.raises(
-        RecordMismatch, match="holds fold-1-100X, fold-1-40X, .* which this request does not make"
-    ):
-        staging.open_staging(tmp_path / "cv", "protocol", fewer, resume=True)
+    fold = tmp_path / "fold-1"
+    (fold / "magnifications" / "40X").mkdir(parents=True)
+    runs = protocol.protocol_runs(Config(), folds=2)
+    plain = Job("protocol", runs, list(protocol.FOLD_NOTEBOOKS), "bcnb reproduce --folds 2")
+    with pytest.raises(RecordMismatch, match=r"fold-1 holds models of one magnification \(40X\) which this"):
+        pending_runs(plain, tmp_path, plain.notebooks, print)
+    asked = Job("protocol", runs, plain.notebooks, plain.what, magnifications=("40X", "400X"))
+    tasks = pending_runs(asked, tmp_path, asked.notebooks, print)  # asked for: goes on
+    assert [task.name for task in tasks] == ["fold-1", "fold-2"] and tasks[0].magnifications == (
+        "40X",
+        "400X",
+    )
+
+
+def test_a_fold_whose_notebooks_ran_is_given_its_unfinished_models_only(tmp_path):
+    from bcnb.batch.reproduce import Job, pending_runs
+
+    runs = protocol.protocol_runs(Config(), folds=2)
+    job = Job(
+        "protocol", runs, list(protocol.FOLD_NOTEBOOKS), "bcnb reproduce", magnifications=("40X", "400X")
+    )
+    for fold in ("fold-1", "fold-2"):  # both folds' notebooks ran to their end
+        executed = tmp_path / fold / "notebooks" / job.notebooks[-1]
+        executed.parent.mkdir(parents=True)
+        executed.write_text(json.dumps({"metadata": {"papermill": {"output_path": job.notebooks[-1]}}}))
+    for fold, done in (("fold-1", ("40X", "400X")), ("fold-2", ("40X",))):
+        for name in done:
+            folder = magnifications.magnification_folder(tmp_path / fold, name)
+            folder.mkdir(parents=True)
+            (folder / "predictions.csv").write_text("path\n")
+    (magnifications.magnification_folder(tmp_path / "fold-2", "400X")).mkdir()  # started, unfinished
+    said = []
+    (task,) = pending_runs(job, tmp_path, job.notebooks, said.append)
+    assert task.name == "fold-2" and task.notebooks == []  # its notebooks are not run again
+    assert magnifications.unfinished(task.folder, task.magnifications) == ["400X"]
+    assert said == [
+        "fold-1: finished before, kept",
+        "fold-2: its notebooks finished before, kept; its models of one magnification go on",
+    ]
 
 
 # --------------------------------------------------------------------------- one extraction
@@ -236,13 +275,14 @@ def test_the_table_is_laid_out_as_breakhis_papers_print_it(tmp_path):
     for k, patients in folds.items():
         for name, ms, right in (
             (f"fold-{k}", ("40X", "400X"), lambda p, m: m == "40X" or p in "ac"),  # mixed: 400X of b, d wrong
-            (f"fold-{k}-40X", ("40X",), lambda p, m: p != "d"),
-            (f"fold-{k}-400X", ("400X",), lambda p, m: True),
+            (f"fold-{k}/magnifications/40X", ("40X",), lambda p, m: p != "d"),
+            (f"fold-{k}/magnifications/400X", ("400X",), lambda p, m: True),
         ):
-            (tmp_path / name).mkdir()
+            (tmp_path / name).mkdir(parents=True)
             _predictions(patients, ms, right, name).to_csv(tmp_path / name / "predictions.csv", index=False)
     table = protocol.by_magnification(tmp_path, design)
     assert table["columns"] == ["40X", "400X", "all"]
+    assert table["runs"]["fold-2-40X"]["accuracy"] == 0.5 and table["runs"]["fold-1-400X"]["accuracy"] == 1
     separate, mixed = table["rows"]["separate"], table["rows"]["mixed"]
     assert (
         separate["40X"]["accuracy"]["mean"] == pytest.approx(0.75) and separate["400X"]["accuracy"]["sd"] == 0
@@ -262,3 +302,82 @@ def test_the_table_is_laid_out_as_breakhis_papers_print_it(tmp_path):
 # --------------------------------------------------------------------------- end to end
 # The protocol run end to end with --per-magnification (and killed and resumed on the way) is
 # tests/test_crossval.py's finished_protocol, read by its per-magnification tests.
+
+
+# --------------------------------------------------------------------------- the heads
+def _fold_as_its_notebooks_leave_it(folder: Path) -> pd.DataFrame:
+    """What --per-magnification reads of a fold: split.csv and its feature cache. At 40X the
+    features tell the classes apart (feature 0 is the label); at 400X they are noise."""
+    from bcnb.train import features
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for p, part in enumerate(["train"] * 8 + ["val"] * 4 + ["test"] * 4):
+        for m in ("40X", "400X"):
+            for i in range(3):
+                label = "malignant" if p % 2 else "benign"
+                rows.append(
+                    dict(
+                        path=f"/d/{p}-{m}-{i}.png",
+                        label=label,
+                        patient_id=f"p{p}",
+                        magnification=m,
+                        split=part,
+                    )
+                )
+    split = pd.DataFrame(rows)
+    values = rng.normal(size=(len(split), 16)).astype(np.float32)
+    at_40x = (split["magnification"] == "40X").to_numpy()
+    values[at_40x, 0] = np.where(split["label"][at_40x] == "malignant", 3.0, -3.0)
+    folder.mkdir(parents=True)
+    split.to_csv(folder / "split.csv", index=False)
+    cache = folder / "features" / "all.npy"
+    cache.parent.mkdir()
+    np.save(cache, values)
+    features.write_rows(cache, split)
+    features.write_feature_key(cache, "the fold's key", len(split))
+    return split
+
+
+HEADS = {"epochs": 15, "patience": 15, "learning_rate": 0.05, "batch_size": 8, "seed": 3}
+
+
+def test_each_magnification_gets_a_head_trained_on_its_rows_of_the_folds_features(tmp_path):
+    import keras
+
+    fold = tmp_path / "fold-1"
+    split = _fold_as_its_notebooks_leave_it(fold)
+    magnifications.train_magnification_models(fold, Config(**HEADS), ("40X", "400X"))
+    features = np.load(fold / "features" / "all.npy")
+    for m in ("40X", "400X"):
+        folder = magnifications.magnification_folder(fold, m)
+        predicted = pd.read_csv(folder / "predictions.csv")
+        tested = split[(split["split"] == "test") & (split["magnification"] == m)]
+        assert list(predicted["path"]) == list(tested["path"])  # its own test images, no other
+        head = keras.saving.load_model(folder / "head.keras")
+        again = head.predict(features[tested.index.to_numpy()], verbose=0)[:, 0]
+        assert np.allclose(predicted["malignant_probability"], again, atol=1e-6)
+        history = pd.read_csv(folder / "history.csv")
+        assert len(history) == HEADS["epochs"] and not (folder / "checkpoint" / "training.npz").exists()
+        assert json.loads((folder / "training.json").read_text())["epochs_run"] == HEADS["epochs"]
+    at_40x = protocol.at_half(pd.read_csv(fold / "magnifications/40X/predictions.csv"))
+    assert at_40x["accuracy"] == 1.0  # learnt from 40X's own features: the training reached them
+
+
+def test_a_finished_model_of_one_magnification_is_kept_and_a_changed_cache_refused(tmp_path):
+    fold = tmp_path / "fold-1"
+    _fold_as_its_notebooks_leave_it(fold)
+    cfg = Config(**{**HEADS, "epochs": 2})
+    magnifications.train_magnification_models(fold, cfg, ("40X",))
+    made = (fold / "magnifications/40X/predictions.csv").stat().st_mtime_ns
+    cache = fold / "features" / "all.npy"
+    data = bytearray(cache.read_bytes())
+    data[-1] ^= 1  # one bit of one feature: same shape, other values
+    cache.write_bytes(bytes(data))
+    magnifications.train_magnification_models(fold, cfg, ("40X",))  # finished: nothing to read
+    assert (fold / "magnifications/40X/predictions.csv").stat().st_mtime_ns == made
+    with pytest.raises(
+        ValueError, match=r"features/all.npy: expected the finished feature cache of this run's 96"
+    ):
+        magnifications.train_magnification_models(fold, cfg, ("40X", "400X"))
+    assert not (fold / "magnifications/400X/predictions.csv").exists()

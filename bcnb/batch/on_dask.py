@@ -54,7 +54,7 @@ def _run_all(client, tasks: list[RunTask], notebooks_dir: Path, progress: Callab
     futures = {}
     for task in tasks:
         task.prepare()
-        args = (str(task.folder), task.notebooks, task.cfg.to_dict(), str(notebooks_dir))
+        args = (str(task.folder), task.notebooks, task.cfg.to_dict(), str(notebooks_dir), task.magnifications)
         futures[client.submit(run_on_worker, *args, pure=False)] = task
     try:
         for done, future in enumerate(as_completed(futures), start=1):
@@ -78,8 +78,21 @@ def _result(future, task: RunTask) -> str:
         ) from None
 
 
-def run_on_worker(folder: str, notebooks: list[str], values: dict, notebooks_dir: str) -> str:
-    """On a worker: the run's notebooks into ``folder``; returns where they ran."""
+def run_on_worker(
+    folder: str, notebooks: list[str], values: dict, notebooks_dir: str, magnifications: tuple[str, ...] = ()
+) -> str:
+    """On a worker: the run's notebooks into ``folder``, then its models of one magnification;
+    returns where they ran."""
+    from bcnb.batch.magnifications import train_magnification_models
+
+    cfg = Config(**values)
+    if notebooks:
+        _notebooks_on_worker(Path(folder), notebooks, cfg, Path(notebooks_dir))
+    train_magnification_models(Path(folder), cfg, magnifications)
+    return f"{socket.gethostname()} (process {os.getpid()})"
+
+
+def _notebooks_on_worker(folder: Path, notebooks: list[str], cfg: Config, notebooks_dir: Path) -> None:
     from bcnb.batch.notebooks import run_kernel, run_notebooks
 
     # The worker's own kernel where it is free (one task at a time, as advised); a second
@@ -87,11 +100,10 @@ def run_on_worker(folder: str, notebooks: list[str], values: dict, notebooks_dir
     mine = _WORKER_KERNEL_FREE.acquire(blocking=False)
     try:
         with run_kernel(_worker_kernel() if mine else None) as kernel:
-            run_notebooks(Path(folder), notebooks, Config(**values), Path(notebooks_dir), kernel=kernel)
+            run_notebooks(folder, notebooks, cfg, notebooks_dir, kernel=kernel)
     finally:
         if mine:
             _WORKER_KERNEL_FREE.release()
-    return f"{socket.gethostname()} (process {os.getpid()})"
 
 
 # A worker process runs all the runs it is given in one kernel, as a protocol run on one

@@ -3,9 +3,10 @@
 ``bcnb reproduce --folds K`` runs notebooks 01-04 once per patient-level fold (``fold-1`` ...
 ``fold-K``, each a complete run folder testing on its own fold); ``--repeats R`` once per
 random patient-level split, seeds ``seed`` .. ``seed + R - 1`` (``repeat-1`` ...). With
-``--per-magnification`` each fold also trains one model per magnification (``fold-1-40X`` ...,
-on the same patient folds, drawn from the whole dataset), as BreakHis papers do (Spanhol et
-al., IEEE TBME 63(7):1455-1462, 2016), beside the one on all of them (``fold-1``).
+``--per-magnification`` each fold also gets one model per magnification, as BreakHis papers
+train them (Spanhol et al., IEEE TBME 63(7):1455-1462, 2016): a head trained on that
+magnification's rows of the fold's cached features, on the fold's own patients
+(``fold-1/magnifications/40X``: :mod:`bcnb.batch.magnifications`), beside the fold's model of all.
 
 Then ``summary.md``, ``summary.json`` and ``summary.png`` give each run's metrics, the folds'
 predictions pooled (every image tested once) with a patient-bootstrap interval, and the mean
@@ -15,9 +16,9 @@ validation-chosen threshold; with ``--per-magnification`` also the table such pa
 
 The runs share one feature extraction: the cache holds every image's features in the table's
 order, and a run only selects rows, so the first run's cache is linked into the others (its
-key is checked there, and a run of one magnification takes its own rows of it: see
-:func:`bcnb.train.features.cached_features`). A protocol that is interrupted goes on with
-``--resume``: finished runs are kept, an unfinished one carries on.
+key is checked there: see :func:`bcnb.train.features.cached_features`). A protocol that is
+interrupted goes on with ``--resume``: finished runs are kept, an unfinished one carries on
+(a fold whose notebooks ran trains only its unfinished models of one magnification).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bcnb.batch.magnifications import magnification_folder
 from bcnb.config import Config
 from bcnb.evaluate import crossval
 from bcnb.evaluate.crossval import METRICS
@@ -44,19 +46,13 @@ WHERE = {
 }
 
 
-def protocol_runs(
-    cfg: Config, folds: int = 0, repeats: int = 0, magnifications: tuple[str, ...] = ()
-) -> dict[str, Config]:
-    """The runs of a protocol, by folder name: each fold's (a fold file is one fold) or each
-    repeat's, and with ``magnifications`` each fold's run of each (``fold-1-40X``) after it."""
+def protocol_runs(cfg: Config, folds: int = 0, repeats: int = 0) -> dict[str, Config]:
+    """The runs of a protocol, by folder name: each fold's (a fold file is one fold) or each repeat's."""
     if repeats:
         return {f"repeat-{r}": cfg.replace(seed=cfg.seed + r - 1) for r in range(1, repeats + 1)}
-    runs = {}
-    for k in range(1, max(folds, 1) + 1):
-        fold = cfg.replace(folds=folds, fold=k) if folds else cfg
-        runs[f"fold-{k}"] = fold  # first: its feature cache serves the magnifications' runs
-        runs.update({f"fold-{k}-{m}": fold.replace(magnification=m) for m in magnifications})
-    return runs
+    if not folds:
+        return {"fold-1": cfg}
+    return {f"fold-{k}": cfg.replace(folds=folds, fold=k) for k in range(1, folds + 1)}
 
 
 @dataclass(frozen=True)
@@ -71,15 +67,7 @@ class Protocol:
 
     @property
     def runs(self) -> dict[str, Config]:
-        return protocol_runs(self.cfg, self.folds, self.repeats, self.magnifications)
-
-    @property
-    def mixed(self) -> list[str]:
-        """The runs on every magnification: the protocol's own."""
-        return [name for name, run in self.runs.items() if run.magnification == self.cfg.magnification]
-
-    def at(self, magnification: str) -> list[str]:
-        return [name for name, run in self.runs.items() if run.magnification == magnification]
+        return protocol_runs(self.cfg, self.folds, self.repeats)
 
     @property
     def ratio(self) -> float:
@@ -160,14 +148,27 @@ def run_protocol(
     def finish(staging: Path) -> None:
         write_summary(staging, summarize(staging, protocol))
 
-    job = Job("protocol", protocol.runs, list(FOLD_NOTEBOOKS), protocol.command, finish=finish)
+    job = Job(
+        "protocol",
+        protocol.runs,
+        list(FOLD_NOTEBOOKS),
+        protocol.command,
+        finish=finish,
+        magnifications=magnifications,
+    )
     notebooks_dir = Path(notebooks_dir or NOTEBOOKS_DIR)
     return build(job, out, notebooks_dir, progress, progress_bar, resume, runner=runner or run_here)
 
 
+# What the models of one magnification, heads on cached features, can be trained as: the head
+# alone on each image's one view (no fine-tuning of the base, no test-time augmentation).
+PER_MAGNIFICATION_NEEDS = (("feature_cache", True), ("fine_tune_layers", 0), ("tta", False))
+
+
 def magnifications_to_train(cfg: Config) -> list[str]:
     """The magnifications ``--per-magnification`` trains a model on: the dataset's; refused
-    where it has fewer than two, or where ``magnification`` already chooses one."""
+    where it has fewer than two, where ``magnification`` already chooses one, or where the
+    fold's model is more than a head on cached features (then so would theirs have to be)."""
     from bcnb.data.loading import magnifications_of
 
     if cfg.magnification != "all":
@@ -175,6 +176,12 @@ def magnifications_to_train(cfg: Config) -> list[str]:
             f"--per-magnification: trains one model per magnification and one on all of them; "
             f"expected magnification=all, got {cfg.magnification}"
         )
+    for name, expected in PER_MAGNIFICATION_NEEDS:
+        if getattr(cfg, name) != expected:
+            raise ValueError(
+                f"--per-magnification: trains each magnification's head on the folds' cached features; "
+                f"expected {name}={str(expected).lower()}, got {str(getattr(cfg, name)).lower()}"
+            )
     found = [name for name in magnifications_of(cfg) if name != "unknown"]
     if len(found) < 2:
         raise ValueError(
@@ -210,7 +217,7 @@ def spread(values: list[float | None], ratio: float) -> dict:
 
 def summarize(staging: Path, protocol: Protocol) -> dict:
     """Everything summary.json holds: each run, the pooled figures, the spread over the runs."""
-    names = protocol.mixed
+    names = list(protocol.runs)
     runs = [run_metrics(staging / name) for name in names]
     cfg = protocol.cfg
     if protocol.not_pooled:
@@ -246,14 +253,15 @@ def by_magnification(staging: Path, protocol: Protocol) -> dict:
     """The table BreakHis papers print: image-level accuracy and patient recognition rate at 0.5
     for each magnification (and all of them), mean and sd over the folds, of the models trained
     on one magnification and of the model trained on all of them."""
-    folds = {name: protocol.at(name) for name in protocol.magnifications}
     per_fold = {"separate": [], "mixed": []}
-    for k, mixed in enumerate(protocol.mixed):
-        own = {m: load_predictions(staging / runs[k]) for m, runs in folds.items()}
+    own_runs = {}
+    for fold in protocol.runs:
+        own = {m: load_predictions(magnification_folder(staging / fold, m)) for m in protocol.magnifications}
+        own_runs.update({f"{fold}-{m}": at_half(table) for m, table in own.items()})
         own["all"] = pd.concat(
             own.values(), ignore_index=True
         )  # each image called by its magnification's model
-        everything = load_predictions(staging / mixed)
+        everything = load_predictions(staging / fold)
         seen = {m: everything[everything["magnification"] == m] for m in protocol.magnifications}
         per_fold["separate"].append({column: at_half(table) for column, table in own.items()})
         per_fold["mixed"].append({**{m: at_half(t) for m, t in seen.items()}, "all": at_half(everything)})
@@ -271,11 +279,7 @@ def by_magnification(staging: Path, protocol: Protocol) -> dict:
             }
             for model, rows in per_fold.items()
         },
-        "runs": {
-            name: at_half(load_predictions(staging / name))
-            for name in protocol.runs
-            if name not in protocol.mixed
-        },
+        "runs": own_runs,  # each fold's model of one magnification, as fold-1-40X
     }
 
 
@@ -370,10 +374,11 @@ def _magnification_section(table: dict) -> list[str]:
     lines = [
         "## Per magnification",
         "As BreakHis papers print it (Spanhol et al., IEEE TBME 63(7):1455-1462, 2016): mean +- sd over "
-        "the folds at 0.5, every model on the same patient folds. In the column *all*, the models of one "
-        "magnification each call their own magnification's images; the model for all magnifications "
-        "is scored on each magnification's test images too. The corrected t interval of every cell "
-        "is in summary.json.",
+        "the folds at 0.5, every model on the same patient folds. A model of one magnification is the "
+        "paper's head trained on that magnification's images alone, on the fold's cached features "
+        "(fold-k/magnifications/). In the column *all*, the models of one magnification each call their "
+        "own magnification's images; the model for all magnifications is scored on each magnification's "
+        "test images too. The corrected t interval of every cell is in summary.json.",
     ]
     for metric, title in TABLE_METRICS.items():
         rows = [

@@ -9,7 +9,8 @@ and each cell of ``bcnb sweep``) is one call of :func:`build`, which takes the s
 2. **The inputs** (weights, dataset, split) are checked before any notebook starts.
 3. **Staging** (:mod:`bcnb.run.staging`): the runs are built beside the target; a staging
    folder to resume must hold only runs made with the parameters asked for.
-4. **The notebooks** run into each run folder (:mod:`bcnb.batch.notebooks`).
+4. **The notebooks** run into each run folder (:mod:`bcnb.batch.notebooks`), then a fold's
+   models of one magnification are trained on its cached features (:mod:`bcnb.batch.magnifications`).
 5. **The swap**: only when every notebook has succeeded does the staging folder replace the
    target.
 
@@ -107,7 +108,8 @@ def reproduce(
 @dataclass(frozen=True)
 class Job:
     """What to build: a folder of ``kind`` holding ``runs`` (by subfolder, "" for the folder
-    itself), each made by ``notebooks``, then ``finish``ed (a protocol's summary)."""
+    itself), each made by ``notebooks`` and given a model of each of ``magnifications`` (a
+    protocol's, --per-magnification), then ``finish``ed (a protocol's summary)."""
 
     kind: str
     runs: Mapping[str, Config]
@@ -115,12 +117,14 @@ class Job:
     what: str  # the holder's name, as a refused writer is told
     compare: bool = False
     finish: Callable[[Path], None] | None = None
+    magnifications: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class RunTask:
     """One run of a job still to make: its folder in the staging folder, its parameters, the
-    notebooks to run there, and the job's stages (what its record is written for)."""
+    notebooks to run there (none when they ran before), the job's stages (what its record is
+    written for) and the magnifications to train a model of on its features afterwards."""
 
     name: str  # the subfolder ("" for the job's folder itself)
     folder: Path
@@ -129,15 +133,26 @@ class RunTask:
     stages: list[str]
     staging: Path
     label: str
+    magnifications: tuple[str, ...] = ()
 
     def prepare(self) -> None:
         """Make the run's folder ready, just before its notebooks run: the folder, its whole
         record (every stage's parameters before 01 starts), and the feature cache of a run that
-        ran before it (one extraction serves all of a protocol's runs)."""
+        ran before it (one extraction serves all of a protocol's runs). A run whose notebooks
+        ran before keeps its folder and record as they are."""
+        if not self.notebooks:
+            return
         start_folder(self.folder, "run")
         record_parameters(self.folder, self.cfg, (), self.stages)
         if self.name:
             share_features(self.staging, self.folder)
+
+    def train_magnification_models(self, progress=lambda message: None) -> None:
+        """After the notebooks: the run's models of one magnification, on its cached features."""
+        if self.magnifications:
+            from bcnb.batch.magnifications import train_magnification_models
+
+            train_magnification_models(self.folder, self.cfg, self.magnifications, progress)
 
 
 # How a job's runs are carried out: one after the other here (run_here), or handed to a Dask
@@ -153,16 +168,18 @@ def run_here(
     with run_kernel(kernel) as kernel:
         for task in tasks:
             task.prepare()
-            run_notebooks(
-                task.folder,
-                task.notebooks,
-                task.cfg,
-                notebooks_dir,
-                progress,
-                progress_bar,
-                label=task.label,
-                kernel=kernel,
-            )
+            if task.notebooks:
+                run_notebooks(
+                    task.folder,
+                    task.notebooks,
+                    task.cfg,
+                    notebooks_dir,
+                    progress,
+                    progress_bar,
+                    label=task.label,
+                    kernel=kernel,
+                )
+            task.train_magnification_models(progress)
 
 
 @contextmanager
@@ -174,17 +191,25 @@ def one_kernel_runner():
 
 
 def pending_runs(job: Job, staging: Path, notebooks: list[str], progress) -> list[RunTask]:
-    """The runs of ``job`` that are not finished in ``staging`` (a finished one is kept)."""
+    """The runs of ``job`` that are not finished in ``staging`` (a finished one is kept; one
+    whose notebooks ran but whose models of one magnification did not is given those only)."""
+    from bcnb.batch.magnifications import check_asked_for, unfinished
+
     stages = [STAGE_OF_NOTEBOOK[name] for name in job.notebooks]
     tasks = []
     for number, (name, run_cfg) in enumerate(job.runs.items(), start=1):
         folder = staging / name if name else staging
+        check_asked_for(folder, job.magnifications)
         # report.md, written inside the last notebook, would not say that the notebook ended
-        if name and ran_to_its_end(folder, job.notebooks[-1]):
+        ran = bool(name) and ran_to_its_end(folder, job.notebooks[-1])
+        if ran and not unfinished(folder, job.magnifications):
             progress(f"{name}: finished before, kept")
             continue
+        if ran:
+            progress(f"{name}: its notebooks finished before, kept; its models of one magnification go on")
         label = f"{name} ({number}/{len(job.runs)}) " if name else ""
-        tasks.append(RunTask(name, folder, run_cfg, notebooks, stages, staging, label))
+        to_run = [] if ran else notebooks
+        tasks.append(RunTask(name, folder, run_cfg, to_run, stages, staging, label, job.magnifications))
     return tasks
 
 

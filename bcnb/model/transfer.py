@@ -196,6 +196,19 @@ def classifier_head(model: keras.Model) -> keras.Model:
     return keras.Model(features, model.get_layer("classifier")(x), name="head")
 
 
+def new_head(n_features: int, dropout: float = 0.2, task: str = "binary") -> keras.Model:
+    """The paper's head alone, with layers of its own: Dropout + Dense on ``n_features`` pooled
+    features, initialised from the global seed. A protocol's models of one magnification are
+    these, trained on the fold's cached features (:func:`bcnb.train.fit.train_new_head`)."""
+    head = task_named(task)
+    features = keras.Input(shape=(n_features,), name="features")
+    x = keras.layers.Dropout(dropout, name="dropout")(features)
+    outputs = keras.layers.Dense(head.units, activation=head.activation, name="classifier", dtype="float32")(
+        x
+    )
+    return keras.Model(features, outputs, name="head")
+
+
 def unfreeze_top_layers(model: keras.Model, n_layers: int) -> list[str]:
     """Let the top ``n_layers`` layers of the base learn; return the names of those that do.
 

@@ -20,6 +20,7 @@ weights, the decision rule) build their objects from them.
       history.csv, training.json, logs/ (TensorBoard)                  03
       metrics.json, predictions.csv, decision.json                     04
       report.md, model_card.md, figures/                               04
+      magnifications/    a protocol's models of one magnification     --per-magnification
       compare/           notebook 05's backbones                       05
       notebooks/         the executed notebooks and kernels.log        bcnb reproduce
 """
@@ -63,6 +64,9 @@ DECISION_FILE = "decision.json"
 REPORT_FILE = "report.md"
 MODEL_CARD_FILE = "model_card.md"
 FIGURES_DIR = "figures"
+# bcnb reproduce --folds K --per-magnification: each fold's heads of one magnification
+MAGNIFICATIONS_DIR = "magnifications"  # magnifications/40X/: history, head.keras, predictions
+HEAD_MODEL_FILE = "head.keras"
 # 05: the backbone comparison
 COMPARE_DIR = "compare"
 # bcnb reproduce: the executed notebooks, and what their kernels wrote outside them

@@ -189,6 +189,25 @@ def _select_rows(path: Path, positions: np.ndarray) -> None:
     replace_from_writer(path, write)
 
 
+def stored_features_of(path: str | Path, table: pd.DataFrame) -> np.ndarray:
+    """The features of ``table``'s images (and tiles) from the finished cache at ``path``, in
+    ``table``'s order, without the model: its rows file must list them and its checksum hold
+    (its key, which needs the model, was checked when the run that wrote it used it)."""
+    path = Path(path)
+    stored = _stored_key(path.with_suffix(".key.json")) or {}
+    try:
+        positions = _positions(pd.read_csv(rows_file(path), dtype={"path": str}), table)
+    except (OSError, ValueError, KeyError):
+        positions = None
+    whole = path.is_file() and _holds_rows(path, stored.get("rows", -1))
+    if positions is None or not whole or stored.get("sha256") != file_checksum(path):
+        raise ValueError(
+            f"{path}: expected the finished feature cache of this run's {len(table)} rows (its "
+            "rows file listing them, its checksum holding); it is absent, cut short or changed"
+        )
+    return read_features(path, positions)
+
+
 def recompute_note(path: str | Path) -> str | None:
     """Why this process' last :func:`cached_features` of ``path`` recomputed stored features, or None."""
     return _RECOMPUTED.get(_note_key(Path(path)))

@@ -32,7 +32,7 @@ from bcnb.config import Config
 from bcnb.data.augment import Augmentation, random_augment
 from bcnb.data.pipeline import Preparation, tiles_of
 from bcnb.data.tasks import BINARY, Task, task_named
-from bcnb.model.transfer import classifier_head, unfreeze_top_layers
+from bcnb.model.transfer import classifier_head, new_head, unfreeze_top_layers
 from bcnb.run.artifacts import (
     CHECKPOINT_FILE,
     FINE_TUNE_CHECKPOINT_FILE,
@@ -198,23 +198,24 @@ def training_inputs(cfg: Config, model: keras.Model, split: pd.DataFrame):
     image (computed now if they are not cached yet); otherwise model_to_fit is the whole
     model and the data are images, which pass through the frozen base on every epoch.
     """
-    train, val = split[split["split"] == "train"], split[split["split"] == "val"]
     if not cfg.feature_cache:
+        train, val = split[split["split"] == "train"], split[split["split"] == "val"]
         return model, *image_inputs(cfg, train, val, augment=cfg.augment)
     path = feature_file(cfg, model, split)
-    rows = {name: np.flatnonzero(split["split"].to_numpy() == name) for name in ("train", "val")}
+    return classifier_head(model), *feature_inputs(cfg, split, lambda rows: read_features(path, rows))
+
+
+def feature_inputs(cfg: Config, split: pd.DataFrame, features_of: Callable[[np.ndarray], np.ndarray]):
+    """(train_data, val_data) on cached features; ``features_of(rows)`` gives the features of
+    those rows of ``split`` (positions), in their order."""
     task = task_named(cfg.task)
-    train_data = feature_epochs(
-        read_features(path, rows["train"]),
-        task.targets_of(train),
-        cfg.batch_size,
-        shuffle=True,
-        seed=cfg.seed,
-    )
-    val_targets = task.targets_of(val)
-    val_batch = max(cfg.batch_size, VALIDATION_BATCH)
-    val_data = feature_epochs(read_features(path, rows["val"]), val_targets, val_batch)
-    return classifier_head(model), train_data, val_data
+
+    def part(name: str, batch_size: int, shuffle: bool):
+        rows = np.flatnonzero(split["split"].to_numpy() == name)
+        targets = task.targets_of(split.iloc[rows])
+        return feature_epochs(features_of(rows), targets, batch_size, shuffle=shuffle, seed=cfg.seed)
+
+    return part("train", cfg.batch_size, True), part("val", max(cfg.batch_size, VALIDATION_BATCH), False)
 
 
 def steps_per_call(train_data) -> int:
@@ -370,6 +371,28 @@ def train_model(
             )
         )
     return finish_training(cfg, model, phases, fine_tuned)
+
+
+def train_new_head(
+    cfg: Config, split: pd.DataFrame, features: np.ndarray, progress: Callable[[str], None] | None = None
+) -> tuple[keras.Model, pd.DataFrame]:
+    """A head of its own (:func:`bcnb.model.transfer.new_head`) trained on ``features``, one row
+    per row of ``split``, as notebook 03 trains the model's head on cached features: the same
+    compile, ``fit``, epoch order, early stopping and resuming, in ``cfg.run_dir``. Writes
+    history.csv and training.json there; returns (head, history).
+
+    What a protocol's models of one magnification are: no base loaded, no image read again.
+    """
+    train_data, val_data = feature_inputs(cfg, split, lambda rows: features[rows])
+    seed_everything(cfg.seed)
+    head = new_head(features.shape[1], cfg.dropout, cfg.task)
+    compile_for_training(head, cfg.learning_rate, HEAD_STEPS_PER_CALL, task_named(cfg.task))
+    lines = [EpochLines(cfg.epochs, progress)] if progress else []
+    done = fit_phase(cfg, split, "head", head, train_data, val_data, callbacks=lines)
+    history = history_frame([{**row, "phase": "head"} for row in done.history])
+    save_history(history, Path(cfg.run_dir), cfg, done.state.seconds)
+    (Path(cfg.run_dir) / CHECKPOINT_FILE).unlink(missing_ok=True)  # finished: a re-run trains afresh
+    return head, history
 
 
 def finish_training(
