@@ -490,6 +490,10 @@ def _reproduce_protocol(args: argparse.Namespace, notebooks: Path, live: bool, s
             "--per-magnification: trains on patient folds; expected --folds K, or --set split_file=FILE "
             "(one of BreakHis' official folds), without --repeats"
         )
+    if args.per_magnification and not args.dask:
+        from bcnb.batch.magnifications import one_thread_for_heads
+
+        one_thread_for_heads()  # this process trains the heads, and nothing larger (its kernel does)
     with dask_runner(args.dask) as runner:
         out = run_protocol(
             cfg,

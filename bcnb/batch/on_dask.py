@@ -83,12 +83,14 @@ def run_on_worker(
 ) -> str:
     """On a worker: the run's notebooks into ``folder``, then its models of one magnification;
     returns where they ran."""
-    from bcnb.batch.magnifications import train_magnification_models
+    from bcnb.batch.magnifications import one_thread_for_heads, train_magnification_models
 
     cfg = Config(**values)
     if notebooks:
         _notebooks_on_worker(Path(folder), notebooks, cfg, Path(notebooks_dir))
-    train_magnification_models(Path(folder), cfg, magnifications)
+    if magnifications:
+        one_thread_for_heads()  # the worker's process trains nothing larger (its kernels do)
+        train_magnification_models(Path(folder), cfg, magnifications)
     return f"{socket.gethostname()} (process {os.getpid()})"
 
 
