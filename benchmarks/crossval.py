@@ -175,8 +175,12 @@ def per_magnification(work: Path, data: Path, folds: int, dask: str | None = Non
         f"- the {len(heads)} models of one magnification, heads trained on their rows of each fold's "
         f"cached features (no base loaded, no image read): fit {sum(fits):.0f} s in all, "
         f"{np.mean(fits):.1f} s each ({min(epochs)}-{max(epochs)} epochs, early stopping)",
-        f"- the rest (scan, kernel start, the heads' start, writing, the summary): "
-        f"{seconds - notebooks - sum(fits):.0f} s",
+        (
+            f"- the rest (scan, kernel start, the heads' start, writing, the summary): "
+            f"{seconds - notebooks - sum(fits):.0f} s"
+            if not dask
+            else "- on a cluster the workers' notebooks and heads overlap: their sum exceeds the wall time"
+        ),
         "",
         "What the summary printed (random weights, generated images: the figures mean nothing):",
         "",

@@ -381,3 +381,35 @@ def test_a_finished_model_of_one_magnification_is_kept_and_a_changed_cache_refus
     ):
         magnifications.train_magnification_models(fold, cfg, ("40X", "400X"))
     assert not (fold / "magnifications/400X/predictions.csv").exists()
+
+
+def test_a_process_that_trains_only_heads_runs_tensorflow_on_one_thread():
+    """Set before TensorFlow's runtime starts, it holds; asked again once it runs, nothing changes
+    and nothing is raised (a Dask worker is given the heads of several folds)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import tensorflow as tf\n"
+        "from bcnb.batch.magnifications import one_thread_for_heads\n"
+        "one_thread_for_heads()\n"
+        "tf.constant(1.0) + 1  # the runtime starts\n"
+        "one_thread_for_heads()\n"
+        "print(tf.config.threading.get_intra_op_parallelism_threads(),"
+        " tf.config.threading.get_inter_op_parallelism_threads())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["1", "1"]
+
+
+def test_a_magnification_missing_from_a_part_of_a_fold_is_named(tmp_path):
+    fold = tmp_path / "fold-2"
+    split = _fold_as_its_notebooks_leave_it(fold)
+    split = split[~((split["split"] == "val") & (split["magnification"] == "400X"))]
+    split.to_csv(fold / "split.csv", index=False)  # the cache lists more rows: it still serves these
+    with pytest.raises(
+        ValueError, match=r"--per-magnification: .*fold-2 has no val images at 400X; expected"
+    ):
+        magnifications.train_magnification_models(fold, Config(**{**HEADS, "epochs": 2}), ("40X", "400X"))
+    assert magnifications.is_finished(fold, "40X") and magnifications.made_in(fold) == ["40X"]

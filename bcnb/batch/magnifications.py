@@ -105,9 +105,23 @@ def train_magnification_models(
         for magnification in todo:
             progress(f"{Path(fold).name}: the model of {magnification} alone, on its cached features")
             rows = np.flatnonzero(split["magnification"].to_numpy() == magnification)
-            folder = magnification_folder(fold, magnification)
-            one = cfg.replace(magnification=magnification, run_dir=str(folder))
-            train_and_test(one, split.iloc[rows].reset_index(drop=True), features[rows])
+            own = split.iloc[rows].reset_index(drop=True)
+            check_parts(own, fold, magnification)
+            one = cfg.replace(
+                magnification=magnification, run_dir=str(magnification_folder(fold, magnification))
+            )
+            train_and_test(one, own, features[rows])
+
+
+def check_parts(split, fold: Path, magnification: str) -> None:
+    """A model of one magnification trains, stops early and is tested on that magnification's
+    images of the fold's parts: refuse, in one line, a part that has none."""
+    missing = [part for part in ("train", "val", "test") if not (split["split"] == part).any()]
+    if missing:
+        raise ValueError(
+            f"--per-magnification: {fold} has no {' and no '.join(missing)} images at {magnification}; "
+            "expected every magnification in each part of every fold"
+        )
 
 
 def train_and_test(cfg: Config, split, features: np.ndarray) -> None:

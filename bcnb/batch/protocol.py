@@ -339,8 +339,9 @@ _READING = [
     "whose symmetric shape does not fit a proportion near its bound; read it as reaching the bound.",
     "- The patient recognition rate (Spanhol et al., IEEE TBME 2016) averages, over test patients, the share "
     "of each patient's images called right.",
-    "- Each run's folder holds its executed notebooks, metrics.json, predictions.csv and report.md; "
-    "summary.png draws one point per run, the mean with its interval and the pooled figure.",
+    "- Each run's folder holds its executed notebooks, metrics.json, predictions.csv and report.md "
+    "(with --per-magnification also magnifications/, a head per magnification with its history and "
+    "predictions); summary.png draws one point per run, the mean with its interval and the pooled figure.",
 ]
 
 
