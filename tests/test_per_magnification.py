@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -413,3 +414,30 @@ def test_a_magnification_missing_from_a_part_of_a_fold_is_named(tmp_path):
     ):
         magnifications.train_magnification_models(fold, Config(**{**HEADS, "epochs": 2}), ("40X", "400X"))
     assert magnifications.is_finished(fold, "40X") and magnifications.made_in(fold) == ["40X"]
+
+
+def _heads_only(fold: Path, cfg: Config):
+    from bcnb.batch.reproduce import RunTask
+
+    return RunTask(fold.name, fold, cfg, [], [], fold.parent, "", ("40X", "400X"))
+
+
+def test_the_heads_train_beside_the_next_runs_and_a_failure_stops_the_job(tmp_path):
+    """run_here hands each run's heads to a thread of their own and waits for all of them; the
+    first that fails is raised (here fold-2's, which has no validation image at 400X)."""
+    from bcnb.batch.reproduce import run_here
+
+    cfg = Config(**{**HEADS, "epochs": 2})
+    folds = [tmp_path / f"fold-{k}" for k in (1, 2, 3)]
+    for fold in folds:
+        _fold_as_its_notebooks_leave_it(fold)
+    run_here([_heads_only(fold, cfg) for fold in folds[:2]], Path("."), print, False, kernel=object())
+    assert all(magnifications.unfinished(fold, ("40X", "400X")) == [] for fold in folds[:2])
+    split = pd.read_csv(folds[1] / "split.csv")
+    split[~((split["split"] == "val") & (split["magnification"] == "400X"))].to_csv(
+        folds[1] / "split.csv", index=False
+    )
+    shutil.rmtree(folds[1] / "magnifications")
+    tasks = [_heads_only(fold, cfg) for fold in folds[1:]]
+    with pytest.raises(ValueError, match="fold-2 has no val images at 400X"):
+        run_here(tasks, Path("."), print, False, kernel=object())

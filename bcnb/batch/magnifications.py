@@ -30,10 +30,8 @@ import numpy as np
 from bcnb.config import Config
 from bcnb.run.artifacts import (
     ALL_FEATURES,
-    EXECUTED_DIR,
     FEATURES_DIR,
     HEAD_MODEL_FILE,
-    KERNEL_LOG,
     MAGNIFICATIONS_DIR,
     PREDICTIONS_FILE,
     load_split,
@@ -79,14 +77,19 @@ def one_thread_for_heads() -> None:
     and nothing larger (``bcnb reproduce``'s own process, a Dask worker): a head's steps are
     many tiny ops that a second thread only hands around. Four heads of one BreakHis-size
     magnification took 16.1 s against 20.9 s on this project's 2 cores, with the same weights.
-    TensorFlow takes the setting only before its runtime starts; after that, nothing changes."""
-    import tensorflow as tf
+    TensorFlow takes the setting only before its runtime starts (which this starts); after that,
+    nothing changes."""
+    with native_stderr():  # TensorFlow's start-up lines (no GPU, oneDNN) kept off the terminal
+        import tensorflow as tf
 
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(1)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-    except RuntimeError:  # the runtime has started in this process: its threads stay as they are
-        pass
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(1)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:  # the runtime has started in this process: its threads stay as they are
+            pass
+        # Started here, once: its start-up lines are filtered here rather than written, later,
+        # wherever the heads' thread finds file descriptor 2 (a kernel's log, while one runs).
+        tf.constant(0.0).numpy()
 
 
 def train_magnification_models(
@@ -96,21 +99,17 @@ def train_magnification_models(
     todo = unfinished(fold, magnifications)
     if not todo:
         return
-    split = load_split(fold)
-    # TensorFlow's C++ lines go where the fold's kernels' went, not to the terminal
-    with native_stderr(Path(fold) / EXECUTED_DIR / KERNEL_LOG):
-        from bcnb.train.features import stored_features_of
+    from bcnb.train.features import stored_features_of
 
-        features = stored_features_of(Path(fold) / FEATURES_DIR / ALL_FEATURES, split)
-        for magnification in todo:
-            progress(f"{Path(fold).name}: the model of {magnification} alone, on its cached features")
-            rows = np.flatnonzero(split["magnification"].to_numpy() == magnification)
-            own = split.iloc[rows].reset_index(drop=True)
-            check_parts(own, fold, magnification)
-            one = cfg.replace(
-                magnification=magnification, run_dir=str(magnification_folder(fold, magnification))
-            )
-            train_and_test(one, own, features[rows])
+    split = load_split(fold)
+    features = stored_features_of(Path(fold) / FEATURES_DIR / ALL_FEATURES, split)
+    for magnification in todo:
+        progress(f"{Path(fold).name}: the model of {magnification} alone, on its cached features")
+        rows = np.flatnonzero(split["magnification"].to_numpy() == magnification)
+        own = split.iloc[rows].reset_index(drop=True)
+        check_parts(own, fold, magnification)
+        one = cfg.replace(magnification=magnification, run_dir=str(magnification_folder(fold, magnification)))
+        train_and_test(one, own, features[rows])
 
 
 def check_parts(split, fold: Path, magnification: str) -> None:

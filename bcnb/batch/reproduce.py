@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -164,9 +165,17 @@ def run_here(
     tasks: list[RunTask], notebooks_dir: Path, progress, progress_bar: bool, kernel: RunKernel | None = None
 ) -> None:
     """Each run in turn, all in one kernel (Python, TensorFlow and bcnb imported once):
-    ``kernel``, or one started for these runs."""
-    with run_kernel(kernel) as kernel:
+    ``kernel``, or one started for these runs.
+
+    A run's heads of one magnification train in this process, one run's after another, while
+    the kernel (another process) runs the next run's notebooks: a head needs one core, and much
+    of a notebook leaves one idle. A head that fails stops the job once the notebook running
+    then has ended; the job ends only when every head has.
+    """
+    with run_kernel(kernel) as kernel, ThreadPoolExecutor(1, thread_name_prefix="bcnb-heads") as heads:
+        trained = []
         for task in tasks:
+            _raise_failed(trained)
             task.prepare()
             if task.notebooks:
                 run_notebooks(
@@ -179,7 +188,17 @@ def run_here(
                     label=task.label,
                     kernel=kernel,
                 )
-            task.train_magnification_models(progress)
+            if task.magnifications:
+                trained.append(heads.submit(task.train_magnification_models, progress))
+        for done in trained:
+            done.result()
+
+
+def _raise_failed(futures: list[Future]) -> None:
+    """Raise the error of the first finished task that failed, if any."""
+    for future in futures:
+        if future.done() and future.exception() is not None:
+            future.result()
 
 
 @contextmanager

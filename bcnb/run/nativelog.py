@@ -75,7 +75,9 @@ def _to_log(log: Path, terminal: int):
     try:
         yield
     finally:
-        sys.stderr.close()
+        # Not closed here: a thread that took sys.stderr a moment ago (a sweep's cell, the
+        # heads of one magnification) may still write to it; it closes when the last one lets go.
+        sys.stderr.flush()
         sys.stderr = python_stderr
 
 

@@ -104,7 +104,7 @@ def tidy(folder: Path) -> None:
 
 def share_features(staging: Path, folder: Path) -> None:
     """Link a sibling run's feature cache into ``folder`` (one extraction for all the runs):
-    the one of most images, so that a run of one magnification finds its rows in it.
+    the one of most images, so that a run of fewer images finds its rows in it.
 
     Its key still decides: notebook 03 uses it if it is this run's, takes this run's rows of it
     if it holds them under this run's model (:func:`bcnb.train.features.cached_features`), and

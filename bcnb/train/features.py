@@ -11,10 +11,11 @@ a file from an interrupted run has no valid key and is recomputed, never read; a
 after it was written (same shape, other values) fails its checksum and is recomputed too.
 
 ``NAME.rows.csv`` lists the images (and tiles) the rows are of, in order. A run handed a cache
-of more images (a protocol's run of one magnification, given the run of all of them) takes its
-own rows from it instead of extracting them, once the key, computed again over those listed
-images with this run's model and preparation, matches: the features are then those images'
-under this run's base, whoever computed them.
+of more images (a sibling run's, of a larger table) takes its own rows from it instead of
+extracting them, once the key, computed again over those listed images with this run's model
+and preparation, matches: the features are then those images' under this run's base, whoever
+computed them. A protocol's heads of one magnification read their rows the same way, without
+the model (:func:`stored_features_of`).
 """
 
 from __future__ import annotations
