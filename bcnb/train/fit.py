@@ -374,7 +374,7 @@ def train_model(
 
 
 def train_new_head(
-    cfg: Config, split: pd.DataFrame, features: np.ndarray, progress: Callable[[str], None] | None = None
+    cfg: Config, split: pd.DataFrame, features: np.ndarray
 ) -> tuple[keras.Model, pd.DataFrame]:
     """A head of its own (:func:`bcnb.model.transfer.new_head`) trained on ``features``, one row
     per row of ``split``, as notebook 03 trains the model's head on cached features: the same
@@ -387,23 +387,24 @@ def train_new_head(
     seed_everything(cfg.seed)
     head = new_head(features.shape[1], cfg.dropout, cfg.task)
     compile_for_training(head, cfg.learning_rate, HEAD_STEPS_PER_CALL, task_named(cfg.task))
-    lines = [EpochLines(cfg.epochs, progress)] if progress else []
-    done = fit_phase(cfg, split, "head", head, train_data, val_data, callbacks=lines)
-    history = history_frame([{**row, "phase": "head"} for row in done.history])
-    save_history(history, Path(cfg.run_dir), cfg, done.state.seconds)
-    (Path(cfg.run_dir) / CHECKPOINT_FILE).unlink(missing_ok=True)  # finished: a re-run trains afresh
-    return head, history
+    done = fit_phase(cfg, split, "head", head, train_data, val_data)
+    return head, record_training(cfg, [done])
 
 
 def finish_training(
     cfg: Config, model: keras.Model, phases: list[ResumeTraining], fine_tuned: list[str] = ()
 ) -> pd.DataFrame:
     """After the last ``fit``: compile the full model as the paper did (so that ``evaluate``
-    reports its loss and accuracy), save the history and what training used, and remove the
-    checkpoints (finished: a re-run trains afresh). Returns the history of every phase."""
+    reports its loss and accuracy), then :func:`record_training`. Returns the history of every phase."""
     learning_rate = cfg.fine_tune_learning_rate if cfg.fine_tunes else cfg.learning_rate
     compile_for_training(model, learning_rate, task=task_named(cfg.task))
     model.optimizer.build(model.trainable_variables)  # so the saved model loads without a warning
+    return record_training(cfg, phases, fine_tuned)
+
+
+def record_training(cfg: Config, phases: list[ResumeTraining], fine_tuned: list[str] = ()) -> pd.DataFrame:
+    """Save the history of every phase and what training used, and remove the checkpoints
+    (finished: a re-run trains afresh). Returns the history."""
     rows = [{**row, "phase": phase} for phase, done in zip(PHASES, phases) for row in done.history]
     history = history_frame(rows)
     run_dir = Path(cfg.run_dir)
