@@ -14,7 +14,6 @@ Weights are random (``weights="none"``): speed does not depend on their values.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import resource
 import subprocess
@@ -24,6 +23,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from bcnb.train.distribute import describe_cpu
 
 MEASUREMENTS = ("ceiling", "pipeline", "cached", "end_to_end", "bfloat16")
 # A pause between measurements. On the 2-core VM these figures come from, the cached run
@@ -174,11 +175,9 @@ def machine() -> str:
         ),
         platform.processor(),
     )
-    flags = Path("/proc/cpuinfo").read_text()
-    bf16 = "with" if "avx512_bf16" in flags or "amx_bf16" in flags else "without"
     gpus = len(tf.config.list_physical_devices("GPU"))
     return (
-        f"{cpu}, {os.cpu_count()} cores ({bf16} bf16 instructions), {gpus} GPU(s), "
+        f"{cpu}, {describe_cpu()}, {gpus} GPU(s), "
         f"Python {platform.python_version()}, TensorFlow {tf.__version__}"
     )
 

@@ -72,3 +72,16 @@ def test_auto_on_one_device_is_the_default_strategy():
 
     assert tf.config.list_logical_devices("GPU") == [] or pytest.skip("this test assumes no GPU (as in CI)")
     assert make_strategy(Config().strategy) is tf.distribute.get_strategy()
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [("fma avx avx2 avx512f avx512_bf16", True), ("fma amx_bf16 amx_tile", True), ("fma avx avx2", False)],
+)
+def test_bf16_instructions_read_from_the_cpu_flags(tmp_path, flags, expected):
+    from bcnb.train.distribute import cpu_has_bf16
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: a CPU\nflags\t\t: {flags}\n")
+    assert cpu_has_bf16(cpuinfo) is expected
+    assert cpu_has_bf16(tmp_path / "absent") is None  # not Linux: nothing said, nothing guessed
