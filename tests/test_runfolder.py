@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import running
 
 from bcnb.config import STAGES, Config
 from bcnb.run import lock
@@ -283,11 +282,14 @@ def test_a_killed_holder_does_not_block(holder):
 def _kernel(folder: Path, seconds: float, parent: str = "gone") -> int:
     """A process that looks like a Jupyter kernel working in ``folder`` for ``seconds``: its
     command line names ipykernel_launcher, and JPY_PARENT_PID names the process that started
-    it, as jupyter_client does. ``parent``: "gone" (a shell that ends at once, as a killed
-    driver), "lives" (a shell that waits on it: JupyterLab, a running Dask worker) or "this
-    process". Returns its pid."""
+    it, as jupyter_client does; its last act writes last.txt there. ``parent``: "gone" (a shell
+    that ends at once, as a killed driver), "lives" (a shell that waits on it: JupyterLab, a
+    running Dask worker) or "this process". Returns its pid."""
     folder.mkdir(parents=True, exist_ok=True)
-    sleeper = f"import os, time; open('kernel.pid', 'w').write(str(os.getpid())); time.sleep({seconds})"
+    sleeper = (
+        "import os, time; open('kernel.pid', 'w').write(str(os.getpid())); "
+        f"time.sleep({seconds}); open('last.txt', 'w').write('its last write')"
+    )
     kernel = shlex.join([sys.executable, "-c", sleeper, "ipykernel_launcher"])
     if parent == "this process":
         subprocess.Popen(
@@ -308,10 +310,13 @@ def _kernel(folder: Path, seconds: float, parent: str = "gone") -> int:
 
 def test_a_writer_waits_for_the_kernel_a_killed_writer_left(tmp_path):
     """A driver killed outright lets go of the lock while its kernel works on for a moment."""
-    kernel = _kernel(tmp_path / ".run.partial" / "fold-1" / "notebooks", seconds=1.5)
+    notebooks = tmp_path / ".run.partial" / "fold-1" / "notebooks"
+    kernel = _kernel(notebooks, seconds=1.5)
     assert stray_kernels(tmp_path / "run") == [kernel]
     with RunLock(tmp_path / "run", "the resumed run"):
-        assert not running(kernel)  # the lock is taken only once it has ended
+        # The lock is taken only once the kernel is done writing. (Not "once its pid is gone": an
+        # exiting process, which runs no code of its own any more, is listed for a moment still.)
+        assert (notebooks / "last.txt").read_text() == "its last write"
 
 
 def test_a_kernel_left_that_does_not_end_keeps_the_next_writer_out(tmp_path, monkeypatch):

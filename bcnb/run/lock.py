@@ -153,8 +153,8 @@ def kernels_working_in(folder: Path) -> list[int]:
             if cwd == places[0] or cwd.startswith((places[0] + os.sep, places[1])):
                 if KERNEL_MODULES & set((process / "cmdline").read_bytes().split(b"\0")):
                     found.append(int(process.name))
-        except OSError:  # ended meanwhile, or not ours to look at
-            continue
+        except OSError:  # ended or ending (an exiting process, which runs no code of its own any
+            continue  # more, loses its command line and folder before it is reaped), or not ours
     return found
 
 
