@@ -35,9 +35,11 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from head_training import features_and_split  # noqa: E402  (the same features, one recipe)
 
 from bcnb.model.transfer import build_model, feature_extractor, new_head  # noqa: E402
 
@@ -90,9 +92,7 @@ def time_extraction(images: np.ndarray, precision: str) -> dict:
 
 def time_head(n_train: int, n_val: int, learning_rate: float = 0.001) -> dict:
     """100 epochs of the head, as notebook 03 compiles and fits it (every epoch run)."""
-    rng = np.random.default_rng(1)
-    x = rng.normal(0, 1, (n_train + n_val, 2048)).astype(np.float32)
-    y = (x[:, :16].sum(axis=1) + rng.normal(0, 2, len(x)) > 0).astype(np.float32)
+    x, y, _ = features_and_split(n_train, n_val)
     keras.utils.set_random_seed(0)
     head = new_head(2048)
     head.compile(
@@ -124,9 +124,7 @@ def time_head_one_loop(n_train: int, n_val: int, learning_rate: float = 0.001) -
     import jax
     import jax.numpy as jnp
 
-    rng = np.random.default_rng(1)
-    x = jnp.asarray(rng.normal(0, 1, (n_train + n_val, 2048)).astype(np.float32))
-    y = jnp.asarray((rng.normal(0, 1, n_train + n_val) > 0).astype(np.float32))
+    x, y = (jnp.asarray(array) for array in features_and_split(n_train, n_val)[:2])
     steps = n_train // BATCH  # whole batches only: a floor, not bcnb's exact epochs
 
     def loss_of(params, xb, yb, key):
